@@ -114,7 +114,7 @@ def _module_stack_tracker(stack: list[str], names: dict[int, str]):
 
 
 def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwargs: dict | None = None) -> Capture:
-    """Export one forward call of ``model`` (in eval mode, restored afterwards) to an ATen graph."""
+    """Export one forward call of ``model`` (in its current mode; modes are restored afterwards) to an ATen graph."""
     if example_inputs is None and example_kwargs is None:
         example_inputs, example_kwargs = default_example_inputs(model)
     if not isinstance(example_inputs, tuple):
@@ -125,7 +125,8 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwarg
     names = {id(m): (n or type(model).__name__) for n, m in model.named_modules()}
     t0 = time.perf_counter()
     try:
-        model.eval()
+        # capture in the current mode: eval mode can switch nn.TransformerEncoderLayer to a fused fast path
+        # that hides how each weight is used
         with _module_stack_tracker(stack, names):
             ep = torch.export.export(model, example_inputs, example_kwargs, strict=False)
     except Exception as e:  # noqa: BLE001 - re-raised with context

@@ -201,12 +201,13 @@ def default_loss(output: Any, labels: Any = None) -> torch.Tensor:
 
 
 def _call_loss(loss_fn: Callable, output: Any, labels: Any) -> torch.Tensor:
-    if _n_required_positional(loss_fn) <= 1 and labels is None:
-        try:
-            inspect.signature(loss_fn).bind(output)
-            return loss_fn(output)
-        except TypeError:
-            pass
+    """``loss_fn(output, labels)`` if it accepts two positional arguments, else ``loss_fn(output)``."""
+    try:
+        inspect.signature(loss_fn).bind(output, labels)
+    except TypeError:
+        return loss_fn(output)
+    except ValueError:  # no signature (builtins): assume (output, labels)
+        pass
     return loss_fn(output, labels)
 
 
@@ -523,13 +524,15 @@ class CoordCheckResult:
         colors = {layer: cmap(0.05 + 0.9 * i / max(1, n_layers - 1)) for i, layer in enumerate(self.layers)}
         gs = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1.0] * ncols + [0.85 * legend_cols])
         axes = [[fig.add_subplot(gs[i, t]) for t in range(ncols)] for i in range(nrows)]
+        all_sizes = {p: self.mean_sizes(p) for p in params}
+        vals = [v for sz in all_sizes.values() for by_w in sz.values() for vs in by_w.values() for v in vs
+                if v > 0 and math.isfinite(v)]
+        lo, hi = (min(vals), max(vals)) if vals else (1e-3, 1.0)  # one y range for all panels: rows comparable
         for i, p in enumerate(params):
-            sizes = self.mean_sizes(p)
+            sizes = all_sizes[p]
             fails = self.failures(p)
             label = PARAM_LABELS.get(p, p)
             verdict = "PASS" if self.passed(p) else f"FAIL ({len(fails)}/{len(self.slopes[p])} layers)"
-            row_vals = [v for by_w in sizes.values() for vals in by_w.values() for v in vals if v > 0 and math.isfinite(v)]
-            lo, hi = (min(row_vals), max(row_vals)) if row_vals else (1e-3, 1.0)
             for t in range(ncols):
                 ax = axes[i][t]
                 for layer, by_w in sizes.items():

@@ -50,6 +50,14 @@ class WidthAnalysis:
     candidates: list[tuple[int, int]] = field(default_factory=list)  # (size, parameter-axis count) of infinite dims
     notes: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    finite_roots: dict[int, str] = field(default_factory=dict)  # union-find root -> why it is finite
+
+    def dim_expr(self, d: int) -> sympy.Expr:
+        """The expression of any dim of the graph (parameter axis or not)."""
+        g = self.dim_graph
+        if g.size[d] <= 1 or g.find(d) in self.finite_roots:
+            return sympy.Integer(max(g.size[d], 1))
+        return sympy.Rational(g.size[d], self.width_size) * self.width_symbol
 
     def is_infinite(self, name: str, axes) -> bool:
         exprs = self.params[name].axis_exprs
@@ -199,7 +207,8 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
     if g.unknown_ops:
         notes.append("ops without a shape rule (their dims are unconstrained): " +
                      ", ".join(f"{k} x{v}" for k, v in sorted(g.unknown_ops.items())))
-    return WidthAnalysis(W, width_size, params, g.attention, cap.graph, g, candidates, notes, list(cap.unused_params))
+    return WidthAnalysis(W, width_size, params, g.attention, cap.graph, g, candidates, notes, list(cap.unused_params),
+                         finite)
 
 
 def _short(d: dict, n: int = 8) -> str:

@@ -1,0 +1,453 @@
+#!/usr/bin/env python
+"""μTransfer of the learning rate (Tensor Programs V, Figure 1 style) on muplify's built-in GPT.
+
+For every width and every learning rate on a log2 grid, train a small byte-level GPT for a fixed number of steps under
+
+* SP: the plain model and a plain ``torch.optim.AdamW``;
+* μP: ``mu = muplify(model, base_width=B)`` and ``mu.optimizer(torch.optim.AdamW, ...)``,
+
+then evaluate the validation loss on a fixed set of held-out batches.  Under SP the best learning rate falls as the
+model widens; under μP it stays put and wider is better.  The data is the running interpreter's standard library
+(``.py`` and ``.txt`` files, split into train/validation by file), one byte per token: nothing is downloaded.
+
+    python benchmarks/lr_transfer.py --quick              # ~1 minute smoke run (CI)
+    python benchmarks/lr_transfer.py                      # the full sweep (~40 minutes on 2 CPU cores)
+    python benchmarks/lr_transfer.py --widths 64 128 --lrs -10 -9 -8 --steps 300 --seeds 2 --out out/my_sweep
+
+Every finished run is written to ``OUT/results.json`` at once; re-running with the same settings skips it.  Outputs:
+``results.json`` (runs + summary), ``lr_transfer.png`` (loss vs log2(lr), SP and μP side by side), a printed table.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ByteCorpus, ResultStore, env_info, finite_or_none, import_muplify, set_threads  # noqa: E402
+
+from muplify.models import GPT  # noqa: E402
+
+UNIFORM_LOSS = math.log(256)  # loss of the uniform byte predictor: the "capped" loss for diverged runs in plots
+
+PRESETS = {
+    # Sized for ~40 minutes on 2 CPU cores (measured fwd+bwd+AdamW step at batch 16, seq 128, 2 layers:
+    # w64 ~26 ms, w128 ~62 ms, w256 ~155 ms, w512 ~520 ms).
+    "full": dict(widths=[64, 128, 256, 512], lrs=[-12, -11, -10, -9, -8, -7, -6, -5], steps=200, seeds=1,
+                 base_width=64, batch_size=16, seq_len=128, eval_batches=8, out="out/lr_transfer"),
+    # CI smoke run: tiny widths, few lrs and steps.  Not meant to show transfer.
+    "quick": dict(widths=[32, 64], lrs=[-9, -8, -7, -6, -5], steps=30, seeds=1,
+                  base_width=32, batch_size=8, seq_len=64, eval_batches=2, out="out/lr_transfer_quick"),
+}
+
+# measured step times (ms) at batch 16, seq 128, 2 layers, 2 threads; used only for the printed time estimate / ETA
+_MS_PER_STEP = {32: 11.0, 64: 26.0, 128: 62.0, 256: 155.0, 512: 520.0}
+
+
+def est_step_seconds(width: int, batch_size: int, seq_len: int, n_layer: int) -> float:
+    ws = sorted(_MS_PER_STEP)
+    lw = math.log2(width)
+    lo = max([w for w in ws if w <= width] or [ws[0]])
+    hi = min([w for w in ws if w >= width] or [ws[-1]])
+    if lo == hi:
+        lo, hi = (ws[0], ws[1]) if width < ws[0] else (ws[-2], ws[-1]) if width > ws[-1] else (lo, hi)
+    if lo == hi:
+        ms = _MS_PER_STEP[lo]
+    else:  # log-log interpolation / extrapolation
+        a, b = math.log2(_MS_PER_STEP[lo]), math.log2(_MS_PER_STEP[hi])
+        ms = 2 ** (a + (b - a) * (lw - math.log2(lo)) / (math.log2(hi) - math.log2(lo)))
+    return ms / 1e3 * (batch_size * seq_len) / (16 * 128) * n_layer / 2
+
+
+def parse_lr(tok: str) -> float:
+    """A grid point as log2(lr): ``-10`` or ``2^-10`` means 2**-10; a positive number (``0.001``) is an lr."""
+    tok = tok.strip()
+    if tok.startswith("2^") or tok.startswith("2**"):
+        return float(tok.split("^")[-1] if "^" in tok else tok[3:])
+    v = float(tok)
+    return v if v <= 0 else math.log2(v)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one run
+# ----------------------------------------------------------------------------------------------------------------------
+def lr_factor(step: int, steps: int, warmup: int, schedule: str, final_frac: float = 0.1) -> float:
+    """Linear warmup to 1, then constant or cosine decay to ``final_frac`` (a LambdaLR factor: per-group ratios stay)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_model_and_opt(cfg: dict, muplify_fn):
+    torch.manual_seed(cfg["seed"])
+    model = GPT(vocab_size=256, d_model=cfg["width"], n_layer=cfg["n_layer"], head_dim=32, block_size=cfg["seq_len"],
+                attn="sdpa", tie_weights=cfg["tie_weights"], init="gpt2")
+    lr = 2.0 ** cfg["log2_lr"]
+    opt_kwargs = dict(lr=lr, weight_decay=cfg["weight_decay"], betas=(0.9, 0.95))
+    info: dict = {}
+    if cfg["param"] == "sp":
+        opt = torch.optim.AdamW(model.parameters(), **opt_kwargs)
+    else:
+        example = (torch.randint(0, 256, (2, cfg["seq_len"])),)
+        t0 = time.perf_counter()
+        model = muplify_fn(model, base_width=cfg["base_width"], example_inputs=example,
+                           readout_zero_init=cfg["readout_zero_init"], query_zero_init=cfg["query_zero_init"])
+        info["muplify_seconds"] = time.perf_counter() - t0
+        opt = model.optimizer(torch.optim.AdamW, **opt_kwargs)
+        try:
+            roles: dict = {}
+            for _, pp in model.plan.items():
+                roles[pp.role] = roles.get(pp.role, 0) + 1
+            info["roles"] = roles
+            info["width_mult"] = float(model.plan.width_mult)
+        except Exception as e:  # informative only
+            info["plan_error"] = f"{type(e).__name__}: {e}"
+    info["n_params"] = sum(p.numel() for p in model.parameters())
+    info["n_param_groups"] = len(opt.param_groups)
+    info["lr_multipliers"] = sorted({round(g["lr"] / lr, 8) for g in opt.param_groups})
+    return model, opt, info
+
+
+@torch.no_grad()
+def evaluate(model, eval_batches) -> float:
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for x, y in eval_batches:
+        _, loss = model(x, y)
+        total += float(loss)
+    model.train(was_training)
+    return total / len(eval_batches)
+
+
+def run_one(cfg: dict, corpus: ByteCorpus, eval_batches, muplify_fn) -> dict:
+    t_start = time.perf_counter()
+    model, opt, info = make_model_and_opt(cfg, muplify_fn)
+    steps, warmup = cfg["steps"], cfg["warmup"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, cfg["schedule"]))
+    gen = torch.Generator().manual_seed(1000 + cfg["seed"])  # same batches for every width / lr / param at a seed
+    log_every = max(1, steps // 20)
+    curve, diverged, last = [], False, float("nan")
+    model.train()
+    t_train = time.perf_counter()
+    done = 0
+    for step in range(steps):
+        x, y = corpus.batch("train", gen, cfg["batch_size"], cfg["seq_len"])
+        _, loss = model(x, y)
+        last = float(loss)
+        if not math.isfinite(last):
+            diverged = True
+            curve.append([step, None])
+            break
+        loss.backward()
+        if cfg["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        done += 1
+        if step % log_every == 0 or step == steps - 1:
+            curve.append([step, last])
+    train_s = time.perf_counter() - t_train
+    # LambdaLR scales every group's initial_lr by the same factor: the μP per-group ratios must survive the schedule
+    factors = {round(g["lr"] / g["initial_lr"], 10) for g in opt.param_groups if g["initial_lr"] > 0}
+    val = float("nan") if diverged else evaluate(model, eval_batches)
+    if not math.isfinite(val):
+        diverged = True
+    return {
+        "status": "diverged" if diverged else "ok",
+        "val_loss": finite_or_none(val),
+        "train_loss_last": finite_or_none(last),
+        "diverged": diverged,
+        "steps_done": done,
+        "train_curve": curve,
+        "seconds": time.perf_counter() - t_start,
+        "ms_per_step": 1e3 * train_s / max(1, done + int(diverged)),
+        "schedule_ratios_preserved": len(factors) <= 1,
+        **info,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# analysis
+# ----------------------------------------------------------------------------------------------------------------------
+def collect(store: ResultStore, cfgs: list[dict]):
+    """losses[param][width][log2_lr] = mean val loss over seeds (inf if any seed diverged; None if incomplete)."""
+    per: dict = {}
+    for cfg in cfgs:
+        rec = store.get(cfg)
+        slot = per.setdefault(cfg["param"], {}).setdefault(cfg["width"], {}).setdefault(cfg["log2_lr"], [])
+        if rec is None or rec.get("status") not in ("ok", "diverged"):
+            slot.append(None)
+        else:
+            slot.append(math.inf if rec["diverged"] or rec["val_loss"] is None else rec["val_loss"])
+    losses: dict = {}
+    for p, by_w in per.items():
+        for w, by_lr in by_w.items():
+            for lr, vals in by_lr.items():
+                v = None if any(x is None for x in vals) else sum(vals) / len(vals)
+                losses.setdefault(p, {}).setdefault(w, {})[lr] = v
+    return losses
+
+
+def analyze(losses: dict, widths: list[int], lrs: list[float], base_width: int) -> dict:
+    summary: dict = {"params": {}, "targets": {}}
+    lo_w, hi_w = min(widths), max(widths)
+    for p, by_w in losses.items():
+        ps: dict = {"best": {}, "shift_steps": {}, "edge_optimum": []}
+        for w in widths:
+            row = by_w.get(w, {})
+            vals = [(row.get(lr), i) for i, lr in enumerate(lrs)]
+            if any(v is None for v, _ in vals) or all(v == math.inf for v, _ in vals):
+                continue  # incomplete column (or everything diverged): no optimum
+            v, i = min(vals)
+            ps["best"][w] = {"log2_lr": lrs[i], "index": i, "val_loss": v}
+            if i in (0, len(lrs) - 1):
+                ps["edge_optimum"].append(w)
+        ws = [w for w in widths if w in ps["best"]]
+        for a, b in zip(ws[:-1], ws[1:]):
+            ps["shift_steps"][f"{a}->{b}"] = ps["best"][b]["index"] - ps["best"][a]["index"]
+        if lo_w in ps["best"] and hi_w in ps["best"]:
+            ps["shift_total_steps"] = ps["best"][hi_w]["index"] - ps["best"][lo_w]["index"]
+            ps["shift_total_log2"] = ps["best"][hi_w]["log2_lr"] - ps["best"][lo_w]["log2_lr"]
+        best_losses = [ps["best"][w]["val_loss"] for w in ws]
+        ps["best_loss_monotone"] = (all(b < a for a, b in zip(best_losses[:-1], best_losses[1:]))
+                                    if len(ws) == len(widths) else None)
+        summary["params"][p] = ps
+
+    def target(name, ok, detail):
+        summary["targets"][name] = {"status": "N/A" if ok is None else ("PASS" if ok else "FAIL"), "detail": detail}
+
+    mup, sp = summary["params"].get("mup", {}), summary["params"].get("sp", {})
+    s = mup.get("shift_total_steps")
+    target("mup_optimum_shift_le_1", None if s is None else abs(s) <= 1,
+           f"μP optimum moves {s} grid steps from width {lo_w} to {hi_w} (target: |shift| <= 1)")
+    s = sp.get("shift_total_steps")
+    target("sp_optimum_shift_ge_2", None if s is None else abs(s) >= 2,
+           f"SP optimum moves {s} grid steps from width {lo_w} to {hi_w} (target: |shift| >= 2)")
+    complete = mup and len(mup.get("best", {})) == len(widths)
+    target("mup_best_loss_monotone", mup.get("best_loss_monotone") if complete else None,
+           "μP best validation loss " + " > ".join(
+               f"{mup['best'][w]['val_loss']:.4f}@{w}" for w in widths if w in mup.get("best", {}))
+           + " (target: strictly decreasing with width)")
+    # base-width identity: μP at width == base_width should train exactly like SP
+    if base_width in widths and "sp" in losses and "mup" in losses:
+        diffs = []
+        for lr in lrs:
+            a, b = losses["sp"].get(base_width, {}).get(lr), losses["mup"].get(base_width, {}).get(lr)
+            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
+                diffs.append(abs(a - b))
+        summary["base_width_max_abs_diff"] = max(diffs) if diffs else None
+    return summary
+
+
+def format_table(losses: dict, widths, lrs, summary) -> str:
+    out = []
+    for p in ("sp", "mup"):
+        if p not in losses:
+            continue
+        best = summary["params"].get(p, {}).get("best", {})
+        out.append(f"\n{'SP (plain AdamW)' if p == 'sp' else 'μP (muplify + mu.optimizer)'}: validation loss")
+        out.append("log2(lr) | " + " | ".join(f"w={w:>5}" for w in widths))
+        out.append("-" * (9 + 10 * len(widths)))
+        for i, lr in enumerate(lrs):
+            cells = []
+            for w in widths:
+                v = losses[p].get(w, {}).get(lr)
+                c = "     -" if v is None else ("   div" if v == math.inf else f"{v:6.3f}")
+                cells.append(c + ("*" if best.get(w, {}).get("index") == i else " "))
+            out.append(f"{lr:8g} | " + " | ".join(f"{c:>8}" for c in cells))
+        ps = summary["params"].get(p, {})
+        out.append("argmin log2(lr): " + ", ".join(f"w={w}: {best[w]['log2_lr']:g}" for w in widths if w in best))
+        if ps.get("shift_steps"):
+            out.append("optimum shift (grid steps): " + ", ".join(f"{k}: {v:+d}" for k, v in ps["shift_steps"].items())
+                       + (f"; total {ps['shift_total_steps']:+d}" if "shift_total_steps" in ps else ""))
+        out.append(f"best loss monotonically improves with width: {ps.get('best_loss_monotone')}")
+        if ps.get("edge_optimum"):
+            out.append(f"WARNING: optimum at the edge of the grid for widths {ps['edge_optimum']} (not bracketed)")
+    return "\n".join(out)
+
+
+def plot(losses: dict, widths, lrs, summary, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("sp", "mup") if p in losses]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.5), sharey=True, squeeze=False)
+    finite = [v for p in panels for w in widths for v in losses[p].get(w, {}).values()
+              if v is not None and math.isfinite(v)]
+    lo = min(finite) if finite else 0.0
+    cap = min(max(finite), UNIFORM_LOSS + 0.5) if finite else UNIFORM_LOSS
+    cmap = plt.get_cmap("viridis")
+    for ax, p in zip(axes[0], panels):
+        for k, w in enumerate(widths):
+            color = cmap(k / max(1, len(widths) - 1))
+            row = losses[p].get(w, {})
+            xs = [lr for lr in lrs if row.get(lr) is not None]
+            ys = [min(row[lr], cap) for lr in xs]
+            ax.plot(xs, ys, "-o", color=color, label=f"width {w}", ms=4)
+            div = [lr for lr in xs if row[lr] == math.inf]
+            ax.plot(div, [cap] * len(div), "x", color=color, ms=8)
+            b = summary["params"].get(p, {}).get("best", {}).get(w)
+            if b:
+                ax.plot([b["log2_lr"]], [b["val_loss"]], "*", color=color, ms=14, mec="k")
+        ax.set_title("SP: plain model + AdamW" if p == "sp" else "μP: muplify + mu.optimizer(AdamW)")
+        ax.set_xlabel("log2(learning rate)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(lo - 0.05 * (cap - lo + 1e-3), cap + 0.05 * (cap - lo + 1e-3))
+    axes[0][0].set_ylabel("validation loss (nats/byte)")
+    axes[0][-1].legend(title="× = diverged, ★ = best", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny CI smoke run (~1 minute on 2 cores)")
+    ap.add_argument("--widths", type=int, nargs="+")
+    ap.add_argument("--lrs", nargs="+", help="grid as log2(lr) (e.g. -10 -9 -8, or 2^-10); positive values are lrs")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    ap.add_argument("--out", type=str)
+    ap.add_argument("--params", nargs="+", choices=["sp", "mup"], default=["sp", "mup"])
+    ap.add_argument("--base-width", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--seq-len", type=int)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--eval-batches", type=int)
+    ap.add_argument("--warmup-frac", type=float, default=0.1, help="linear warmup over this fraction of the steps")
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine", help="after warmup (cosine: to 10%%)")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--grad-clip", type=float, default=0.0, help="0 = no clipping")
+    ap.add_argument("--tie-weights", action="store_true", help="tie embedding and readout (default: untied)")
+    ap.add_argument("--readout-zero-init", action="store_true", help="μP: muplify(readout_zero_init=True)")
+    ap.add_argument("--query-zero-init", action="store_true", help="μP: muplify(query_zero_init=True)")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+
+    preset = PRESETS["quick" if args.quick else "full"]
+    widths = sorted(args.widths or preset["widths"])
+    lrs = sorted(parse_lr(t) for t in args.lrs) if args.lrs else [float(x) for x in preset["lrs"]]
+    steps = args.steps or preset["steps"]
+    n_seeds = args.seeds or preset["seeds"]
+    base_width = args.base_width or preset["base_width"]
+    batch_size = args.batch_size or preset["batch_size"]
+    seq_len = args.seq_len or preset["seq_len"]
+    eval_batches_n = args.eval_batches or preset["eval_batches"]
+    out = Path(args.out or preset["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    threads = set_threads(args.threads)
+    spacing = max((b - a for a, b in zip(lrs[:-1], lrs[1:])), default=0)
+    if spacing > 1:
+        print(f"WARNING: lr grid spacing {spacing:g} > 1 in log2: the transfer targets assume spacing <= 1")
+
+    muplify_fn, import_error = import_muplify() if "mup" in args.params else (None, None)
+    if import_error:
+        print(f"μP path unavailable: `from muplify import muplify` failed: {import_error}")
+
+    corpus = ByteCorpus()
+    eval_gen = torch.Generator().manual_seed(12345)
+    eval_batches = [corpus.batch("val", eval_gen, batch_size, seq_len) for _ in range(eval_batches_n)]
+
+    common = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, n_layer=args.n_layer,
+                  warmup=max(1, round(args.warmup_frac * steps)), schedule=args.schedule,
+                  weight_decay=args.weight_decay, grad_clip=args.grad_clip, tie_weights=args.tie_weights,
+                  eval_batches=eval_batches_n, optimizer="AdamW(betas=0.9,0.95)", data="stdlib-bytes-v1")
+    cfgs = []
+    for seed in range(n_seeds):
+        for w in widths:
+            for lr in lrs:
+                for p in args.params:
+                    cfg = dict(common, param=p, width=w, log2_lr=lr, seed=seed)
+                    if p == "mup":
+                        cfg.update(base_width=base_width, readout_zero_init=args.readout_zero_init,
+                                   query_zero_init=args.query_zero_init)
+                    cfgs.append(cfg)
+
+    store = ResultStore(out / "results.json")
+    store.data["meta"] = {"env": env_info(), "corpus": corpus.describe(), "argv": sys.argv[1:] if argv is None else argv,
+                          "widths": widths, "log2_lrs": lrs, "seeds": n_seeds, "base_width": base_width,
+                          "params": args.params, "common": common}
+    store.save()
+    todo = [c for c in cfgs if (store.get(c) or {}).get("status") not in ("ok", "diverged")]
+    est = lambda c: c["steps"] * est_step_seconds(c["width"], batch_size, seq_len, args.n_layer)  # noqa: E731
+    est_total = sum(est(c) for c in todo)
+    print(f"lr transfer: widths {widths}, log2(lr) {[f'{x:g}' for x in lrs]}, {steps} steps, {n_seeds} seed(s), "
+          f"params {args.params}, batch {batch_size}x{seq_len}, {args.n_layer} layers, {threads} threads")
+    print(f"{len(cfgs)} runs, {len(cfgs) - len(todo)} already done in {out / 'results.json'}; "
+          f"estimated {est_total / 60:.1f} min for the rest (2-core CPU reference timings)")
+
+    from tqdm import tqdm
+
+    t0, spent_est = time.perf_counter(), 0.0
+    errors: dict = {}
+    bar = tqdm(todo, desc="runs", unit="run", dynamic_ncols=True)
+    for cfg in bar:
+        tag = f"{cfg['param']:>3} w={cfg['width']:<4} lr=2^{cfg['log2_lr']:g} seed={cfg['seed']}"
+        bar.set_postfix_str(tag)
+        if cfg["param"] == "mup" and muplify_fn is None:
+            rec = {"status": "error", "error": f"import: {import_error}"}
+            errors.setdefault("import", import_error)
+        else:
+            try:
+                rec = run_one(cfg, corpus, eval_batches, muplify_fn)
+            except Exception as e:
+                rec = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+                if len(errors) < 3:
+                    tqdm.write(f"ERROR {tag}:\n{rec['traceback']}")
+                errors.setdefault(f"{cfg['param']} w={cfg['width']}", rec["error"])
+        store.put(cfg, rec)
+        spent_est += est(cfg)
+        if rec["status"] != "error":
+            elapsed = time.perf_counter() - t0
+            eta = (est_total - spent_est) * elapsed / max(spent_est, 1e-9)
+            val = "diverged" if rec["diverged"] else f"{rec['val_loss']:.4f}"
+            tqdm.write(f"{tag}: val {val}  {rec['seconds']:.1f}s ({rec['ms_per_step']:.0f} ms/step)  "
+                       f"ETA {eta / 60:.1f} min")
+
+    losses = collect(store, cfgs)
+    summary = analyze(losses, widths, lrs, base_width)
+    summary["errors"] = errors
+    summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
+    store.data["summary"] = summary
+    store.save()
+
+    print(format_table(losses, widths, lrs, summary))
+    if summary.get("base_width_max_abs_diff") is not None:
+        print(f"\nbase-width identity: max |loss_SP - loss_μP| at width {base_width}: "
+              f"{summary['base_width_max_abs_diff']:.2e} (expected ~0)")
+    print("\nTargets" + (" (quick mode: too small to be meaningful)" if args.quick else "") + ":")
+    for name, t in summary["targets"].items():
+        print(f"  [{t['status']}] {name}: {t['detail']}")
+    if errors:
+        print("\nErrors:")
+        for k, v in errors.items():
+            print(f"  {k}: {v}")
+    if not args.no_plot:
+        png = out / "lr_transfer.png"
+        plot(losses, widths, lrs, summary, png,
+             f"byte-level GPT, {args.n_layer} layers, {steps} steps, batch {batch_size}x{seq_len}, "
+             f"{n_seeds} seed(s), μP base width {base_width}")
+        print(f"\nplot: {png}")
+    print(f"results: {out / 'results.json'}  ({summary['wall_seconds_this_invocation']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""``python -m muplify {coord-check, plan, demo}`` - see muplify.cli."""
+from muplify.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

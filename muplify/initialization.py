@@ -1,0 +1,51 @@
+"""Init policy: what rule drew each weight, and how to rescale it to μP relative to the base width.
+
+μP (TP-V Table 8) wants, relative to the base model's init σ_base: hidden weights σ_base/√m_in, input and output
+weights σ_base (output: or zero), vector-like params unchanged.  What σ_base is depends on the user's init rule: a
+fixed-std init (GPT-2's 0.02, timm's trunc_normal .02) has σ_base = σ_now; a fan-in scaled init (PyTorch's default
+kaiming_uniform(a=√5), LeCun, Kaiming) has σ_base = σ_now·√m_in; a fan-out scaled one σ_now·√m_out.  The rule is
+read off the values: σ·√fan matching a known init constant means fan-scaled, anything else is fixed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["detect_rule", "init_scale", "RULES"]
+
+RULES = ("fan_in", "fan_out", "fixed")
+
+# σ·√fan of common fan-scaled inits: kaiming_uniform(a=√5) (torch default), LeCun, Kaiming(relu), and their
+# truncated-normal (±2σ) variants (σ shrinks by 0.8796).
+_FAN_CONSTANTS = (1 / math.sqrt(3), 1.0, math.sqrt(2), 0.8796, 0.8796 * math.sqrt(2), math.sqrt(2 / 3))
+
+
+def detect_rule(t: torch.Tensor, fan_in: int, fan_outs: tuple[int, ...]) -> tuple[str, float]:
+    """Return (rule, std): rule is 'fan_in', 'fan_out', 'fixed', 'zero', 'const', or 'deferred' (no values)."""
+    if t.is_meta or t.numel() == 0:
+        return "deferred", float("nan")
+    x = t.detach().float().flatten()
+    if x.numel() < 2:
+        return "const", 0.0
+    std = float(x.std())
+    if std == 0.0:
+        return ("zero" if float(x.abs().max()) == 0.0 else "const"), 0.0
+    tol = max(0.015, 3.0 / math.sqrt(2 * x.numel()))
+    for rule, fans in (("fan_in", (fan_in,)), ("fan_out", fan_outs)):
+        for fan in fans:
+            if fan <= 1:
+                continue
+            r = std * math.sqrt(fan)
+            if any(abs(r / c - 1) < tol for c in _FAN_CONSTANTS):
+                return rule, std
+    return "fixed", std
+
+
+def init_scale(rule: str, role: str, m_in: float, m_out: float) -> float:
+    """Factor to multiply the current values by so that they follow μP relative to the base width."""
+    if rule not in RULES or role in ("vector", "fixed"):
+        return 1.0
+    base_over_now = {"fixed": 1.0, "fan_in": math.sqrt(m_in), "fan_out": math.sqrt(m_out)}[rule]
+    target_over_base = 1.0 / math.sqrt(m_in) if role == "hidden" else 1.0  # TP-V Table 8: hidden var σ²/m_in
+    return base_over_now * target_over_base

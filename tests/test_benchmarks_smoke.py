@@ -1,0 +1,122 @@
+"""Smoke tests for benchmarks/: run the --quick modes as subprocesses and check their output files.
+
+The μP assertions are skipped (not failed) only while ``from muplify import muplify`` cannot be imported at all;
+once the core imports, every μP run must succeed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _muplify_importable() -> bool:
+    try:
+        from muplify import muplify  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _run(script: str, out: Path, *extra: str, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    cmd = [sys.executable, str(BENCH / script), "--quick", "--out", str(out), *extra]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{script} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def lr_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lr_transfer")
+    p = _run("lr_transfer.py", out, timeout=240)
+    return out, p
+
+
+def test_lr_transfer_quick_outputs(lr_quick):
+    out, p = lr_quick
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) >= {"meta", "runs", "summary"}
+    meta = res["meta"]
+    assert {"env", "corpus", "widths", "log2_lrs", "seeds", "base_width"} <= set(meta)
+    assert meta["env"]["torch"] and meta["env"]["cpu_count"]
+    assert meta["corpus"]["files"]["train"] > 0 and meta["corpus"]["files"]["val"] > 0
+    widths, lrs = meta["widths"], meta["log2_lrs"]
+    assert len(widths) >= 2 and len(lrs) >= 3
+    assert all(b - a <= 1 for a, b in zip(lrs[:-1], lrs[1:]))  # grid spacing <= 1 in log2
+
+    runs = list(res["runs"].values())
+    assert len(runs) == 2 * len(widths) * len(lrs) * meta["seeds"]
+    for r in runs:
+        assert {"param", "width", "log2_lr", "seed", "steps"} <= set(r["config"])
+        assert r["status"] in ("ok", "diverged", "error")
+    sp = [r for r in runs if r["config"]["param"] == "sp"]
+    assert all(r["status"] in ("ok", "diverged") for r in sp), [r.get("error") for r in sp]
+    assert any(r["status"] == "ok" and r["val_loss"] < 5.0 for r in sp)  # learned something below ln(256) = 5.55
+    for r in sp:
+        assert {"val_loss", "diverged", "seconds", "ms_per_step", "train_curve"} <= set(r)
+
+    summary = res["summary"]
+    assert {"params", "targets"} <= set(summary)
+    assert set(summary["targets"]) == {"mup_optimum_shift_le_1", "sp_optimum_shift_ge_2", "mup_best_loss_monotone"}
+    assert len(summary["params"]["sp"]["best"]) == len(widths)
+
+    png = out / "lr_transfer.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "argmin log2(lr)" in p.stdout and "Targets" in p.stdout
+
+
+def test_lr_transfer_quick_resumes(lr_quick):
+    out, _ = lr_quick
+    before = json.loads((out / "results.json").read_text())["runs"]
+    p = _run("lr_transfer.py", out, "--no-plot", timeout=120)
+    after = json.loads((out / "results.json").read_text())["runs"]
+    done = [k for k, r in before.items() if r["status"] in ("ok", "diverged")]
+    assert done and all(after[k] == before[k] for k in done)  # finished runs were skipped, not redone
+    assert f"{len(done)} already done" in p.stdout
+
+
+def test_lr_transfer_quick_mup(lr_quick):
+    if not _muplify_importable():
+        pytest.skip("`from muplify import muplify` does not import yet")
+    out, _ = lr_quick
+    res = json.loads((out / "results.json").read_text())
+    mup = [r for r in res["runs"].values() if r["config"]["param"] == "mup"]
+    assert mup and all(r["status"] in ("ok", "diverged") for r in mup), [r.get("error") for r in mup]
+    assert any(r["status"] == "ok" for r in mup)
+    assert all(r["schedule_ratios_preserved"] for r in mup)
+    # above the base width the μP optimizer must have more than one learning rate (hidden lr / width_mult)
+    base = res["meta"]["base_width"]
+    wide = [r for r in mup if r["config"]["width"] > base]
+    assert wide and all(len(r["lr_multipliers"]) > 1 for r in wide)
+    # at the base width μP trains exactly like SP (same seed, same batches)
+    diff = res["summary"].get("base_width_max_abs_diff")
+    assert diff is not None and diff < 1e-3
+
+
+def test_overhead_quick(tmp_path):
+    p = _run("overhead.py", tmp_path, timeout=180)
+    res = json.loads((tmp_path / "overhead.json").read_text())
+    assert {"env", "config", "rows", "muplify_cases"} <= set(res)
+    assert {"torch", "device", "cpu_count"} <= set(res["env"])
+    csv_text = (tmp_path / "overhead.csv").read_text()
+    assert csv_text.startswith("section,case,")
+    sections = {r["section"] for r in res["rows"]}
+    assert "muplify()" in sections
+    assert "| muplify() on |" in p.stdout
+    if _muplify_importable():
+        errors = [(r["section"], r.get("error")) for r in res["rows"] if r.get("error")]
+        assert not errors, errors
+        assert {"train step (eager)", "optimizer step"} <= sections
+        for r in res["rows"]:
+            if r["section"] != "muplify()":
+                assert r["ratio"] > 0
+            else:
+                assert r["muplify_s"] > 0
