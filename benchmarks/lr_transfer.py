@@ -112,7 +112,10 @@ def make_model_and_opt(cfg: dict, muplify_fn):
             info["plan_error"] = f"{type(e).__name__}: {e}"
     info["n_params"] = sum(p.numel() for p in model.parameters())
     info["n_param_groups"] = len(opt.param_groups)
-    info["lr_multipliers"] = sorted({round(g["lr"] / lr, 8) for g in opt.param_groups})
+    # muplify keeps group["lr"] = the schedule's lr and applies group["lr_mult"] inside step() (see muplify/optim.py)
+    info["lr_multipliers"] = sorted({round(g["lr"] * g.get("lr_mult", 1.0) / lr, 8) for g in opt.param_groups})
+    info["param_groups"] = [{"roles": g.get("mup_roles"), "lr_mult": g.get("lr_mult"), "wd_mult": g.get("wd_mult"),
+                             "n_tensors": len(g["params"])} for g in opt.param_groups]
     return model, opt, info
 
 
