@@ -38,7 +38,7 @@ UNIFORM_LOSS = math.log(256)  # loss of the uniform byte predictor: the "capped"
 PRESETS = {
     # Sized for ~40 minutes on 2 CPU cores (measured fwd+bwd+AdamW step at batch 16, seq 128, 2 layers:
     # w64 ~26 ms, w128 ~62 ms, w256 ~155 ms, w512 ~520 ms).
-    "full": dict(widths=[64, 128, 256, 512], lrs=[-12, -11, -10, -9, -8, -7, -6, -5], steps=200, seeds=1,
+    "full": dict(widths=[64, 128, 256, 512], lrs=[-13, -12, -11, -10, -9, -8, -7, -6], steps=200, seeds=1,
                  base_width=64, batch_size=16, seq_len=128, eval_batches=8, out="out/lr_transfer"),
     # CI smoke run: tiny widths, few lrs and steps.  Not meant to show transfer.
     "quick": dict(widths=[32, 64], lrs=[-9, -8, -7, -6, -5], steps=30, seeds=1,
