@@ -41,8 +41,8 @@ PRESETS = {
     "full": dict(widths=[64, 128, 256, 512], lrs=[-13, -12, -11, -10, -9, -8, -7, -6], steps=200, seeds=1,
                  base_width=64, batch_size=16, seq_len=128, eval_batches=8, out="out/lr_transfer"),
     # CI smoke run: tiny widths, few lrs and steps.  Not meant to show transfer.
-    "quick": dict(widths=[32, 64], lrs=[-9, -8, -7, -6, -5], steps=30, seeds=1,
-                  base_width=32, batch_size=8, seq_len=64, eval_batches=2, out="out/lr_transfer_quick"),
+    "quick": dict(widths=[64, 128], lrs=[-9, -8, -7, -6, -5], steps=40, seeds=1,
+                  base_width=64, batch_size=8, seq_len=64, eval_batches=2, out="out/lr_transfer_quick"),
 }
 
 # measured step times (ms) at batch 16, seq 128, 2 layers, 2 threads; used only for the printed time estimate / ETA

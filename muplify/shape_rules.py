@@ -249,6 +249,22 @@ def _masked(g: DimGraph, node: fx.Node) -> None:
     pointwise(g, node)
 
 
+@rule(aten.__and__.Tensor, aten.__or__.Tensor, aten.__xor__.Tensor, aten.logical_and.default,
+      aten.logical_or.default)
+def _logical(g: DimGraph, node: fx.Node) -> None:
+    pointwise(g, node)
+
+
+@rule(aten.diff.default)
+def _diff(g: DimGraph, node: fx.Node) -> None:
+    g.eq_axes(node.args[0], node)  # the differenced axis shrinks by one, so eq() skips it
+
+
+@rule(aten.gather.default)
+def _gather(g: DimGraph, node: fx.Node) -> None:
+    g.eq_axes(node.args[2], node)  # output has the index's shape
+
+
 @rule(aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten.sym_constrain_range_for_size.default)
 def _no_op(g: DimGraph, node: fx.Node) -> None:
     pass
