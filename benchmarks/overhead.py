@@ -49,11 +49,11 @@ from muplify.models import GPT  # noqa: E402
 
 PRESETS = {
     "full": dict(d_model=256, n_layer=4, batch_size=16, seq_len=128, base_width=64, rounds=12, inner=3,
-                 opt_rounds=30, opt_inner=5, compile=True, muplify_reps=3,
+                 opt_rounds=30, opt_inner=5, compile=True, muplify_reps=3, muplify_isolate=True,
                  muplify_cases=["gpt2-small", "llama-7b-meta", "llama-meta-L4", "llama-meta-L16", "llama-meta-L64"],
                  out="out/overhead"),
-    "quick": dict(d_model=128, n_layer=2, batch_size=8, seq_len=64, base_width=32, rounds=8, inner=3,
-                  opt_rounds=10, opt_inner=3, compile=False, muplify_reps=1,
+    "quick": dict(d_model=128, n_layer=2, batch_size=8, seq_len=64, base_width=64, rounds=8, inner=3,
+                  opt_rounds=10, opt_inner=3, compile=False, muplify_reps=1, muplify_isolate=False,
                   muplify_cases=["gpt2-small-L2", "llama-meta-L2", "llama-meta-L4"],
                   out="out/overhead_quick"),
 }
@@ -89,21 +89,24 @@ def build_case(name: str):
     raise ValueError(name)
 
 
-def worker(name: str, reps: int, threads: int) -> dict:
-    set_threads(threads)
-    muplify, err = import_muplify()
-    import transformers  # noqa: F401  (import cost outside the timings)
+def _warmup(muplify) -> float:
+    """One muplify() call on a tiny model: the one-time costs of a fresh process (lazy imports, export machinery)."""
+    m = GPT(vocab_size=64, d_model=64, n_layer=1, block_size=16)
+    t0 = time.perf_counter()
+    muplify(m, base_width=32)
+    return time.perf_counter() - t0
 
+
+def worker_case(name: str, reps: int, muplify) -> dict:
     rec: dict = {"case": name}
     times, builds = [], []
+    build_case(name)  # first build pays transformers' lazy imports; not timed
     for rep in range(reps):
+        gc.collect()
         t0 = time.perf_counter()
         model, desc, base_width = build_case(name)
         builds.append(time.perf_counter() - t0)
         rec.update(description=desc, base_width=base_width, n_params=sum(p.numel() for p in model.parameters()))
-        if err:
-            rec["error"] = f"import: {err}"
-            return rec
         gc.collect()
         before = proc_mem_kb()
         can_reset = reset_peak_rss()
@@ -118,11 +121,9 @@ def worker(name: str, reps: int, threads: int) -> dict:
         after = proc_mem_kb()
         if rep == 0:
             rec["rss_before_mb"] = before["rss"] / 1024 if before["rss"] else None
-            if can_reset:
-                rec["peak_rss_mb"] = after["hwm"] / 1024
+            rec["peak_rss_mb"] = after["hwm"] / 1024  # since the reset; process-lifetime peak if reset unsupported
+            if can_reset and before["rss"]:
                 rec["rss_delta_mb"] = (after["hwm"] - before["rss"]) / 1024
-            else:  # process-lifetime peak only
-                rec["peak_rss_mb"] = after["hwm"] / 1024
             try:
                 rec["n_plan_entries"] = len(mu.plan)
                 roles: dict = {}
@@ -132,23 +133,42 @@ def worker(name: str, reps: int, threads: int) -> dict:
             except Exception as e:  # informative only
                 rec["plan_error"] = f"{type(e).__name__}: {e}"
         del model, mu
-        gc.collect()
     rec["muplify_s_all"] = times
     rec["muplify_s"] = median(times)
     rec["build_s"] = median(builds)
     return rec
 
 
-def run_worker(name: str, reps: int, threads: int, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--reps", str(reps),
+def worker(names: list[str], reps: int, threads: int) -> list[dict]:
+    set_threads(threads)
+    muplify, err = import_muplify()
+    import transformers  # noqa: F401  (import cost outside the timings)
+
+    if err:
+        return [{"case": n, "error": f"import: {err}"} for n in names]
+    try:
+        warm = _warmup(muplify)
+    except Exception as e:
+        return [{"case": n, "error": f"warm-up muplify() on a tiny GPT failed: {type(e).__name__}: {e}"}
+                for n in names]
+    recs = []
+    for n in names:
+        r = worker_case(n, reps, muplify)
+        r["process_warmup_s"] = warm
+        recs.append(r)
+    return recs
+
+
+def run_worker(names: list[str], reps: int, threads: int, timeout: float) -> list[dict]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", ",".join(names), "--reps", str(reps),
            "--threads", str(threads)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"case": name, "error": f"timeout after {timeout:.0f} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        return [{"case": n, "error": f"timeout after {timeout:.0f} s"} for n in names]
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("[")]
     if p.returncode != 0 or not lines:
-        return {"case": name, "error": f"worker exit {p.returncode}: {p.stderr.strip()[-2000:]}"}
+        return [{"case": n, "error": f"worker exit {p.returncode}: {p.stderr.strip()[-2000:]}"} for n in names]
     return json.loads(lines[-1])
 
 
@@ -312,7 +332,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.reps, args.threads), default=str))
+        print(json.dumps(worker(args.worker.split(","), args.reps, args.threads), default=str))
         return 0
 
     cfg = dict(PRESETS["quick" if args.quick else "full"])
@@ -346,15 +366,19 @@ def main(argv=None) -> int:
             extra["traceback_setup"] = traceback.format_exc()
 
     recs = {}
-    for name in cfg["muplify_cases"]:
-        print(f"timing muplify() on {name} (subprocess) ...", flush=True)
-        rec = run_worker(name, cfg["muplify_reps"], args.threads, args.worker_timeout)
-        recs[name] = rec
-        rows.append({"section": "muplify()", "case": rec.get("description", name), "muplify_s": rec.get("muplify_s"),
-                     "build_s": rec.get("build_s"), "peak_rss_mb": rec.get("peak_rss_mb"),
-                     "rss_delta_mb": rec.get("rss_delta_mb"), "n_params": rec.get("n_params"),
-                     "notes": f"{cfg['muplify_reps']} rep(s); roles {rec.get('roles')}" if rec.get("roles") else
-                     f"{cfg['muplify_reps']} rep(s)", "error": rec.get("error")})
+    # full: one fresh subprocess per model (isolated peak RSS); quick: one subprocess for all (one import of torch)
+    batches = [[n] for n in cfg["muplify_cases"]] if cfg["muplify_isolate"] else [cfg["muplify_cases"]]
+    for names in batches:
+        print(f"timing muplify() on {', '.join(names)} (subprocess) ...", flush=True)
+        for rec in run_worker(names, cfg["muplify_reps"], args.threads, args.worker_timeout * len(names)):
+            recs[rec["case"]] = rec
+            notes = f"{cfg['muplify_reps']} rep(s) after a warm-up call ({rec.get('process_warmup_s', 0):.2f} s)"
+            if rec.get("roles"):
+                notes += f"; roles {rec['roles']}"
+            rows.append({"section": "muplify()", "case": rec.get("description", rec["case"]),
+                         "muplify_s": rec.get("muplify_s"), "build_s": rec.get("build_s"),
+                         "peak_rss_mb": rec.get("peak_rss_mb"), "rss_delta_mb": rec.get("rss_delta_mb"),
+                         "n_params": rec.get("n_params"), "notes": notes, "error": rec.get("error")})
     scaling = scaling_note(recs)
 
     print()

@@ -120,6 +120,10 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwarg
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     example_kwargs = dict(example_kwargs or {})
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", None) is not None and "use_cache" not in example_kwargs:
+        # HF caches (DynamicCache) are not pytrees torch.export can return; the analysis does not need them
+        example_kwargs["use_cache"] = False
     was_training = {m: m.training for m in model.modules()}
     stack: list[str] = []
     names = {id(m): (n or type(model).__name__) for n, m in model.named_modules()}

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable
 
@@ -31,6 +32,16 @@ class MuplifiedModule:
 
     _mup_orig_class: type
 
+    def __reduce_ex__(self, protocol):
+        # pickle (torch.save(mu)) as the original class, re-swapped on load: the Mu<Class> is made at run time
+        cls = type(self)
+        self.__class__ = cls._mup_orig_class
+        try:
+            rv = self.__reduce_ex__(protocol)
+        finally:
+            self.__class__ = cls
+        return (_remake_muplified, (rv[0], rv[1]), *rv[2:])
+
     @property
     def plan(self) -> Plan:
         return self.__dict__["_mup_plan"]
@@ -51,24 +62,26 @@ class MuplifiedModule:
     def mup_init(self, init_fn: Callable[[nn.Module], None] | None = None, *, rule: str | None = None) -> None:
         """(Re-)initialise parameters: run the model's own init, then apply the μP init rescaling of the plan.
 
-        ``init_fn(model)`` defaults to calling ``reset_parameters()`` on every submodule that has one, or HF's
-        ``_init_weights`` when the model is a transformers PreTrainedModel.  The μP rescaling then follows the plan's
-        init policy, re-detected from the fresh values (``rule=`` forces 'fan_in' or 'fixed').
+        ``init_fn(model)`` defaults to the model's own init replayed in the order its constructor runs it, so that
+        with the same RNG seed a model built on the meta device and ``to_empty()``-ed gets exactly the values of a
+        model built directly on the CPU: ``reset_parameters()`` (or ``torch.nn``'s ``_reset_parameters()``) on every
+        submodule, children before parents, and for transformers models ``init_weights()`` at the end of every
+        PreTrainedModel (its ``post_init``; HF's "already initialised" flags are cleared first).  Tied weights draw
+        as separate tensors and are tied again afterwards, the first registered owner keeping its values (as
+        ``lm_head.weight = wte.weight`` does); ties that ``to_empty()`` broke are restored.  Buffers computed in
+        ``__init__`` (rotary tables, masks) are not recomputed by ``reset_parameters``: pass an ``init_fn`` that does
+        it, or load them (HF models re-create rotary buffers in ``_init_weights``).  With FSDP2 (DTensor parameters)
+        the rule detection uses global statistics.  The μP rescaling then follows the plan's init policy,
+        re-detected from the fresh values (``rule=`` forces 'fan_in' or 'fixed').
         """
         from .initialization import detect_rule, init_scale
 
+        retie(self, self.plan)
         with torch.no_grad():
             if init_fn is not None:
                 init_fn(self)
-            elif hasattr(self, "_init_weights") and hasattr(self, "config"):
-                for m in self.modules():
-                    self._init_weights(m)
-                if hasattr(self, "tie_weights"):
-                    self.tie_weights()
             else:
-                for m in self.modules():
-                    if hasattr(m, "reset_parameters") and m is not self:
-                        m.reset_parameters()
+                _construction_init(self, self.plan)
         plan = self.plan
         named = dict(self.named_parameters())
         opt = plan.options.get("init", "auto")
@@ -92,7 +105,101 @@ class MuplifiedModule:
         rewrite.apply_init(self, plan)
 
 
+    def to_empty(self, *, device, recurse: bool = True):
+        """``nn.Module.to_empty``, then restore the weight ties of the plan (a meta -> device move unties them)."""
+        out = super().to_empty(device=device, recurse=recurse)
+        retie(self, self.plan)
+        return out
+
+
+def retie(model: nn.Module, plan: Plan) -> list[str]:
+    """Make every alias of a tied parameter in ``plan`` the same Parameter object again (``Module.to_empty`` and
+    ``.to()`` from the meta device create one new Parameter per module).  Returns the aliases re-tied."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    fixed = []
+    for name, p in plan.params.items():
+        canon = named.get(name)
+        if canon is None or len(p.aliases) < 2:
+            continue
+        for alias in p.aliases:
+            if alias != name and alias in named and named[alias] is not canon:
+                mod_name, _, leaf = alias.rpartition(".")
+                model.get_submodule(mod_name)._parameters[leaf] = canon
+                fixed.append(alias)
+    return fixed
+
+
+@contextlib.contextmanager
+def _untied(model: nn.Module, plan: Plan):
+    """Give every alias of a tied parameter a temporary Parameter of its own, as during construction (before
+    ``lm_head.weight = wte.weight``), so that each module's init draws what it draws at construction; then tie
+    again: the plan's canonical name (the first registered owner) keeps its values."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    for name, p in plan.params.items():
+        canon = named.get(name)
+        for alias in p.aliases:
+            if canon is not None and alias != name and named.get(alias) is canon:
+                mod_name, _, leaf = alias.rpartition(".")
+                model.get_submodule(mod_name)._parameters[leaf] = nn.Parameter(
+                    torch.empty_like(canon), requires_grad=canon.requires_grad)
+    try:
+        yield
+    finally:
+        retie(model, plan)
+
+
+def _reset_fn(m: nn.Module):
+    fn = getattr(m, "reset_parameters", None)
+    if not callable(fn) and type(m).__module__.startswith("torch.nn."):
+        fn = getattr(m, "_reset_parameters", None)  # nn.MultiheadAttention, nn.Transformer
+    return fn if callable(fn) else None
+
+
+def _construction_init(model: nn.Module, plan: Plan) -> None:
+    """Re-run the model's own init in the order its constructor runs it: children before parents (a module's
+    ``reset_parameters`` runs at the end of its ``__init__``), and for transformers models ``init_weights()`` at
+    the end of every PreTrainedModel (``post_init``), after the torch default init of its submodules."""
+    hf_base = None
+    if hasattr(model, "_init_weights") and hasattr(model, "config"):
+        try:
+            from transformers import PreTrainedModel as hf_base
+        except ImportError:  # pragma: no cover
+            hf_base = None
+        if hf_base is not None and isinstance(model, hf_base) and not hasattr(model, "init_weights"):
+            hf_base = None  # very old transformers: fall back to _init_weights over every module
+            for m in model.modules():
+                model._init_weights(m)
+            if hasattr(model, "tie_weights"):
+                model.tie_weights()
+            return
+    if hf_base is not None:  # clear "already initialised" flags, or init_weights() would skip every module
+        for m in model.modules():
+            m.__dict__.pop("_is_hf_initialized", None)
+            for t in list(m._parameters.values()) + list(m._buffers.values()):
+                if t is not None and "_is_hf_initialized" in getattr(t, "__dict__", {}):
+                    del t._is_hf_initialized
+
+    def visit(m: nn.Module) -> None:
+        for c in m.children():
+            visit(c)
+        if hf_base is not None and isinstance(m, hf_base):
+            m.init_weights()
+        else:
+            fn = _reset_fn(m)
+            if fn is not None:
+                fn()
+
+    with _untied(model, plan):
+        visit(model)
+
+
 _CLASS_CACHE: dict[type, type] = {}
+
+
+def _remake_muplified(fn, args):
+    obj = fn(*args)
+    obj.__class__ = _mu_class(type(obj))
+    return obj
 
 
 def _mu_class(cls: type) -> type:

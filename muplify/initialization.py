@@ -25,13 +25,18 @@ def detect_rule(t: torch.Tensor, fan_in: int, fan_outs: tuple[int, ...]) -> tupl
     """Return (rule, std): rule is 'fan_in', 'fan_out', 'fixed', 'zero', 'const', or 'deferred' (no values)."""
     if t.is_meta or t.numel() == 0:
         return "deferred", float("nan")
-    x = t.detach().float().flatten()
-    if x.numel() < 2:
+    if _is_dtensor(t):  # FSDP2 / tensor-parallel shard: global statistics, the same answer on every rank
+        numel, std, amax = _global_stats(t)
+    else:
+        x = t.detach().float().flatten()
+        numel = x.numel()
+        std = float(x.std()) if numel >= 2 else 0.0
+        amax = float(x.abs().max())
+    if numel < 2:
         return "const", 0.0
-    std = float(x.std())
     if std == 0.0:
-        return ("zero" if float(x.abs().max()) == 0.0 else "const"), 0.0
-    tol = max(0.015, 3.0 / math.sqrt(2 * x.numel()))
+        return ("zero" if amax == 0.0 else "const"), 0.0
+    tol = max(0.015, 3.0 / math.sqrt(2 * numel))
     for rule, fans in (("fan_in", (fan_in,)), ("fan_out", fan_outs)):
         for fan in fans:
             if fan <= 1:
@@ -40,6 +45,29 @@ def detect_rule(t: torch.Tensor, fan_in: int, fan_outs: tuple[int, ...]) -> tupl
             if any(abs(r / c - 1) < tol for c in _FAN_CONSTANTS):
                 return rule, std
     return "fixed", std
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local") and hasattr(t, "device_mesh")
+
+
+def _global_stats(t) -> tuple[int, float, float]:
+    """(numel, unbiased std, max |x|) of a DTensor from its local shards, reduced over every mesh dimension
+    (replicated dims scale all sums alike, so mean and variance stay exact)."""
+    import torch.distributed as dist
+
+    x = t.to_local().detach().double().flatten()
+    sums = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64), x.sum(), x.pow(2).sum()])
+    amax = x.abs().max() if x.numel() else torch.zeros((), dtype=torch.float64)
+    mesh = t.device_mesh
+    sums, amax = sums.to(mesh.device_type), amax.to(mesh.device_type)
+    for d in range(mesh.ndim):
+        group = mesh.get_group(d)
+        dist.all_reduce(sums, group=group)
+        dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
+    n, s1, s2 = (float(v) for v in sums.cpu())
+    var = max(0.0, (s2 - s1 * s1 / n) / (n - 1)) if n > 1 else 0.0
+    return int(t.numel()), math.sqrt(var), float(amax)
 
 
 def init_scale(rule: str, role: str, m_in: float, m_out: float) -> float:

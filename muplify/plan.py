@@ -35,6 +35,7 @@ from .errors import PlanError
 __all__ = ["Plan", "ParamPlan", "ForwardMultiplier", "ROLES", "lr_mults", "role_from_fans"]
 
 ROLES = ("input", "hidden", "output", "vector", "fixed")
+_VOLATILE_OPTIONS = ("capture_seconds",)  # run-to-run diagnostics: kept off the JSON so a plan file is deterministic
 FAMILIES = ("adam", "sgd")
 
 
@@ -204,7 +205,7 @@ class Plan(Mapping):
             "base_width": self.base_width,
             "width": self.width,
             "width_symbol": str(self.width_symbol),
-            "options": self.options,
+            "options": {k: v for k, v in self.options.items() if k not in _VOLATILE_OPTIONS},
             "notes": self.notes,
             "params": [enc(p) for p in self.params.values()],
             "forward": [asdict(f) for f in self.forward],
@@ -270,7 +271,12 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
         prod = lambda axes: sympy.Mul(*[pd.axis_exprs[a] for a in axes]) if axes else sympy.Integer(1)
         contracting = [u for u in pd.uses if u.kind in ("matmul", "conv", "embedding")]
         note, chosen = "", None
-        if contracting:
+        t = tensors.get(name)
+        if t is not None and not (t.is_floating_point() or t.is_complex()):
+            # an integer/bool Parameter gets no gradient and no init: μP leaves it alone
+            role, fan_in, fan_out = "fixed", sympy.Integer(1), sympy.Integer(max(1, t.numel()))
+            note = f"non-float parameter ({t.dtype}): fixed, left untouched"
+        elif contracting:
             cands = []
             for u in contracting:
                 fi, fo = prod(u.fan_in_axes), prod(u.fan_out_axes)
@@ -298,11 +304,10 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
         uses = [f"{u.kind} in '{_mod(u.node)}'" for u in pd.uses]
 
         # init action
-        t = tensors.get(name)
         fan_in_size = int(fan_in.subs(sym, width)) if fan_in.has(sym) else int(fan_in)
         numel = t.numel() if t is not None else 1
         fan_outs = (int(fan_out.subs(sym, width)), max(1, numel // max(1, _contracted_channels(pd, chosen))))
-        if init is None or t is None:
+        if init is None or t is None or role == "fixed" and note.startswith("non-float"):
             rule, scale = "keep", 1.0
         elif init == "auto":
             rule, _ = ini.detect_rule(t, fan_in_size, fan_outs)

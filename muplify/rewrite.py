@@ -9,6 +9,7 @@ Parameters and no parameters or buffers are added: ``state_dict()`` keys stay th
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -69,6 +70,7 @@ def validate_plan(model: nn.Module, plan: Plan) -> None:
              if n in named and tuple(named[n].shape) != tuple(p.shape)]
     modules = dict(model.named_modules())
     bad_sites = [f.module for f in plan.forward if f.module not in modules]
+    _check_entries(plan)
     if missing or extra or wrong or bad_sites:
         parts = []
         if missing:
@@ -81,6 +83,22 @@ def validate_plan(model: nn.Module, plan: Plan) -> None:
             parts.append(f"modules named by forward multipliers but absent: {bad_sites[:5]}")
         raise PlanError(f"the plan does not match this {type(model).__name__} (plan made for "
                         f"{plan.model_class or 'another model'}): " + "; ".join(parts))
+
+
+def _check_entries(plan: Plan) -> None:
+    """Values a hand-edited plan file can get wrong; checked before anything is modified."""
+    from .plan import ROLES
+
+    bad = [f"{n}: role {p.role!r}" for n, p in plan.params.items() if p.role not in ROLES]
+    bad += [f"{n}: init_scale {p.init_scale!r}" for n, p in plan.params.items()
+            if not (isinstance(p.init_scale, (int, float)) and math.isfinite(p.init_scale) and p.init_scale >= 0)]
+    bad += [f"forward multiplier on '{f.module}': where {f.where!r} (must be 'input' or 'output')"
+            for f in plan.forward if f.where not in ("input", "output")]
+    bad += [f"forward multiplier on '{f.module}': factor {f.factor!r}" for f in plan.forward
+            if not (isinstance(f.factor, (int, float)) and math.isfinite(f.factor) and f.factor > 0)]
+    if bad:
+        raise PlanError(f"invalid plan entries (roles must be one of {ROLES}, factors finite and > 0): "
+                        + "; ".join(bad[:5]))
 
 
 def apply_init(model: nn.Module, plan: Plan) -> None:
@@ -104,17 +122,29 @@ def apply_init(model: nn.Module, plan: Plan) -> None:
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
-    """Register the plan's forward multipliers as hooks (skipping factors of exactly 1) and rescale the init."""
-    for f in plan.forward:
-        if f.factor == 1.0:
-            continue  # base width: leave the model's computation bit-for-bit unchanged
-        mod = model.get_submodule(f.module)
-        if f.where == "input":
-            mod.register_forward_pre_hook(MuScaleInput(f.factor, f.channels, f.reason), with_kwargs=True)
-        elif f.where == "output":
-            mod.register_forward_hook(MuScaleOutput(f.factor, f.channels, f.reason))
-        else:
-            raise PlanError(f"forward multiplier on '{f.module}': where must be 'input' or 'output', got {f.where!r}")
+    """Register the plan's forward multipliers as hooks (skipping factors of exactly 1) and rescale the init.
+
+    Everything is checked before the first change; if registering fails midway the hooks added so far are removed.
+    """
+    _check_entries(plan)
+    named = dict(model.named_parameters())
+    bad = [n for n, p in plan.params.items() if n in named and not named[n].is_floating_point()
+           and not named[n].is_complex() and (p.init_scale != 1.0 or p.zero_channels is not None)]
+    if init and bad:
+        raise PlanError(f"cannot rescale non-float parameters {bad[:5]}: set their init_scale to 1")
+    sites = [(model.get_submodule(f.module), f) for f in plan.forward if f.factor != 1.0]  # base width: no hooks
+    handles = []
+    try:
+        for mod, f in sites:
+            if f.where == "input":
+                handles.append(mod.register_forward_pre_hook(MuScaleInput(f.factor, f.channels, f.reason),
+                                                             with_kwargs=True))
+            else:
+                handles.append(mod.register_forward_hook(MuScaleOutput(f.factor, f.channels, f.reason)))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
     if init:
         apply_init(model, plan)
 
@@ -148,6 +178,7 @@ def fold_multipliers(model: nn.Module, plan: Plan) -> list[str]:
             notes.append(f"untied {tied[0]} from {', '.join(t for t in tied if t != tied[0])}: the readout "
                          f"multiplier x{f.factor:.4g} applies to the readout use only")
             w = mod.weight
+            notes.extend(_untie_in_config(model))
         out_axis = _out_axis(mod, w)
         with torch.no_grad():
             if f.where == "input":
@@ -162,6 +193,24 @@ def fold_multipliers(model: nn.Module, plan: Plan) -> list[str]:
                     w.narrow(out_axis, start, stop - start).mul_(f.factor)
                     if isinstance(b, torch.Tensor):
                         b.narrow(0, start, stop - start).mul_(f.factor)
+    return notes
+
+
+def _untie_in_config(model: nn.Module) -> list[str]:
+    """After untying, stop transformers from re-tying: ``tie_word_embeddings=False`` in every (sub)config, and the
+    cached tie mapping cleared.  Otherwise ``from_pretrained`` / ``tie_weights()`` would share the weights again."""
+    notes, seen = [], set()
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        cfgs = [cfg, getattr(cfg, "text_config", None)] if cfg is not None else []
+        for c in cfgs:
+            if c is not None and id(c) not in seen and getattr(c, "tie_word_embeddings", False):
+                seen.add(id(c))
+                c.tie_word_embeddings = False
+                notes.append(f"set {type(c).__name__}.tie_word_embeddings=False so that transformers does not re-tie "
+                             "the untied weights (from_pretrained, tie_weights)")
+        if isinstance(getattr(m, "all_tied_weights_keys", None), dict) and cfg is not None:
+            m.all_tied_weights_keys = {}
     return notes
 
 

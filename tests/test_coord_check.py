@@ -2,6 +2,14 @@
 recorder (attention logits, softmax inputs, output), the slope verdict and the result object.
 
 Widths 32..256, 3 steps, 2 seeds; each model's check is run once per module (fixture) and shared by its tests.
+
+Setting (the `mup` package's own coord-check setting): untied readout with ``readout_zero_init=True`` (and
+``query_zero_init=True`` for attention).  With a non-zero readout the logits at init shrink like 1/sqrt(width)
+(slope -0.5 at step 0), which the two-sided criterion flags; a tied embedding/readout cannot be zero-initialised.
+Sizes that collide with a width (vocabulary, positions, input features) are avoided: width inference is numeric.
+Language-model batches hold 2x16 = 32 tokens, no more than the smallest width: with many more tokens than width,
+Adam's first updates are dominated by a part that shrinks like 1/sqrt(width) (a finite-width effect, not a μP bug;
+`mup`'s own coordinate checks use batch size 1).
 """
 from __future__ import annotations
 
@@ -18,6 +26,8 @@ from muplify.models import CNN, GPT, MLP
 
 WIDTHS = [32, 64, 128, 256]
 STEPS = 3
+MUP = {"readout_zero_init": True}
+MUP_ATTN = {"readout_zero_init": True, "query_zero_init": True}
 
 
 def _have_core() -> bool:
@@ -39,7 +49,7 @@ def _describe(res: CoordCheckResult, param: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- batches
-def _tokens(vocab=256, batch=4, seq=32, seed=0):
+def _tokens(vocab=256, batch=2, seq=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, vocab, (batch, seq + 1), generator=g)
     return idx[:, :-1], idx[:, 1:]
@@ -48,16 +58,16 @@ def _tokens(vocab=256, batch=4, seq=32, seed=0):
 # ------------------------------------------------------------------------------------------------ model checks
 @pytest.fixture(scope="module")
 def gpt_result():
-    return coord_check(lambda w: GPT(d_model=w, n_layer=2, block_size=32), _tokens(), widths=WIDTHS, steps=STEPS,
-                       parametrizations=PARAMS)
+    return coord_check(lambda w: GPT(d_model=w, n_layer=2, head_dim=16, block_size=40, tie_weights=False), _tokens(),
+                       widths=WIDTHS, steps=STEPS, parametrizations=PARAMS, muplify_kwargs=MUP_ATTN)
 
 
 @pytest.fixture(scope="module")
 def mlp_result():
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
-    return coord_check(lambda w: MLP(in_features=32, width=w, out_features=10, depth=3), x, labels=y,
-                       widths=WIDTHS, steps=STEPS, parametrizations=PARAMS)
+    x, y = torch.randn(64, 20, generator=g), torch.randint(0, 10, (64,), generator=g)
+    return coord_check(lambda w: MLP(in_features=20, width=w, out_features=10, depth=3), x, labels=y,
+                       widths=WIDTHS, steps=STEPS, parametrizations=PARAMS, muplify_kwargs=MUP)
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +75,24 @@ def cnn_result():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
     return coord_check(lambda w: CNN(width=w), x, labels=y, widths=[16, 32, 64, 128], steps=STEPS,
-                       parametrizations=PARAMS)
+                       parametrizations=PARAMS, muplify_kwargs=MUP)
 
 
 def _hf_gpt2(width: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=256, n_positions=32, n_embd=width, n_layer=2, n_head=width // 16, use_cache=False,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(vocab_size=100, n_positions=40, n_embd=width, n_layer=2, n_head=width // 16, use_cache=False,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                     tie_word_embeddings=False)
     return GPT2LMHeadModel(cfg)
 
 
 @pytest.fixture(scope="module")
 def gpt2_result():
     pytest.importorskip("transformers")
-    idx, _ = _tokens(seq=32)
+    idx, _ = _tokens(vocab=100)
     return coord_check(_hf_gpt2, {"input_ids": idx, "labels": idx}, widths=WIDTHS, steps=STEPS,
-                       parametrizations=PARAMS)
+                       parametrizations=PARAMS, muplify_kwargs=MUP_ATTN)
 
 
 MODEL_RESULTS = ["gpt_result", "mlp_result", "cnn_result", "gpt2_result"]

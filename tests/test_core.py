@@ -109,3 +109,52 @@ def test_inductor_keeps_multipliers(name):
     compiled = _loss(torch.compile(mu)(*args, **kwargs))
     assert compiled.item() == pytest.approx(out_mu.item(), rel=1e-4)
     assert abs(out_mu.item() - out_ref.item()) > 1e-3 * abs(out_ref.item())
+
+
+def test_pickle_and_deepcopy_stay_mup():
+    import io
+
+    from muplify import is_muplified
+
+    model, args, kwargs = build("gpt_sdpa", 64)
+    mu = muplify(model, base_width=32, example_inputs=args)
+    out = mu(*args)
+    buf = io.BytesIO()
+    torch.save(mu, buf)
+    buf.seek(0)
+    for other in (torch.load(buf, weights_only=False), copy.deepcopy(mu)):
+        assert is_muplified(other) and type(other).__name__ == "MuGPT"
+        assert other.plan.to_json() == mu.plan.to_json()
+        assert torch.equal(other(*args), out)
+
+
+def test_overrides_edit_the_plan_before_the_rewrite():
+    model, args, kwargs = build("gpt_untied", 64)
+    mu = muplify(model, base_width=32, example_inputs=args,
+                 overrides={"blocks.*.mlp.2.weight": {"role": "input"}, "wpe.weight": {"lr_mult": 0.5}})
+    assert mu.plan["blocks.0.mlp.2.weight"].role == "input"
+    assert mu.plan["blocks.0.mlp.2.weight"].lr_mult["adam"] == 1.0
+    assert mu.plan["wpe.weight"].lr_mult == {"adam": 0.5, "sgd": 0.5}
+    opt = mu.optimizer(torch.optim.Adam, lr=1.0)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert group_of[id(mu.wpe.weight)]["lr_mult"] == 0.5
+
+
+def test_meta_device_model_gives_the_same_plan():
+    model, args, _ = build("hf_llama", 64)
+    plan_cpu = muplify(model, base_width=32, example_inputs=args, init=None).plan
+    with torch.device("meta"):
+        meta_model, meta_args, _ = build("hf_llama", 64)
+    mu = muplify(meta_model, base_width=32, example_inputs=tuple(a.to("meta") for a in meta_args), init=None)
+    assert all(p.is_meta for p in mu.parameters())
+    assert {n: (p.role, str(p.fan_in), str(p.fan_out)) for n, p in mu.plan.items()} == \
+        {n: (p.role, str(p.fan_in), str(p.fan_out)) for n, p in plan_cpu.items()}
+
+
+def test_plan_prints_as_a_table():
+    model, args, _ = build("hf_gpt2", 64)
+    text = str(muplify(model, base_width=32, example_inputs=args).plan)
+    assert "transformer.wte.weight (= lm_head.weight)" in text
+    assert "readout" in text and "x0.5 on the input of 'lm_head'" in text
+    for role in ("input", "hidden", "output", "vector"):
+        assert f" {role} " in text
