@@ -74,7 +74,7 @@ class MuplifiedModule:
         the rule detection uses global statistics.  The μP rescaling then follows the plan's init policy,
         re-detected from the fresh values (``rule=`` forces 'fan_in' or 'fixed').
         """
-        from .initialization import detect_rule, init_scale
+        from .initialization import decide
 
         retie(self, self.plan)
         with torch.no_grad():
@@ -84,26 +84,15 @@ class MuplifiedModule:
                 _construction_init(self, self.plan)
         plan = self.plan
         named = dict(self.named_parameters())
-        opt = plan.options.get("init", "auto")
+        policy = rule or plan.options.get("init", "auto")
         for n, p in plan.params.items():
             t = named.get(n)
             if t is None or t.is_meta:
                 continue
-            sym = plan.width_symbol
-            fan_in = int(p.fan_in.subs(sym, plan.width)) if p.fan_in.has(sym) else int(p.fan_in)
-            fan_out = int(p.fan_out.subs(sym, plan.width)) if p.fan_out.has(sym) else int(p.fan_out)
-            if rule is not None or opt not in (None, "auto"):
-                r = rule or opt
-                r = r if p.role not in ("vector", "fixed") else "keep"
-            else:
-                r, _ = detect_rule(t, fan_in, (fan_out, max(1, t.numel() // max(1, t.shape[1] if t.dim() > 1 else 1))))
-            zero = "zero (" in p.init_rule and "query" not in p.init_rule
-            p.init_rule = r + (" -> zero (readout_zero_init)" if zero else "")
-            p.init_scale = 0.0 if zero else init_scale(r, p.role, p.width_mult_in, p.width_mult_out)
-            if "Table-3" in p.note and not zero:
-                p.init_scale /= p.width_mult_in
+            p.init_rule, p.init_scale = decide(p, t, plan, policy)
+            if p.init_extra == 0.0:
+                p.init_rule += " -> zero (readout_zero_init)"
         rewrite.apply_init(self, plan)
-
 
     def to_empty(self, *, device, recurse: bool = True):
         """``nn.Module.to_empty``, then restore the weight ties of the plan (a meta -> device move unties them)."""

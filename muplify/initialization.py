@@ -31,10 +31,11 @@ def detect_rule(t: torch.Tensor, fan_in: int, fan_outs: tuple[int, ...]) -> tupl
         x = t.detach().float().flatten()
         numel = x.numel()
         std = float(x.std()) if numel >= 2 else 0.0
-        amax = float(x.abs().max())
+        amax = None
     if numel < 2:
         return "const", 0.0
     if std == 0.0:
+        amax = float(x.abs().max()) if amax is None else amax
         return ("zero" if amax == 0.0 else "const"), 0.0
     tol = max(0.015, 3.0 / math.sqrt(2 * numel))
     for rule, fans in (("fan_in", (fan_in,)), ("fan_out", fan_outs)):
@@ -77,3 +78,37 @@ def init_scale(rule: str, role: str, m_in: float, m_out: float) -> float:
     base_over_now = {"fixed": 1.0, "fan_in": math.sqrt(m_in), "fan_out": math.sqrt(m_out)}[rule]
     target_over_base = 1.0 / math.sqrt(m_in) if role == "hidden" else 1.0  # TP-V Table 8: hidden var σ²/m_in
     return base_over_now * target_over_base
+
+
+def _size(expr, plan) -> int:
+    sym = plan.width_symbol
+    return int(expr.subs(sym, plan.width)) if expr.has(sym) else int(expr)
+
+
+def decide(entry, t: torch.Tensor | None, plan, option: str | None) -> tuple[str, float]:
+    """The init rule of one parameter and the factor that makes its current values μP (times ``entry.init_extra``).
+
+    ``option`` is the plan's init policy: ``"auto"`` detects the rule from the values; ``"fan_in"``, ``"fan_out"``,
+    ``"fixed"`` force it; ``None`` keeps the values.  A bias is judged by its layer's fan_in (PyTorch draws it from
+    U(±1/√fan_in) of the layer), so a fan-in scaled bias is restored to its base-width scale.
+    """
+    if option is None or t is None:
+        return "keep", 1.0 * entry.init_extra
+    layer = plan.params.get(entry.bias_of) if entry.bias_of else None
+    fan_in = _size(layer.fan_in if layer is not None else entry.fan_in, plan)
+    if option == "auto":
+        if layer is not None:
+            rule, _ = detect_rule(t, fan_in, ())
+        elif entry.role in ("vector", "fixed"):
+            rule, _ = detect_rule(t, 1, ())
+        else:
+            shape = tuple(t.shape)
+            conv_fan_out = t.numel() // max(1, shape[1]) if len(shape) > 2 else 1
+            rule, _ = detect_rule(t, fan_in, (_size(entry.fan_out, plan), conv_fan_out))
+    else:
+        rule = option if (entry.role not in ("vector", "fixed") or layer is not None) else "keep"
+    if layer is not None:
+        scale = math.sqrt(layer.width_mult_in) if rule == "fan_in" else 1.0
+    else:
+        scale = init_scale(rule, entry.role, entry.width_mult_in, entry.width_mult_out)
+    return rule, scale * entry.init_extra

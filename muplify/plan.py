@@ -66,6 +66,8 @@ class ParamPlan:
     uses: list[str] = field(default_factory=list)
     zero_channels: tuple[int, int, int] | None = None  # (axis, start, stop) zeroed by query_zero_init
     note: str = ""
+    bias_of: str | None = None  # for a bias: the weight of its layer (its init is judged by that layer's fan_in)
+    init_extra: float = 1.0  # 0.0: zero-init (readout_zero_init); 1/m_in: Table-3 readout form
 
 
 def role_from_fans(fan_in_inf: bool, fan_out_inf: bool) -> str:
@@ -303,22 +305,8 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
         lr = lr_mults(role, m_in, m_out)
         uses = [f"{u.kind} in '{_mod(u.node)}'" for u in pd.uses]
 
-        # init action
-        fan_in_size = int(fan_in.subs(sym, width)) if fan_in.has(sym) else int(fan_in)
-        numel = t.numel() if t is not None else 1
-        fan_outs = (int(fan_out.subs(sym, width)), max(1, numel // max(1, _contracted_channels(pd, chosen))))
-        if init is None or t is None or role == "fixed" and note.startswith("non-float"):
-            rule, scale = "keep", 1.0
-        elif init == "auto":
-            rule, _ = ini.detect_rule(t, fan_in_size, fan_outs)
-            scale = ini.init_scale(rule, role, m_in, m_out)
-        else:
-            rule = init if role not in ("vector", "fixed") else "keep"
-            scale = ini.init_scale(rule, role, m_in, m_out)
-        if readout_zero_init and role == "output" and len(pd.aliases) == 1:
-            scale, rule = 0.0, rule + " -> zero (readout_zero_init)"
-        params[name] = ParamPlan(name, list(pd.aliases), tuple(pd.shape), role, fan_in, fan_out, m_in, m_out, rule,
-                                 scale, lr, wd_mults(lr, weight_decay), uses, None, note)
+        params[name] = ParamPlan(name, list(pd.aliases), tuple(pd.shape), role, fan_in, fan_out, m_in, m_out,
+                                 "keep", 1.0, lr, wd_mults(lr, weight_decay), uses, None, note)
 
         if role == "output" and chosen is not None:
             site = readout_site(chosen[3], pd.aliases, leaf_modules)
@@ -328,7 +316,7 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
                 # No module boundary carries the readout input: use the equivalent TP-V Table 3 form instead
                 # (init var ∝ 1/fan_in², Adam lr η/m_in; exact for Adam up to epsilon).
                 p = params[name]
-                p.init_scale *= 1.0 / m_in
+                p.init_extra = 1.0 / m_in
                 p.lr_mult = {"adam": 1.0 / m_in, "sgd": 1.0 / m_in}
                 p.wd_mult = wd_mults(p.lr_mult, weight_decay)
                 p.note += "readout applied in Table-3 form (no module boundary carries its input)"
@@ -369,12 +357,31 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
                                              qparam or q.module, q.channels))
         if query_zero_init and qparam in params:
             p = params[qparam]
-            if q.channels is None:
-                p.init_scale, p.init_rule = 0.0, p.init_rule + " -> zero (query_zero_init)"
-            else:
-                axis = _out_axis(wa.params[qparam])
-                p.zero_channels = (axis, q.channels[0], q.channels[1])
-                p.init_rule += " -> q rows zero (query_zero_init)"
+            axis = _out_axis(wa.params[qparam])
+            total = p.shape[axis]
+            start, stop = (q.channels[0], q.channels[1]) if q.channels is not None else (0, total)
+            p.zero_channels = (axis, start, stop)
+    # biases: judged by their layer's fan_in; readout_zero_init zeroes an untied readout and its bias
+    for name, p in params.items():
+        mod, _, leaf = name.rpartition(".")
+        w = params.get(f"{mod}.weight") if leaf == "bias" else None
+        if w is not None and w.role in ("input", "hidden", "output"):
+            p.bias_of = w.name
+    readouts = {n for n, p in params.items() if p.role == "output"}
+    if readout_zero_init:
+        for n, p in params.items():
+            if n in readouts or p.bias_of in readouts:
+                if len(params[p.bias_of or n].aliases) > 1:
+                    if n in readouts:
+                        notes.append(f"readout_zero_init: {n} is tied to an input embedding, so it is not zeroed "
+                                     "(its logits start at Θ(1/√width), as μP with a non-zero readout does)")
+                    continue
+                p.init_extra = 0.0
+    init_policy = init if init in (None, "auto") else init
+    for name, p in params.items():
+        p.init_rule, p.init_scale = ini.decide(p, tensors.get(name), _PlanView(params, sym, width), init_policy)
+        if p.init_extra == 0.0:
+            p.init_rule += " -> zero (readout_zero_init)"
     # one hook per (module, where, channels): tied readouts used twice get one multiplier
     uniq, seen = [], set()
     for f in forward:
@@ -385,6 +392,13 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
     options = {"head_scaling": head_scaling, "init": init, "weight_decay": weight_decay,
                "readout_zero_init": readout_zero_init, "query_zero_init": query_zero_init}
     return Plan(base_width, width, params, uniq, options, notes, sym, type(model).__name__)
+
+
+@dataclass
+class _PlanView:  # what initialization.decide needs before the Plan object exists
+    params: dict
+    width_symbol: sympy.Symbol
+    width: int
 
 
 def _contracted_channels(pd, chosen) -> int:

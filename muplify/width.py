@@ -117,7 +117,9 @@ def _solve_finiteness(g: DimGraph, cap: Capture, head_scaling: str, forced_infin
         mark(d, why)
     if head_scaling == "heads":
         for a in g.attention:
-            mark(a.head_dim, "head_dim (fixed by head_scaling='heads')")
+            # with a single head, head_dim *is* the model width: only a real head axis can take the growth
+            if a.heads is not None and g.size[a.heads] > 1:
+                mark(a.head_dim, "head_dim (fixed by head_scaling='heads')")
     elif head_scaling == "head_dim":
         for a in g.attention:
             if a.heads is not None:
@@ -157,11 +159,20 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
     if width is not None:
         if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
             raise WidthError(f"width must be a positive int (the size of the width dimension), got {width!r}")
-        forced = {g.find(d) for dims in param_axes.values() for d in dims if g.size[d] == width}
-        if not forced:
+        sized = {g.find(d) for dims in param_axes.values() for d in dims if g.size[d] == width}
+        if not sized:
             sizes = sorted({g.size[d] for dims in param_axes.values() for d in dims})
             raise WidthError(f"width={width} matches no parameter dimension; parameter dimension sizes are {sizes}")
     finite = _solve_finiteness(g, cap, head_scaling, forced)
+    if width is not None and not any(r not in finite for r in sized):
+        # no scaling dim of that size: let dims of that size that are finite only because they reach a model
+        # output scale (a model without a readout, e.g. an encoder returning hidden states)
+        forced = {r for r in sized if finite[r].startswith("axis of model output")}
+        if not forced:
+            why = "; ".join(sorted({finite[r] for r in sized}))
+            raise WidthError(f"width={width}: every dimension of that size is fixed ({why}); pass the size of a "
+                             "hidden dimension")
+        finite = _solve_finiteness(g, cap, head_scaling, forced)
 
     counts: Counter = Counter()
     for ph, dims in param_axes.items():
