@@ -35,9 +35,17 @@ Verdict: for every (parametrization, layer, step) the sizes are averaged over se
 against ``log(width)`` is fitted by least squares over all widths.  A parametrization passes when every
 ``|slope| <= tol``.  The default ``tol = log(1.2)/log(2) ≈ 0.263`` is the `mup` package's own test criterion (the
 ratio of the sizes at two widths must stay within 1.2) expressed per doubling of width: a curve that changes by less
-than 1.2x each time the width doubles passes.  SP typically shows slopes of +0.5 (hidden layers at init under a
-fixed-std init) to +1 (readout after a few Adam steps); μP should show slopes near 0.  Layers whose size is exactly
-zero at every width (e.g. a zero-initialised readout at step 0) have slope 0.
+than 1.2x each time the width doubles passes.  (`mup`'s test applies 1.2 across a 4x width span, 1000 vs 4000, i.e.
+a slope of 0.13; at the small widths a CPU check can afford, finite-width noise needs the per-doubling reading.)
+SP typically shows slopes of +0.5 (hidden layers at init under a fixed-std init) to +1..2 (after a few Adam steps);
+μP should show slopes near 0.  Layers whose size is exactly zero at every width (e.g. a zero-initialised readout at
+step 0) have slope 0; zero at some widths only gives an infinite slope (a failure).
+
+The criterion is two-sided, like `mup`'s: a shrinking curve fails too.  Under μP the logits at initialisation shrink
+like 1/sqrt(width) unless the readout is zero-initialised (``muplify_kwargs={"readout_zero_init": True}``, which
+`mup`'s own coordinate checks use), so expect ``<output>`` to fail at step 0 without it.  Prefer small batches (no
+more tokens than the smallest width): with many more, Adam's first updates carry a part that shrinks like
+1/sqrt(width) at small widths (`mup`'s examples use batch size 1).
 """
 from __future__ import annotations
 

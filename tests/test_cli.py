@@ -48,8 +48,9 @@ def test_coord_check_sp_only_fails_with_exit_1(tmp_path):
 
 @needs_core
 def test_coord_check_mlp_mup_passes_exit_0(tmp_path):
-    r = run("coord-check", "muplify.models:MLP", "--widths", "32", "64", "128", "--steps", "3", "--out",
-            str(tmp_path))
+    # untied, bias-free readout zero-initialised: the setting in which μP is flat from step 0 (see test_coord_check)
+    r = run("coord-check", "muplify.models:MLP", "--arg", "in_features=20", "--arg", "bias=False", "--muplify-arg",
+            "readout_zero_init=True", "--widths", "32", "64", "128", "--steps", "3", "--out", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "μP PASS" in r.stdout and "SP FAIL" in r.stdout
     assert "width passed as width=" in r.stderr
@@ -67,10 +68,9 @@ def test_coord_check_custom_factory_and_batch(tmp_path):
             idx = torch.randint(0, 64, (2, 17))
             return idx[:, :-1], idx[:, 1:]
     """))
-    params = ["--params", "sp", "mup"] if HAVE_CORE else ["--params", "sp"]
     r = run("coord-check", "tiny:make", "--arg", "n_layer=1", "--batch", "tiny:batch", "--widths", "32", "64", "128",
-            "--steps", "2", "--seeds", "1", "--out", "out", "--name", "tiny", *params, cwd=str(tmp_path))
-    assert r.returncode == (0 if HAVE_CORE else 1), r.stdout + r.stderr
+            "--steps", "2", "--seeds", "1", "--out", "out", "--name", "tiny", "--params", "sp", cwd=str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr  # only SP was run: the exit status follows SP, which fails
     assert "blocks.0.attn:attn_logits" in r.stdout and "<output>" in r.stdout
     assert "width passed as the first positional argument" in r.stderr
     assert (tmp_path / "out" / "coord_check_tiny.png").exists()
