@@ -193,9 +193,22 @@ def _remake_muplified(fn, args):
 
 def _mu_class(cls: type) -> type:
     if cls not in _CLASS_CACHE:
-        _CLASS_CACHE[cls] = type(f"Mu{cls.__name__}", (MuplifiedModule, cls), {"_mup_orig_class": cls,
-                                                                                "__module__": cls.__module__})
+        ns = {"_mup_orig_class": cls, "__module__": cls.__module__}
+        if callable(getattr(cls, "save_pretrained", None)):
+            ns["save_pretrained"] = _save_pretrained_as_original
+        _CLASS_CACHE[cls] = type(f"Mu{cls.__name__}", (MuplifiedModule, cls), ns)
     return _CLASS_CACHE[cls]
+
+
+def _save_pretrained_as_original(self, *args, **kwargs):
+    # transformers writes config.architectures = [type(model).__name__]: save as the original class, so that the
+    # files name a real architecture (MuGPT2LMHeadModel exists only at run time)
+    cls = type(self)
+    self.__class__ = cls._mup_orig_class
+    try:
+        return self.save_pretrained(*args, **kwargs)
+    finally:
+        self.__class__ = cls
 
 
 def is_muplified(model: nn.Module) -> bool:

@@ -92,8 +92,8 @@ def decide(entry, t: torch.Tensor | None, plan, option: str | None) -> tuple[str
     ``"fixed"`` force it; ``None`` keeps the values.  A bias is judged by its layer's fan_in (PyTorch draws it from
     U(±1/√fan_in) of the layer), so a fan-in scaled bias is restored to its base-width scale.
     """
-    if option is None or t is None:
-        return "keep", 1.0 * entry.init_extra
+    if option is None or t is None or not (t.is_floating_point() or t.is_complex()):
+        return "keep", 1.0 * entry.init_extra  # (a non-float Parameter has no init to rescale)
     layer = plan.params.get(entry.bias_of) if entry.bias_of else None
     fan_in = _size(layer.fan_in if layer is not None else entry.fan_in, plan)
     if option == "auto":

@@ -1,6 +1,7 @@
 """Issue #3: a muplified HF model trains under ``transformers.Trainer`` with the μP optimizer and an HF scheduler."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -70,3 +71,18 @@ def test_trainer_trains_muplified_gpt2_with_mup_lrs(tmp_path):
     # after training the groups hold the schedule's lr again (the multiplier is applied inside step() only)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx(sched.get_last_lr())
     assert trainer.model is mu and type(mu).__name__ == "MuGPT2LMHeadModel"
+
+    # Trainer.save_model -> a normal HF directory (architectures names the real class); from_pretrained + the saved
+    # plan gives back the trained μP model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "final"
+    trainer.save_model(str(out))
+    mu.plan.to_json(str(out / "mup_plan.json"))
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    loaded = AutoModelForCausalLM.from_pretrained(str(out))
+    assert type(loaded).__name__ == "GPT2LMHeadModel"
+    again = muplify(loaded, plan=str(out / "mup_plan.json"))
+    mu.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.equal(again(*args, **kwargs).logits, mu(*args, **kwargs).logits)

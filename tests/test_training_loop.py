@@ -257,8 +257,9 @@ def test_autocast_bf16_forward_backward_step():
         assert logits.dtype == torch.bfloat16
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
     # the multiplier applies under autocast: equals the folded export, not the un-multiplied function
-    assert (logits.float() - ref_std.float()).abs().max() < 0.05
-    assert (logits.float() - ref_plain.float()).abs().max() > 0.2
+    scale = logits.float().abs().max()
+    assert (logits.float() - ref_std.float()).abs().max() < 0.02 * scale
+    assert (logits.float() - ref_plain.float()).abs().max() > 0.5 * scale  # un-multiplied logits are 2x
     loss.backward()
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in mu.parameters())
     torch.nn.utils.clip_grad_norm_(mu.parameters(), 1.0)
@@ -292,24 +293,27 @@ def test_clip_grad_norm_keeps_mup_learning_rates():
 
 
 def test_gradient_accumulation_equals_big_batch():
-    big, ref = _gpt(tie=True), _gpt(tie=True)
-    assert all(torch.equal(a, b) for a, b in zip(big.parameters(), ref.parameters()))
-    opt_big = big.optimizer(torch.optim.AdamW, lr=1e-3, weight_decay=0.1)
-    opt_acc = ref.optimizer(torch.optim.AdamW, lr=1e-3, weight_decay=0.1)
-    x, y = _batch(0, n=4)
-    for step in range(2):
+    """2 micro-batches of 2 (loss / 2 each) == one batch of 4: the same gradients, and the same μP-SGD steps.
+    (SGD, not Adam, for the parameter check: Adam's first step is ~lr·sign(g), which float noise flips for g ≈ 0.)"""
+    big, acc = _gpt(tie=True), _gpt(tie=True)
+    assert all(torch.equal(a, b) for a, b in zip(big.parameters(), acc.parameters()))
+    opt_big = big.optimizer(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=0.01)
+    opt_acc = acc.optimizer(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=0.01)
+    assert len({g["lr_mult"] for g in opt_acc.param_groups}) > 1  # μP-SGD groups really differ
+    for step in range(3):
+        x, y = _batch(step, n=4)
         _lm_loss(big, x, y).backward()
-        opt_big.step()
-        opt_big.zero_grad(set_to_none=True)
         for xs, ys in zip(x.chunk(2), y.chunk(2)):
-            (_lm_loss(ref, xs, ys) / 2).backward()
-        grads = {n: p.grad.clone() for n, p in ref.named_parameters()}
+            (_lm_loss(acc, xs, ys) / 2).backward()
+        for (n, a), b in zip(big.named_parameters(), acc.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=n)
+        opt_big.step()
         opt_acc.step()
+        opt_big.zero_grad(set_to_none=True)
         opt_acc.zero_grad(set_to_none=True)
-        assert all(p.grad is None for p in ref.parameters())
-    for (n, a), b in zip(big.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
-    assert all(g.abs().sum() > 0 for g in grads.values())
+        assert all(p.grad is None for p in acc.parameters())
+    for (n, a), b in zip(big.named_parameters(), acc.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=n)
 
 
 def test_zero_grad_set_to_none_matches_zeroing():
