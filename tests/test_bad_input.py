@@ -1,4 +1,4 @@
-"""Bad input: one test per row of the table in docs/training-loop.md.
+"""Bad input: one test per row of the bad-input table in the README.
 
 Every error row checks the error type, the message text, and that the model is untouched afterwards (same class,
 same Parameter objects and values, same hooks, same flags).  The last rows are inputs muplify accepts on purpose

@@ -133,11 +133,11 @@ def test_hanging_job_is_killed_at_its_timeout():
 
 
 def test_docs_show_the_example_verbatim():
-    """docs/distributed.md embeds examples/fsdp2_example.py: the code the tests run is the code the docs show."""
+    """The README embeds examples/fsdp2_example.py: the code the tests run is the code the docs show."""
     import re
 
-    with open(os.path.join(ROOT, "docs", "distributed.md")) as fh:
+    with open(os.path.join(ROOT, "README.md")) as fh:
         blocks = re.findall(r"```python\n(.*?)```", fh.read(), flags=re.S)
     with open(os.path.join(ROOT, "examples", "fsdp2_example.py")) as fh:
         source = fh.read()
-    assert source in blocks, "docs/distributed.md no longer shows examples/fsdp2_example.py verbatim"
+    assert source in blocks, "README.md no longer shows examples/fsdp2_example.py verbatim"
