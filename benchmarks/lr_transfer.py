@@ -39,10 +39,10 @@ PRESETS = {
     # Sized for ~40 minutes on 2 CPU cores (measured fwd+bwd+AdamW step at batch 16, seq 128, 2 layers:
     # w64 ~26 ms, w128 ~62 ms, w256 ~155 ms, w512 ~520 ms).
     "full": dict(widths=[64, 128, 256, 512], lrs=[-13, -12, -11, -10, -9, -8, -7, -6], steps=200, seeds=1,
-                 base_width=64, batch_size=16, seq_len=128, eval_batches=8, out="out/lr_transfer"),
+                 base_width=64, batch_size=16, seq_len=128, eval_batches=8, threads=2, out="out/lr_transfer"),
     # CI smoke run: tiny widths, few lrs and steps.  Not meant to show transfer.
     "quick": dict(widths=[64, 128], lrs=[-9, -8, -7, -6, -5], steps=40, seeds=1,
-                  base_width=64, batch_size=8, seq_len=64, eval_batches=2, out="out/lr_transfer_quick"),
+                  base_width=64, batch_size=8, seq_len=64, eval_batches=2, threads=1, out="out/lr_transfer_quick"),
 }
 
 # measured step times (ms) at batch 16, seq 128, 2 layers, 2 threads; used only for the printed time estimate / ETA
@@ -136,6 +136,10 @@ def run_one(cfg: dict, corpus: ByteCorpus, eval_batches, muplify_fn) -> dict:
     model, opt, info = make_model_and_opt(cfg, muplify_fn)
     steps, warmup = cfg["steps"], cfg["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, cfg["schedule"]))
+    # probe the learning rates the optimizer actually uses inside step() (after muplify's own pre-hook, which
+    # multiplies group["lr"] by group["lr_mult"] for the duration of the step)
+    seen: dict = {}
+    opt.register_step_pre_hook(lambda o, a, k: seen.__setitem__("lrs", [g["lr"] for g in o.param_groups]))
     gen = torch.Generator().manual_seed(1000 + cfg["seed"])  # same batches for every width / lr / param at a seed
     log_every = max(1, steps // 20)
     curve, diverged, last = [], False, float("nan")
@@ -160,8 +164,13 @@ def run_one(cfg: dict, corpus: ByteCorpus, eval_batches, muplify_fn) -> dict:
         if step % log_every == 0 or step == steps - 1:
             curve.append([step, last])
     train_s = time.perf_counter() - t_train
-    # LambdaLR scales every group's initial_lr by the same factor: the μP per-group ratios must survive the schedule
-    factors = {round(g["lr"] / g["initial_lr"], 10) for g in opt.param_groups if g["initial_lr"] > 0}
+    # the μP per-group ratios must survive the scheduler: at the last step, every group's effective lr must be
+    # base lr x schedule factor x its μP multiplier
+    ratios_ok = None
+    if done > 0 and "lrs" in seen:
+        f = lr_factor(done - 1, steps, warmup, cfg["schedule"]) * 2.0 ** cfg["log2_lr"]
+        ratios_ok = all(math.isclose(eff, f * g.get("lr_mult", 1.0), rel_tol=1e-6)
+                        for eff, g in zip(seen["lrs"], opt.param_groups))
     val = float("nan") if diverged else evaluate(model, eval_batches)
     if not math.isfinite(val):
         diverged = True
@@ -174,9 +183,34 @@ def run_one(cfg: dict, corpus: ByteCorpus, eval_batches, muplify_fn) -> dict:
         "train_curve": curve,
         "seconds": time.perf_counter() - t_start,
         "ms_per_step": 1e3 * train_s / max(1, done + int(diverged)),
-        "schedule_ratios_preserved": len(factors) <= 1,
+        "schedule_ratios_preserved": ratios_ok,
         **info,
     }
+
+
+def safe_run(cfg: dict, corpus, eval_batches, muplify_fn, import_error) -> dict:
+    if cfg["param"] == "mup" and muplify_fn is None:
+        return {"status": "error", "error": f"import: {import_error}"}
+    try:
+        return run_one(cfg, corpus, eval_batches, muplify_fn)
+    except Exception as e:
+        return {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+_POOL: dict = {}
+
+
+def _pool_init(threads: int, batch_size: int, seq_len: int, eval_batches_n: int) -> None:
+    set_threads(threads)
+    corpus = ByteCorpus()
+    eval_gen = torch.Generator().manual_seed(12345)
+    _POOL.update(corpus=corpus, eval_batches=[corpus.batch("val", eval_gen, batch_size, seq_len)
+                                              for _ in range(eval_batches_n)])
+    _POOL["muplify_fn"], _POOL["import_error"] = import_muplify()
+
+
+def _pool_run(cfg: dict):
+    return cfg, safe_run(cfg, _POOL["corpus"], _POOL["eval_batches"], _POOL["muplify_fn"], _POOL["import_error"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -340,8 +374,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tie-weights", action="store_true", help="tie embedding and readout (default: untied)")
     ap.add_argument("--readout-zero-init", action="store_true", help="μP: muplify(readout_zero_init=True)")
     ap.add_argument("--query-zero-init", action="store_true", help="μP: muplify(query_zero_init=True)")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (full: 2, quick: 1, which is robust to other "
+                    "processes competing for the cores)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (each with --threads, default 1 thread); "
+                    "e.g. --jobs 2 --threads 1 on a 2-core machine")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
     args = ap.parse_args(argv)
 
     preset = PRESETS["quick" if args.quick else "full"]
@@ -354,8 +392,7 @@ def main(argv=None) -> int:
     seq_len = args.seq_len or preset["seq_len"]
     eval_batches_n = args.eval_batches or preset["eval_batches"]
     out = Path(args.out or preset["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    threads = set_threads(args.threads)
+    threads = set_threads(args.threads or preset["threads"])
     spacing = max((b - a for a, b in zip(lrs[:-1], lrs[1:])), default=0)
     if spacing > 1:
         print(f"WARNING: lr grid spacing {spacing:g} > 1 in log2: the transfer targets assume spacing <= 1")
@@ -386,8 +423,9 @@ def main(argv=None) -> int:
     store = ResultStore(out / "results.json")
     store.data["meta"] = {"env": env_info(), "corpus": corpus.describe(), "argv": sys.argv[1:] if argv is None else argv,
                           "widths": widths, "log2_lrs": lrs, "seeds": n_seeds, "base_width": base_width,
-                          "params": args.params, "common": common}
-    store.save()
+                          "params": args.params, "common": common, "threads": threads, "jobs": args.jobs}
+    if not args.dry_run:
+        store.save()
     todo = [c for c in cfgs if (store.get(c) or {}).get("status") not in ("ok", "diverged")]
     est = lambda c: c["steps"] * est_step_seconds(c["width"], batch_size, seq_len, args.n_layer)  # noqa: E731
     est_total = sum(est(c) for c in todo)
@@ -396,33 +434,46 @@ def main(argv=None) -> int:
     print(f"{len(cfgs)} runs, {len(cfgs) - len(todo)} already done in {out / 'results.json'}; "
           f"estimated {est_total / 60:.1f} min for the rest (2-core CPU reference timings)")
 
+    if args.dry_run:
+        per_w = {w: sum(est(c) for c in todo if c["width"] == w) for w in widths}
+        print("estimated minutes per width: " + ", ".join(f"{w}: {v / 60:.1f}" for w, v in per_w.items()))
+        return 0
+
     from tqdm import tqdm
+
+    if args.jobs > 1:  # worker processes, one thread each; this process only records results
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(
+            args.jobs, initializer=_pool_init, initargs=(args.threads or 1, batch_size, seq_len, eval_batches_n))
+        results = pool.imap_unordered(_pool_run, todo)
+    else:
+        pool = None
+        results = ((cfg, safe_run(cfg, corpus, eval_batches, muplify_fn, import_error)) for cfg in todo)
 
     t0, spent_est = time.perf_counter(), 0.0
     errors: dict = {}
-    bar = tqdm(todo, desc="runs", unit="run", dynamic_ncols=True)
-    for cfg in bar:
-        tag = f"{cfg['param']:>3} w={cfg['width']:<4} lr=2^{cfg['log2_lr']:g} seed={cfg['seed']}"
-        bar.set_postfix_str(tag)
-        if cfg["param"] == "mup" and muplify_fn is None:
-            rec = {"status": "error", "error": f"import: {import_error}"}
-            errors.setdefault("import", import_error)
-        else:
-            try:
-                rec = run_one(cfg, corpus, eval_batches, muplify_fn)
-            except Exception as e:
-                rec = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-                if len(errors) < 3:
-                    tqdm.write(f"ERROR {tag}:\n{rec['traceback']}")
+    bar = tqdm(total=len(todo), desc="runs", unit="run", dynamic_ncols=True)
+    try:
+        for cfg, rec in results:
+            tag = f"{cfg['param']:>3} w={cfg['width']:<4} lr=2^{cfg['log2_lr']:g} seed={cfg['seed']}"
+            store.put(cfg, rec)
+            spent_est += est(cfg)
+            bar.update(1)
+            if rec["status"] == "error":
+                if not errors:
+                    tqdm.write(f"ERROR {tag}:\n{rec.get('traceback', rec['error'])}")
                 errors.setdefault(f"{cfg['param']} w={cfg['width']}", rec["error"])
-        store.put(cfg, rec)
-        spent_est += est(cfg)
-        if rec["status"] != "error":
+                continue
             elapsed = time.perf_counter() - t0
             eta = (est_total - spent_est) * elapsed / max(spent_est, 1e-9)
             val = "diverged" if rec["diverged"] else f"{rec['val_loss']:.4f}"
             tqdm.write(f"{tag}: val {val}  {rec['seconds']:.1f}s ({rec['ms_per_step']:.0f} ms/step)  "
                        f"ETA {eta / 60:.1f} min")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
 
     losses = collect(store, cfgs)
     summary = analyze(losses, widths, lrs, base_width)

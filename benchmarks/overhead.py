@@ -49,11 +49,11 @@ from muplify.models import GPT  # noqa: E402
 
 PRESETS = {
     "full": dict(d_model=256, n_layer=4, batch_size=16, seq_len=128, base_width=64, rounds=12, inner=3,
-                 opt_rounds=30, opt_inner=5, compile=True, muplify_reps=3, muplify_isolate=True,
+                 opt_rounds=30, opt_inner=5, compile=True, muplify_reps=3, muplify_isolate=True, threads=2,
                  muplify_cases=["gpt2-small", "llama-7b-meta", "llama-meta-L4", "llama-meta-L16", "llama-meta-L64"],
                  out="out/overhead"),
     "quick": dict(d_model=128, n_layer=2, batch_size=8, seq_len=64, base_width=64, rounds=8, inner=3,
-                  opt_rounds=10, opt_inner=3, compile=False, muplify_reps=1, muplify_isolate=False,
+                  opt_rounds=10, opt_inner=3, compile=False, muplify_reps=1, muplify_isolate=False, threads=1,
                   muplify_cases=["gpt2-small-L2", "llama-meta-L2", "llama-meta-L4"],
                   out="out/overhead_quick"),
 }
@@ -175,6 +175,68 @@ def run_worker(names: list[str], reps: int, threads: int, timeout: float) -> lis
 # ----------------------------------------------------------------------------------------------------------------------
 # training step and optimizer step
 # ----------------------------------------------------------------------------------------------------------------------
+def make_gpt_pair(cfg: dict, muplify_fn):
+    """The original GPT, a muplified deep copy of it, and one fixed batch (all from seed 0)."""
+    torch.manual_seed(0)
+    orig = GPT(vocab_size=256, d_model=cfg["d_model"], n_layer=cfg["n_layer"], head_dim=32, block_size=cfg["seq_len"],
+               tie_weights=False)
+    x = torch.randint(0, 256, (cfg["batch_size"], cfg["seq_len"]))
+    y = torch.randint(0, 256, (cfg["batch_size"], cfg["seq_len"]))
+    mu = muplify_fn(copy.deepcopy(orig), base_width=cfg["base_width"], example_inputs=(x[:2],))
+    return orig, mu, x, y
+
+
+def make_step(model, opt, x, y):
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def compile_worker(variant: str, cfg: dict, threads: int) -> dict:
+    """Compile time of one variant in a fresh process with an empty inductor cache (set by the parent)."""
+    set_threads(threads)
+    muplify_fn, err = import_muplify()
+    if err:
+        return {"error": f"import: {err}"}
+    orig, mu, x, y = make_gpt_pair(cfg, muplify_fn)
+    model = orig if variant == "orig" else mu
+    opt = (torch.optim.AdamW(orig.parameters(), lr=1e-4, foreach=True) if variant == "orig"
+           else mu.optimizer(torch.optim.AdamW, lr=1e-4, foreach=True))
+    step = make_step(torch.compile(model), opt, x, y)
+    c0 = dynamo_counts()
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    steady = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        step()
+        steady.append(time.perf_counter() - t0)
+    c1 = dynamo_counts()
+    return {"first_step_s": first, "steady_step_s": median(steady), "compile_s": first - median(steady),
+            **{k: c1[k] - c0[k] for k in c1}}
+
+
+def run_compile_worker(variant: str, cfg: dict, threads: int, timeout: float) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="muplify-inductor-") as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--compile-worker", variant, "--worker-cfg",
+               json.dumps(cfg), "--threads", str(threads)]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timeout after {timeout:.0f} s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return {"error": f"compile worker exit {p.returncode}: {p.stderr.strip()[-2000:]}"}
+    return json.loads(lines[-1])
+
+
 def dynamo_counts() -> dict:
     from torch._dynamo.utils import counters
 
@@ -182,27 +244,13 @@ def dynamo_counts() -> dict:
             "graph_breaks": int(sum(counters["graph_break"].values()))}
 
 
-def step_benchmarks(cfg: dict, muplify_fn, rows: list, extra: dict) -> None:
-    torch.manual_seed(0)
-    gpt_kwargs = dict(vocab_size=256, d_model=cfg["d_model"], n_layer=cfg["n_layer"], head_dim=32,
-                      block_size=cfg["seq_len"], tie_weights=False)
-    orig = GPT(**gpt_kwargs)
-    x = torch.randint(0, 256, (cfg["batch_size"], cfg["seq_len"]))
-    y = torch.randint(0, 256, (cfg["batch_size"], cfg["seq_len"]))
+def step_benchmarks(cfg: dict, muplify_fn, rows: list, extra: dict, threads: int, timeout: float) -> None:
+    t0 = time.perf_counter()
+    orig, mu, x, y = make_gpt_pair(cfg, muplify_fn)
+    extra["gpt_pair_setup_s"] = time.perf_counter() - t0
     case = (f"GPT d_model {cfg['d_model']}, {cfg['n_layer']} layers, batch {cfg['batch_size']}x{cfg['seq_len']}, "
             f"μP base width {cfg['base_width']}")
-    t0 = time.perf_counter()
-    mu = muplify_fn(copy.deepcopy(orig), base_width=cfg["base_width"], example_inputs=(x[:2],))
-    extra["gpt_muplify_s"] = time.perf_counter() - t0
     lr = 1e-4
-
-    def make_step(model, opt):
-        def step():
-            _, loss = model(x, y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step
 
     modes = ["eager"] + (["compile"] if cfg["compile"] else [])
     for mode in modes:
@@ -214,30 +262,30 @@ def step_benchmarks(cfg: dict, muplify_fn, rows: list, extra: dict) -> None:
             if mode == "eager":
                 ma, mb = orig, mu
             else:
+                # compile time: each variant in a fresh process with an empty inductor cache (cold, symmetric)
+                cold = {v: run_compile_worker(v, {k: cfg[k] for k in ("d_model", "n_layer", "batch_size", "seq_len",
+                                                                         "base_width")}, threads, timeout)
+                        for v in ("orig", "mu")}
+                extra["compile_cold"] = cold
                 torch._dynamo.reset()
                 ma, mb = torch.compile(orig), torch.compile(mu)
-            fa, fb = make_step(ma, opt_a), make_step(mb, opt_b)
-            first = {}
-            for name, f in (("a", fa), ("b", fb)):  # warmup; under compile the first steps include compilation
-                c0 = dynamo_counts() if mode == "compile" else None
-                t0 = time.perf_counter()
-                f()
-                first[name] = time.perf_counter() - t0
-                for _ in range(2):
+            fa, fb = make_step(ma, opt_a, x, y), make_step(mb, opt_b, x, y)
+            for f in (fa, fb):  # warm-up (under compile: compilation, here with warm caches, not reported)
+                for _ in range(3):
                     f()
-                if c0 is not None:
-                    c1 = dynamo_counts()
-                    extra[f"compile_{name}"] = {k: c1[k] - c0[k] for k in c1}
             t = interleaved_timings({"a": fa, "b": fb}, reps=cfg["rounds"], inner=cfg["inner"])
             a, b = median(t["a"]), median(t["b"])
             row.update(baseline_ms=a * 1e3, candidate_ms=b * 1e3, ratio=b / a)
+            row["notes"] = f"{cfg['rounds']} rounds x {cfg['inner']} steps"
             if mode == "compile":
-                row.update(baseline_compile_s=first["a"] - a, candidate_compile_s=first["b"] - b)
-                ca, cb = extra.get("compile_a", {}), extra.get("compile_b", {})
-                row["notes"] = (f"graphs/breaks: original {ca.get('graphs')}/{ca.get('graph_breaks')}, "
-                                f"muplified {cb.get('graphs')}/{cb.get('graph_breaks')}")
-            else:
-                row["notes"] = f"{cfg['rounds']} rounds x {cfg['inner']} steps"
+                ca, cb = cold["orig"], cold["mu"]
+                row.update(baseline_compile_s=ca.get("compile_s"), candidate_compile_s=cb.get("compile_s"))
+                row["notes"] += (f"; compile s = first step - steady step, fresh process, empty inductor cache; "
+                                 f"graphs/breaks: original {ca.get('graphs')}/{ca.get('graph_breaks')}, "
+                                 f"muplified {cb.get('graphs')}/{cb.get('graph_breaks')}")
+                errs = [f"{v}: {c['error']}" for v, c in cold.items() if c.get("error")]
+                if errs:
+                    row["error"] = "; ".join(errs)
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {e}"
             extra[f"traceback_{mode}"] = traceback.format_exc()
@@ -322,17 +370,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small model, eager only, tiny muplify() cases (< 1 min)")
     ap.add_argument("--out", type=str)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (full: 2, quick: 1)")
     ap.add_argument("--compile", dest="compile", action="store_true", default=None, help="include torch.compile")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--cases", nargs="*", help="muplify() cases (gpt2-small[-L<n>], llama-7b-meta, llama-meta-L<n>)")
     ap.add_argument("--worker-timeout", type=float, default=900)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--compile-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-cfg", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
         print(json.dumps(worker(args.worker.split(","), args.reps, args.threads), default=str))
+        return 0
+    if args.compile_worker:
+        print(json.dumps(compile_worker(args.compile_worker, json.loads(args.worker_cfg), args.threads), default=str))
         return 0
 
     cfg = dict(PRESETS["quick" if args.quick else "full"])
@@ -343,6 +396,7 @@ def main(argv=None) -> int:
     out = Path(args.out or cfg.pop("out"))
     cfg.pop("out", None)
     out.mkdir(parents=True, exist_ok=True)
+    args.threads = args.threads or cfg["threads"]
     set_threads(args.threads)
     env = env_info()
     print(f"torch {env['torch']} on {env['device']} ({env['cpu']}, {env['cpu_count']} CPUs, "
@@ -359,7 +413,7 @@ def main(argv=None) -> int:
     else:
         print("timing training and optimizer steps ...", flush=True)
         try:
-            step_benchmarks(cfg, muplify_fn, rows, extra)
+            step_benchmarks(cfg, muplify_fn, rows, extra, args.threads, args.worker_timeout)
         except Exception as e:
             rows.append({"section": "train step", "case": "GPT", "baseline": "original", "candidate": "muplified",
                          "error": f"{type(e).__name__}: {e}"})
