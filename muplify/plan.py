@@ -321,8 +321,7 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
                 p.wd_mult = wd_mults(p.lr_mult, weight_decay)
                 p.note += "readout applied in Table-3 form (no module boundary carries its input)"
             else:
-                from .errors import PlanError as _PE
-                raise _PE(
+                raise PlanError(
                     f"the tied readout weight {name} is used by '{_mod(chosen[3].node)}' on a tensor that no module "
                     "boundary carries alone, so muplify cannot insert the readout multiplier there. Compute the "
                     "readout with an nn.Linear (sharing the embedding weight), or override the role of this weight.")
@@ -334,7 +333,7 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
         if site.kind not in ("sdpa", "manual") or site.node.name in done:
             continue
         done.add(site.node.name)
-        hd_expr = _dim_expr(wa, site.head_dim)
+        hd_expr = wa.dim_expr(site.head_dim)
         needs_scale = head_scaling == "head_dim" and hd_expr.has(sym)
         if not (needs_scale or query_zero_init):
             continue
@@ -345,8 +344,7 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
             msg = (f"could not find the query projection feeding the attention op in '{_mod(site.node)}'; "
                    "the attention scale" + (" (1/d_head)" if needs_scale else "") + " is left unchanged there")
             if needs_scale:
-                from .errors import PlanError as _PE
-                raise _PE(msg + ". Use head_scaling='heads' (head_dim fixed) or compute q with an nn.Linear.")
+                raise PlanError(msg + ". Use head_scaling='heads' (head_dim fixed) or compute q with an nn.Linear.")
             notes.append(msg)
             continue
         qparam = _weight_of(model, q.module)
@@ -377,9 +375,8 @@ def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | Non
                                      "(its logits start at Θ(1/√width), as μP with a non-zero readout does)")
                     continue
                 p.init_extra = 0.0
-    init_policy = init if init in (None, "auto") else init
     for name, p in params.items():
-        p.init_rule, p.init_scale = ini.decide(p, tensors.get(name), _PlanView(params, sym, width), init_policy)
+        p.init_rule, p.init_scale = ini.decide(p, tensors.get(name), _PlanView(params, sym, width), init)
         if p.init_extra == 0.0:
             p.init_rule += " -> zero (readout_zero_init)"
     # one hook per (module, where, channels): tied readouts used twice get one multiplier
@@ -399,17 +396,6 @@ class _PlanView:  # what initialization.decide needs before the Plan object exis
     params: dict
     width_symbol: sympy.Symbol
     width: int
-
-
-def _contracted_channels(pd, chosen) -> int:
-    if chosen is None:
-        return 1
-    u = chosen[3]
-    return int(math.prod(pd.shape[a] for a in u.fan_in_axes[:1])) if u.fan_in_axes else 1
-
-
-def _dim_expr(wa, d: int) -> sympy.Expr:
-    return wa.dim_expr(d)
 
 
 def _weight_of(model, module_path: str) -> str | None:

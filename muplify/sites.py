@@ -6,6 +6,7 @@ boundary whose tensor carries exactly that operand.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -118,7 +119,7 @@ def query_site(attn_node: fx.Node, param_dependent: set[str]) -> Site | None:
             continue
         if n.op != "call_function":
             return None
-        if n.target is _getitem and isinstance(n.args[0], fx.Node) and n.args[0].target in (
+        if n.target is operator.getitem and isinstance(n.args[0], fx.Node) and n.args[0].target in (
                 aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default):
             split, idx = n.args[0], n.args[1]
             src = split.args[0]
@@ -153,11 +154,6 @@ def _flat_args(args):
             yield from _flat_args(a)
         else:
             yield a
-
-
-import operator as _op  # noqa: E402
-
-_getitem = _op.getitem
 
 
 def param_dependent_nodes(graph: fx.Graph, param_placeholders: set[str]) -> set[str]:
