@@ -127,8 +127,6 @@ def make_optimizer(model: nn.Module, plan: Plan, optimizer_class: type, params: 
                 g["lr"] = g.get("lr", kwargs.get("lr")).clone()
             g.update(params=members, lr_mult=lm, wd_mult=wm, mup_roles=",".join(sorted(roles[(lm, wm)])))
             groups.append(g)
-    if isinstance(kwargs.get("lr"), torch.Tensor) and "lr" not in groups[0]:
-        pass
     opt = optimizer_class(groups, **kwargs)
     opt.register_step_pre_hook(_mup_step_pre_hook)
     opt.register_step_post_hook(_mup_step_post_hook)

@@ -88,8 +88,8 @@ class DimGraph:
         if not isinstance(node, fx.Node):
             return None
         d = self.node_dims.get(node.name)
-        if d is None or (d and not isinstance(d[0], int)):
-            return None if d is None or d else d
+        if d and not isinstance(d[0], int):  # a tuple-valued node: use node_dims for its parts
+            return None
         return d
 
     # -- relations ------------------------------------------------------------------------------------------------
@@ -384,7 +384,6 @@ def _split(g: DimGraph, node: fx.Node) -> None:
     axis = _norm_axis(axis, len(di))
     for o in outs:
         if node.target == aten.unbind.int:
-            g.eq_axes(src, node, [])
             for j, i in enumerate(k for k in range(len(di)) if k != axis):
                 g.eq(di[i], o[j])
             continue

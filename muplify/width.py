@@ -54,10 +54,13 @@ class WidthAnalysis:
 
     def dim_expr(self, d: int) -> sympy.Expr:
         """The expression of any dim of the graph (parameter axis or not)."""
-        g = self.dim_graph
-        if g.size[d] <= 1 or g.find(d) in self.finite_roots:
-            return sympy.Integer(max(g.size[d], 1))
-        return sympy.Rational(g.size[d], self.width_size) * self.width_symbol
+        return _dim_expr(self.dim_graph, self.finite_roots, self.width_size, d)
+
+
+def _dim_expr(g: DimGraph, finite: dict[int, str], width_size: int, d: int) -> sympy.Expr:
+    if g.size[d] <= 1 or g.find(d) in finite:
+        return sympy.Integer(max(g.size[d], 1))
+    return sympy.Rational(g.size[d], width_size) * W
 
     def is_infinite(self, name: str, axes) -> bool:
         exprs = self.params[name].axis_exprs
@@ -189,22 +192,17 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
             f"or a head_dim. Parameter shapes: {_short(shapes)}. If the model has a hidden size that should scale, "
             "pass width=<its size> (dimensions of that size then scale even if they reach an output)."
         )
+    notes = []
     if width is not None:
         root = max((r for r in counts if g.size[r] == width), key=lambda r: counts[r])
     else:
         best = max(counts.values())
         top = sorted({g.size[r] for r, c in counts.items() if c == best})
         root = min((r for r, c in counts.items() if c == best), key=lambda r: g.size[r])
-        notes_amb = []
         if len(top) > 1:
-            notes_amb.append(f"width dims {top} are used equally often; chose the smallest ({top[0]}); pass width= to choose")
+            notes.append(f"width dims {top} are used equally often; chose the smallest ({top[0]}); pass width= to choose")
     width_size = g.size[root]
-
-    def expr(d: int) -> sympy.Expr:
-        r = g.find(d)
-        if g.size[d] <= 1 or r in finite:
-            return sympy.Integer(max(g.size[d], 1))
-        return sympy.Rational(g.size[d], width_size) * W
+    expr = lambda d: _dim_expr(g, finite, width_size, d)  # noqa: E731
 
     params: dict[str, ParamDims] = {}
     for ph, names in cap.param_names.items():
@@ -212,9 +210,6 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
         uses = g.uses.get(ph, [])
         params[names[0]] = ParamDims(names[0], names, tuple(g.size[d] for d in dims), [expr(d) for d in dims], uses, ph)
     candidates = sorted(((g.size[r], c) for r, c in counts.items()), key=lambda t: -t[1])
-    notes = []
-    if width is None and len(top) > 1:
-        notes.extend(notes_amb)
     if g.unknown_ops:
         notes.append("ops without a shape rule (their dims are unconstrained): " +
                      ", ".join(f"{k} x{v}" for k, v in sorted(g.unknown_ops.items())))
