@@ -100,3 +100,20 @@ def test_query_zero_init_zeroes_only_the_query(name):
         assert torch.all((g == 0) | torch.isinf(g))
     assert torch.isfinite(mu(*args, **kwargs)[0] if isinstance(mu(*args, **kwargs), tuple)
                           else torch.as_tensor(0.0)).all()
+
+
+@pytest.mark.parametrize("head_scaling", ["heads", "head_dim"])
+def test_head_convention_in_width_analysis(head_scaling):
+    """Default: head_dim is finite and the head count scales; head_scaling='head_dim' the reverse."""
+    from muplify.capture import capture
+    from muplify.width import analyse
+
+    make, args, kwargs = _builders()["hf_llama"]
+    wa = analyse(capture(make(WIDE), args, kwargs), head_scaling=head_scaling)
+    site = next(a for a in wa.attention if a.kind == "sdpa")
+    w = wa.width_symbol
+    head_dim, heads = wa.dim_expr(site.head_dim), wa.dim_expr(site.heads)
+    if head_scaling == "heads":
+        assert not head_dim.has(w) and heads.has(w), (head_dim, heads)
+    else:
+        assert head_dim.has(w) and not heads.has(w), (head_dim, heads)
