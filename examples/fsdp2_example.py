@@ -103,6 +103,7 @@ def main(argv=None) -> list[float]:
                 json.dump({"losses": losses, "world_size": world, "groups": [
                     {"lr_mult": g["lr_mult"], "wd_mult": g["wd_mult"], "roles": g["mup_roles"]}
                     for g in opt.param_groups]}, fh)
+    dist.barrier()  # tear down together: gloo can abort a rank whose peer has already gone
     dist.destroy_process_group()
     return losses
 
