@@ -41,7 +41,7 @@ def main() -> None:
         got = {n: mu.plan[n].role for n in expected}
         rows.append(dict(model=name, family=ZOO[name].family, width=wide, base_width=base,
                          n_params=sum(p.numel() for p in mu.parameters()), n_tensors=len(mu.plan),
-                         muplify_s=round(total, 3), capture_s=mu.plan.options["capture_seconds"],
+                         muplify_s=round(total, 3), capture_s=mu.plan.capture_seconds,
                          roles=mu.plan.summary(), oracle_agrees=got == expected,
                          disagreements={n: [got[n], expected[n]] for n in expected if got[n] != expected[n]}))
     header = "| model | params | muplify() s | capture s | input | hidden | output | vector | fixed | = oracle |"

@@ -3,16 +3,19 @@
     mu = muplify(model, base_width=256)
     opt = mu.optimizer(torch.optim.AdamW, lr=3e-3)
 
-Pipeline: capture (torch.export) -> width analysis (sympy) -> plan -> rewrite (hooks, init) -> optimizer.
+Pipeline: capture (torch.export) -> width analysis (sympy) -> classify (the plan's facts) -> policy (the μP rules)
+-> rewrite (hooks, init) -> optimizer.
 """
 from .core import MuplifiedModule, analyze, is_muplified, muplify
 from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, WidthError
-from .optim import register_rule
-from .plan import ForwardMultiplier, ParamPlan, Plan
+from .optim import CombinedOptimizer, register_family, register_rule
+from .plan import HyperParams, Options, ParamPlan, Plan, Site
+from .policy import ForwardMultiplier, OptimizerFamily
 
 __all__ = [
-    "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "ForwardMultiplier",
-    "register_rule", "coord_check", "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError",
+    "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "Site", "Options", "HyperParams",
+    "ForwardMultiplier", "OptimizerFamily", "CombinedOptimizer", "register_rule", "register_family", "coord_check",
+    "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError",
 ]
 __version__ = "0.1.0"
 
