@@ -15,6 +15,8 @@ does with these facts: that is :mod:`muplify.policy`.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import sympy
 import torch
 import torch.fx as fx
@@ -197,9 +199,12 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
             p.bias_of = bias_of
 
     leaf_modules = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
-    ctx = SiteContext(wa, params, chosen_use, leaf_modules, base_width)
+    ctx = SiteContext(wa, params, chosen_use, leaf_modules, base_width, find_branches=options.base_depth is not None)
     sites, attention, site_notes = find_sites(ctx)
     notes += site_notes
+    if options.base_depth is not None:
+        options, depth_notes = _depth(options, ctx.blocks, model)
+        notes += depth_notes
     with_site = {s.param for s in sites if s.kind == "readout"}
     for name, p in params.items():
         if p.role == "output" and name not in with_site and len(p.aliases) > 1:
@@ -211,6 +216,31 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 type(model).__name__, getattr(wa, "width_source", ""), _scaling_dims(wa))
     detect_init_rules(plan, model)
     return plan
+
+
+_DEPTH_ATTRS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "depth")
+
+
+def _depth(options: Options, blocks: list[str], model: nn.Module) -> tuple[Options, list[str]]:
+    """The depth CompleteP scales with: the number of residual blocks found in the graph (or ``depth=``)."""
+    notes = []
+    config = getattr(model, "config", None)
+    declared = next((getattr(config, a) for a in _DEPTH_ATTRS if isinstance(getattr(config, a, None), int)), None)
+    if options.depth is None:
+        if not blocks:
+            raise PlanError("base_depth= was given but no residual branch (x + f(x) with weights in f) was found in "
+                            "the graph; pass depth=<number of blocks> if the model has residual blocks that muplify "
+                            "cannot see, or omit base_depth for width-only μP")
+        depth = len(blocks)
+        notes.append(f"depth {depth}: residual blocks found in the graph ({blocks[0]} ... {blocks[-1]})")
+    else:
+        depth = options.depth
+        if blocks and len(blocks) != depth:
+            notes.append(f"depth={depth} given; the graph has {len(blocks)} residual blocks")
+    if declared is not None and declared != depth and options.depth is None:
+        notes.append(f"the config declares {declared} layers, the graph has {depth} residual blocks (encoder-decoder "
+                     "and hybrid models count every block); pass depth= to use another count")
+    return dataclasses.replace(options, depth=depth), notes
 
 
 def _scaling_dims(wa) -> list[tuple[int, str, int]]:

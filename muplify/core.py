@@ -254,6 +254,15 @@ def _check_args(model, base_width, options: Options) -> None:
         if v not in allowed:
             want = explain.get(key) or " or ".join(repr(a) for a in allowed)
             raise MuplifyError(f"{key} must be {want}, got {v!r}")
+    for key in ("base_depth", "depth"):
+        v = getattr(options, key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise MuplifyError(f"{key} must be a positive int (a number of residual blocks), got {v!r}")
+    if options.depth is not None and options.base_depth is None:
+        raise MuplifyError("depth= needs base_depth= (the depth the hyperparameters were tuned at)")
+    a = options.depth_alpha
+    if not isinstance(a, (int, float)) or isinstance(a, bool) or not (0 < a <= 1):
+        raise MuplifyError(f"depth_alpha must be in (0, 1] (1.0: CompleteP, 0.5: depth-μP), got {a!r}")
     if not any(True for _ in model.parameters()):
         raise MuplifyError(f"{type(model).__name__} has no parameters: there is nothing to parametrize")
 
@@ -261,13 +270,14 @@ def _check_args(model, base_width, options: Options) -> None:
 def analyze(model: nn.Module, base_width: int, *, width: int | None = None, example_inputs=None,
             example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
             weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
-            query_zero_init: bool = False, hp: dict | HyperParams | None = None,
-            overrides: dict[str, dict] | None = None) -> Plan:
+            query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
+            depth: int | None = None, depth_alpha: float = 1.0, overrides: dict[str, dict] | None = None) -> Plan:
     """Stages 1-3 only: return the plan (facts, with the policy's decisions as read-only views) without touching
     the model.  Arguments as :func:`muplify`."""
     model = _unwrap(model)
     options = Options(head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
-                      readout_zero_init=bool(readout_zero_init), query_zero_init=bool(query_zero_init))
+                      readout_zero_init=bool(readout_zero_init), query_zero_init=bool(query_zero_init),
+                      base_depth=base_depth, depth=depth, depth_alpha=depth_alpha)
     _check_args(model, base_width, options)
     hp = HyperParams.from_dict(hp)
     cap = capture(model, example_inputs, example_kwargs)
@@ -285,8 +295,9 @@ def analyze(model: nn.Module, base_width: int, *, width: int | None = None, exam
 def muplify(model: nn.Module, base_width: int | None = None, *, width: int | None = None, example_inputs=None,
             example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
             weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
-            query_zero_init: bool = False, hp: dict | HyperParams | None = None,
-            overrides: dict[str, dict] | None = None, plan: Plan | str | dict | None = None) -> nn.Module:
+            query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
+            depth: int | None = None, depth_alpha: float = 1.0, overrides: dict[str, dict] | None = None,
+            plan: Plan | str | dict | None = None) -> nn.Module:
     """Give ``model`` the Maximal Update Parametrization relative to ``base_width``, in place.
 
     Returns the same object, its class swapped to a subclass with :class:`MuplifiedModule` mixed in (``.plan``,
@@ -299,6 +310,10 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
     ``"fixed"`` keeps it).  ``plan=`` (a :class:`Plan`, its dict, or a path to a plan JSON file) re-applies a saved
     plan without re-deriving it; it must match the model exactly.  ``overrides={"glob": {"role": "hidden"}}`` edits
     the plan's facts before the rewrite.
+
+    ``base_depth=`` adds CompleteP depth scaling (Dey et al. 2025): every residual branch found in the graph is
+    multiplied by ``(base_depth/depth)**depth_alpha`` (``depth`` inferred as the number of residual blocks, or given),
+    with the matching learning-rate and ε rules; ``depth_alpha=1.0`` is CompleteP, ``0.5`` depth-μP.
     """
     wrapper = model if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else None
     model = _unwrap(model)
@@ -326,7 +341,7 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
         plan = analyze(model, base_width, width=width, example_inputs=example_inputs, example_kwargs=example_kwargs,
                        head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
                        readout_zero_init=readout_zero_init, query_zero_init=query_zero_init, hp=hp,
-                       overrides=overrides)
+                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, overrides=overrides)
         apply_init = True
     plan.rules()  # derive everything now: a missing site or an impossible request raises before any change
     # everything that can fail has run; from here on the model is modified

@@ -267,6 +267,16 @@ def _absorbed(plan: Plan) -> dict[str, float]:
             c *= plan.hp.embed_mult
         if c != 1.0:
             out[n] = c
+    m_l = _depth_mult(plan)
+    if plan.options.base_depth is not None and m_l != 1.0:
+        for s in plan.sites:
+            if s.kind == "branch" and not s.module:  # no module boundary: CompleteP's multiplier in the weights
+                if not s.fold:
+                    raise PlanError("a residual branch has no module boundary carrying it alone and no weight "
+                                    "producing it linearly, so its CompleteP multiplier cannot be applied; compute "
+                                    "the branch in a submodule, or omit base_depth")
+                for f in s.fold:
+                    out[f.param] = out.get(f.param, 1.0) * m_l ** (-plan.options.depth_alpha)
     return out
 
 
@@ -392,7 +402,7 @@ def forward_multipliers(plan: Plan) -> list[ForwardMultiplier]:
     m_l = _depth_mult(plan)
     if o.base_depth is not None:
         for s in plan.sites:
-            if s.kind == "branch":
+            if s.kind == "branch" and s.module:
                 add(s, m_l ** (-o.depth_alpha), "branch")  # CompleteP: branch × (L_base/L)^α
     return out
 

@@ -88,7 +88,9 @@ _LINEAR_OPS = {aten.linear.default: (1, 2), aten.conv1d.default: (1, 2), aten.co
                aten.conv2d.padding: (1, 2), aten.conv3d.padding: (1, 2), aten.addmm.default: (2, 0),
                aten.embedding.default: (0, None)}
 _NORM_OPS = {aten.layer_norm.default: (2, 3), aten.native_layer_norm.default: (2, 3), aten.rms_norm.default: (2, None),
-             aten.group_norm.default: (2, 3), aten.native_group_norm.default: (1, 2)}
+             aten.group_norm.default: (2, 3), aten.native_group_norm.default: (1, 2), aten.batch_norm.default: (1, 2),
+             aten._native_batch_norm_legit_functional.default: (1, 2), aten._native_batch_norm_legit.default: (1, 2),
+             aten._native_batch_norm_legit_no_training.default: (1, 2), aten.native_batch_norm.default: (1, 2)}
 _PASS = VIEW_LIKE | {aten.dropout.default, aten.alias.default}
 
 
@@ -209,6 +211,8 @@ class SiteContext:
     chosen_use: dict[str, Use]  # parameter -> the use that decided its role
     leaf_modules: set[str]
     base_width: int
+    find_branches: bool = False  # residual branches are looked for only when depth scaling is asked for
+    blocks: list[str] = field(default_factory=list)  # set by the branch finder: the residual blocks found
     fold: _FoldCtx = field(init=False)
     dep: set[str] = field(init=False)
 
@@ -393,4 +397,187 @@ def _queries(ctx: SiteContext) -> list:
         fold = fold_targets(node, ctx.fold, (chans[0], chans[1], chans[2]) if chans else None)
         param = fold[0].param if fold else ""
         out.append(Attention(module, site.kind, hd, base_hd, Site("query", qmod, "output", param, chans, fold)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ residual branches
+def _scope(node: fx.Node) -> list[str]:
+    """Module paths enclosing ``node``, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [v[0].replace("L['self'].", "").replace("L__self__.", "") for v in stack.values()]
+
+
+def _bounded_ancestors(node: fx.Node, floor: int, order: dict) -> list[fx.Node]:
+    """Ancestors of ``node`` (itself included) no earlier than position ``floor`` in the graph, in graph order."""
+    seen, stack = {node}, [node]
+    while stack:
+        n = stack.pop()
+        for a in _flat_args(n.args):
+            if isinstance(a, fx.Node) and a not in seen and order[a] >= floor:
+                seen.add(a)
+                stack.append(a)
+    return sorted(seen, key=order.__getitem__)
+
+
+def _between(stream: fx.Node, branch: fx.Node, order: dict) -> list[fx.Node]:
+    """Nodes on a path from ``stream`` to ``branch``: descendants of the stream among the branch's ancestors."""
+    on: set[fx.Node] = {stream}
+    for n in _bounded_ancestors(branch, order[stream], order):
+        if n is not stream and any(isinstance(a, fx.Node) and a in on for a in _flat_args(n.args)):
+            on.add(n)
+    on.discard(stream)
+    return [n for n in on]
+
+
+def _uses_params(nodes, origin: dict) -> set[str]:
+    """Parameter placeholders used (not merely viewed) by ``nodes``."""
+    used = set()
+    for n in nodes:
+        if n.name in origin:
+            continue  # a view of a parameter, not a use
+        for a in _flat_args(n.args):
+            if isinstance(a, fx.Node) and a.name in origin:
+                used.add(origin[a.name][0])
+    return used
+
+
+def _branch_terms(node: fx.Node, stream: fx.Node, order: dict, origin: dict) -> list[fx.Node]:
+    """A parallel block adds several branches (x + attn(ln(x)) + mlp(ln(x))): split a sum of independent
+    parameterised terms into its terms."""
+    if node.target in _ADDS and all(isinstance(a, fx.Node) for a in node.args[:2]):
+        a, b = node.args[:2]
+        anc_a = set(_bounded_ancestors(a, order[stream], order))
+        anc_b = set(_bounded_ancestors(b, order[stream], order))
+        if a not in anc_b and b not in anc_a and all(_uses_params(_between(stream, t, order), origin)
+                                                     for t in (a, b)):
+            return _branch_terms(a, stream, order, origin) + _branch_terms(b, stream, order, origin)
+    return [node]
+
+
+def _branch_module(term: fx.Node, add: fx.Node) -> str | None:
+    """The outermost module whose output is the branch term alone (before or after views) and that does not
+    contain the add."""
+    add_scope = set(_scope(add))
+    for node in dict.fromkeys((term, _walk_views_back(term))):
+        for path in _scope(node):
+            if path not in add_scope and path != "" and _is_module_output(node, path):
+                return path
+    return None
+
+
+def _block_key(add: fx.Node, module: str | None) -> str:
+    """Which block a residual add belongs to: the innermost enclosing module indexed in a container
+    (``blocks.3``, ``model.layers.3``, ``layer2.1``), else the module holding the add, else the branch's."""
+    for path in reversed(_scope(add)):
+        if path.rpartition(".")[2].isdigit():
+            return path
+    if module:
+        parts = module.split(".")
+        for i in range(len(parts) - 1, -1, -1):
+            if parts[i].isdigit():
+                return ".".join(parts[: i + 1])
+    scope = _scope(add)
+    return scope[-1] if scope and scope[-1] else (module or add.name)
+
+
+def _fork(a: fx.Node, b: fx.Node, order: dict) -> fx.Node | None:
+    """The latest common ancestor of ``a`` and ``b`` (searched in growing windows before them)."""
+    lo = min(order[a], order[b])
+    window = 64
+    while True:
+        floor = max(0, lo - window)
+        common = set(_bounded_ancestors(a, floor, order)) & set(_bounded_ancestors(b, floor, order))
+        if common:
+            return max(common, key=order.__getitem__)
+        if floor == 0:
+            return None
+        window *= 4
+
+
+_ADDS = (aten.add.Tensor, aten.add_.Tensor)  # non-strict export keeps `x += f(x)` in place
+
+
+def _stream_candidates(side: fx.Node, depth: int = 3) -> list[fx.Node]:
+    """The stream a branch was added to: ``side`` itself or, for ``(x + f(x)) + g(x)`` (a parallel block written
+    left to right), the operands of the earlier adds."""
+    out = [side]
+    if depth and side.op == "call_function" and side.target in _ADDS:
+        for a in side.args[:2]:
+            if isinstance(a, fx.Node):
+                out += _stream_candidates(a, depth - 1)
+    return out
+
+
+@dataclass
+class Branch:
+    """One residual branch ``x + f(x)`` found in the graph."""
+
+    add: fx.Node
+    stream: fx.Node
+    term: fx.Node
+    module: str | None  # the module whose output is the branch alone (None: no such boundary)
+    block: str  # the block it belongs to (for the depth count)
+    params: set[str]  # placeholders of the parameters used inside the branch
+
+
+def find_branches(ctx: SiteContext) -> tuple[list[Branch], list[str]]:
+    """Residual adds: ``add(x, f)`` where ``x`` is an ancestor of ``f`` and a parameter is used on the way (a
+    plain ``x + g(x)`` without weights, e.g. GELU's tanh polynomial, is not a branch).  An add whose two sides are
+    both computed from a common input with weights (a projection shortcut) is not a residual add: the block is a
+    transition and keeps its scale.  Returns (branches, notes)."""
+    graph = ctx.analysis.graph
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    origin = ctx.analysis.dim_graph.origin
+    out: list[Branch] = []
+    notes: list[str] = []
+    shortcuts: list[str] = []
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _ADDS or len(node.args) < 2:
+            continue
+        a, b = node.args[:2]
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+            continue
+        va, vb = a.meta.get("val"), b.meta.get("val")
+        if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)) or va.shape != vb.shape:
+            continue
+        found = False
+        for side, branch in ((a, b), (b, a)):
+            for stream in _stream_candidates(side):
+                if order[branch] < order[stream] or stream not in set(
+                        _bounded_ancestors(branch, order[stream], order)):
+                    continue
+                if not _uses_params(_between(stream, branch, order), origin):
+                    continue
+                for term in _branch_terms(branch, stream, order, origin):
+                    mod = _branch_module(term, node)
+                    out.append(Branch(node, stream, term, mod, _block_key(node, mod),
+                                      _uses_params(_between(stream, term, order), origin)))
+                found = True
+                break
+            if found:
+                break
+        if not found and a.name in ctx.dep and b.name in ctx.dep:
+            fork = _fork(a, b, order)
+            if fork is not None and all(_uses_params(_between(fork, t, order), origin) for t in (a, b)):
+                shortcuts.append(module_of(node) or node.name)
+    if shortcuts:
+        notes.append(f"{len(shortcuts)} projection-shortcut adds (weights on both sides, e.g. in "
+                     f"'{shortcuts[0]}'): transition blocks, not residual branches; not scaled, not counted in depth")
+    return out, notes
+
+
+@site_finder("branch")
+def _branches(ctx: SiteContext) -> list:
+    if not ctx.find_branches:
+        return []
+    branches, notes = find_branches(ctx)
+    names = {pd.placeholder: n for n, pd in ctx.analysis.params.items()}
+    out: list = list(notes)
+    for br in branches:
+        for ph in br.params:
+            if ph in names:
+                ctx.params[names[ph]].in_branch = True
+        fold = fold_targets(br.term, ctx.fold)
+        out.append(Site("branch", br.module or "", "output", "", None, fold))
+    ctx.blocks = sorted({br.block for br in branches})
     return out
