@@ -457,3 +457,17 @@ def test_lint_plain_optimizer_at_first_step():
         good.step()
         other = torch.optim.AdamW(NoNorm(64).parameters(), lr=1e-3)  # not a muplified model: silent
         other.step()
+
+
+def test_combined_optimizer_orthogonalises_each_matrix_once(monkeypatch):
+    import torch.optim._muon as muon_mod
+
+    calls = []
+    orig = muon_mod._zeropower_via_newtonschulz
+    monkeypatch.setattr(muon_mod, "_zeropower_via_newtonschulz", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    mu = muplify(_gpt(WIDE), base_width=BASE)
+    opt = mu.optimizer(torch.optim.Muon, lr=0.02, fallback=(torch.optim.AdamW, {"lr": 1e-3}))
+    x, y = _batch()
+    F.cross_entropy(mu(x).flatten(0, 1), y.flatten()).backward()
+    opt.step()
+    assert len(calls) == sum(len(g["params"]) for g in opt.param_groups if g["mup_family"] == "muon") == 8
