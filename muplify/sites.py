@@ -211,6 +211,7 @@ class SiteContext:
     chosen_use: dict[str, Use]  # parameter -> the use that decided its role
     leaf_modules: set[str]
     base_width: int
+    axis_exprs: dict[str, list]  # parameter -> per-axis expression in w (which axes grow)
     find_branches: bool = False  # residual branches are looked for only when depth scaling is asked for
     blocks: list[str] = field(default_factory=list)  # set by the branch finder: the residual blocks found
     fold: _FoldCtx = field(init=False)
@@ -308,8 +309,8 @@ def _embeddings(ctx: SiteContext) -> list[Site]:
         for u in pd.uses:
             if u.kind not in ("matmul", "conv", "embedding"):
                 continue
-            fi = _prod(pd.axis_exprs, u.fan_in_axes)
-            fo = _prod(pd.axis_exprs, u.fan_out_axes)
+            fi = _prod(ctx.axis_exprs[name], u.fan_in_axes)
+            fo = _prod(ctx.axis_exprs[name], u.fan_out_axes)
             if fi.has(w) or not fo.has(w):
                 continue
             mod = module_of(u.node)

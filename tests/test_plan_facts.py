@@ -149,3 +149,39 @@ def test_plan_argument_types(tmp_path):
     with pytest.raises(PlanError, match="plan= takes a Plan, its dict"):
         muplify(model, plan=42)
     assert not is_muplified(model)
+
+
+# ------------------------------------------------------------------------------------------------ base= route
+@pytest.mark.parametrize("name", ["gpt_sdpa", "hf_llama", "hf_bert", "timm_vit", "timm_resnet", "cnn"])
+def test_base_model_route_agrees_with_the_oracle(name):
+    from oracle import oracle_roles
+    from zoo import ZOO, build, widths_for
+
+    base, wide = widths_for(name)
+    model, args, kwargs = build(name, wide)
+    with torch.device("meta"):
+        base_model = build(name, base)[0]
+    mu = muplify(model, base=base_model, example_inputs=args, example_kwargs=kwargs)
+    assert mu.plan.base_width == base and mu.plan.width_source.startswith("exact")
+    assert {n: p.role for n, p in mu.plan.items()} == oracle_roles(name, base, wide)
+    assert not [n for n, p in mu.plan.items() if p.guessed]
+    # base fans are read, not computed: e.g. Llama's intermediate 8·round(2.75w/8) is not proportional to w
+    for n, p in mu.plan.items():
+        b = dict(base_model.named_parameters())[n]
+        assert p.base_shape == tuple(b.shape), n
+    if name == "hf_llama":
+        down = mu.plan["model.layers.0.mlp.down_proj.weight"]
+        assert (down.base_fan_in, down._size(down.fan_in)) == (ZOO[name].build(base)[0].config.intermediate_size, 176)
+
+
+def test_base_model_factory_and_errors():
+    from muplify.models import MLP
+
+    mu = muplify(MLP(width=128), base=lambda: MLP(width=32))
+    assert mu.plan.base_width == 32 and mu.plan["net.2.weight"].lr_mult["adam"] == 0.25
+    with pytest.raises(MuplifyError, match="same architecture"):
+        muplify(MLP(width=128), base=MLP(width=32, depth=4))
+    with pytest.raises(MuplifyError, match="nothing scales"):
+        muplify(MLP(width=128), base=MLP(width=128))
+    with pytest.raises(MuplifyError, match="disagrees with the base model"):
+        muplify(MLP(width=128), base=MLP(width=32), base_width=64)
