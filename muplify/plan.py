@@ -46,6 +46,17 @@ def role_from_fans(fan_in_inf: bool, fan_out_inf: bool) -> Role:
         (fan_in_inf, fan_out_inf)]
 
 
+# The μP rules live in muplify.policy, a later stage; it registers itself here on import so that a plan can show
+# what the rules derive from its facts without this module importing the rules.
+POLICY = None
+
+
+def _policy():
+    if POLICY is None:
+        raise PlanError("the μP policy is not loaded: import muplify (or muplify.policy) first")
+    return POLICY
+
+
 # ------------------------------------------------------------------------------------------------ options and hp
 @dataclass(frozen=True)
 class Options:
@@ -356,9 +367,7 @@ class Plan(Mapping):
     def rules(self):
         """Per parameter, what the policy derives (cached until a fact changes)."""
         if self.__dict__.get("_rules_cache") is None:
-            from .policy import derive
-
-            self.__dict__["_rules_cache"] = derive(self)
+            self.__dict__["_rules_cache"] = _policy().derive(self)
         return self.__dict__["_rules_cache"]
 
     def invalidate(self) -> None:
@@ -368,16 +377,12 @@ class Plan(Mapping):
     @property
     def forward(self):
         """The forward multipliers the policy derives from the sites (:class:`muplify.policy.ForwardMultiplier`)."""
-        from .policy import forward_multipliers
-
-        return forward_multipliers(self)
+        return _policy().forward_multipliers(self)
 
     @property
     def warnings(self) -> list[str]:
         """μP lint: what in this model or configuration is known to break μTransfer, each with what to do."""
-        from .policy import lint
-
-        return lint(self) + list(self.lint)
+        return _policy().lint(self) + list(self.lint)
 
     @contextlib.contextmanager
     def _editable(self):
@@ -432,9 +437,7 @@ class Plan(Mapping):
 
     # printing ----------------------------------------------------------------------------------------------------
     def __str__(self) -> str:
-        from .policy import describe
-
-        return describe(self)
+        return _policy().describe(self)
 
     __repr__ = __str__
 
