@@ -467,14 +467,15 @@ def _branch_module(term: fx.Node, add: fx.Node) -> str | None:
 
 
 def _block_key(add: fx.Node, module: str | None) -> str:
-    """Which block a residual add belongs to: the innermost enclosing module indexed in a container
-    (``blocks.3``, ``model.layers.3``, ``layer2.1``), else the module holding the add, else the branch's."""
-    for path in reversed(_scope(add)):
+    """Which block a residual add belongs to: the outermost enclosing module indexed in a container
+    (``blocks.3``, ``model.layers.3``, ``layer2.1``; T5's ``block.3`` rather than its sublayer ``block.3.layer.1``),
+    else the module holding the add, else the branch's."""
+    for path in _scope(add):
         if path.rpartition(".")[2].isdigit():
             return path
     if module:
         parts = module.split(".")
-        for i in range(len(parts) - 1, -1, -1):
+        for i in range(len(parts)):
             if parts[i].isdigit():
                 return ".".join(parts[: i + 1])
     scope = _scope(add)

@@ -232,3 +232,15 @@ def test_residual_stream_stays_flat_in_depth_only_with_completep():
         grow = stream_size(16) / stream_size(2)
         flat = stream_size(16, base_depth=2) / stream_size(2, base_depth=2)
     assert grow > 2.0 and flat < 1.5, (grow, flat)
+
+
+def test_encoder_decoder_counts_blocks_not_sublayers():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                             num_heads=2, d_kv=16))
+    x, _ = _batch()
+    mu = muplify(t5, base_width=32, base_depth=2, example_inputs=(x,), example_kwargs={"decoder_input_ids": x})
+    # 2 encoder blocks (attention, MLP) + 2 decoder blocks (self-attention, cross-attention, MLP)
+    assert mu.plan.options.depth == 4 and len(_branches(mu)) == 2 * 2 + 2 * 3
+    assert any("config declares 2 layers" in n for n in mu.plan.notes)
