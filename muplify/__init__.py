@@ -9,6 +9,7 @@ from .core import MuplifiedModule, analyze, is_muplified, muplify
 from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, WidthError
 from .optim import register_rule
 from .plan import ForwardMultiplier, ParamPlan, Plan
+from .tools.coord_check import coord_check
 
 __all__ = [
     "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "ForwardMultiplier",
@@ -16,10 +17,3 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-
-def __getattr__(name):
-    if name == "coord_check":  # imported lazily: pulls in matplotlib
-        from .coord_check import coord_check
-
-        return coord_check
-    raise AttributeError(name)
