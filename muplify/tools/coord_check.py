@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -332,7 +331,8 @@ def coord_check(
         for param in parametrizations:
             for width in widths:
                 for seed in seed_list:
-                    t0 = time.perf_counter()
+                    if bar is not None:
+                        bar.set_postfix_str(f"{PARAM_LABELS[param]} width {width} seed {seed}")
                     torch.manual_seed(seed)
                     model = factory(width)
                     if device is not None:
@@ -359,8 +359,6 @@ def coord_check(
                             records.append({"param": param, "width": width, "seed": seed, "step": t,
                                             "layer": layer, "size": size})
                     if bar is not None:
-                        bar.set_postfix_str(f"{PARAM_LABELS[param]} width {width} seed {seed} "
-                                            f"({time.perf_counter() - t0:.1f}s)")
                         bar.update(1)
                     del model, opt
     finally:

@@ -93,7 +93,7 @@ def figure(result: "CoordCheckResult", *, title: str | None = None):
 
     fig = Figure(figsize=(2.9 * ncols + 3.6, 2.9 * nrows + 1.5))
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1.0] * ncols + [1.25], left=0.07, right=0.99,
+    gs = fig.add_gridspec(nrows, ncols + 1, width_ratios=[1.0] * ncols + [1.25], left=0.085, right=0.99,
                           top=1 - 0.75 / (2.9 * nrows + 1.5), bottom=1.05 / (2.9 * nrows + 1.5), wspace=0.28,
                           hspace=0.38)
     for i, p in enumerate(params):
@@ -111,7 +111,7 @@ def figure(result: "CoordCheckResult", *, title: str | None = None):
         style = {tuple(g): (_PALETTE[k % len(_PALETTE)], _STYLES[(k // len(_PALETTE)) % len(_STYLES)])
                  for k, g in enumerate(named)}
         label = PARAM_LABELS.get(p, p)
-        verdict = "PASS" if result.passed(p) else f"FAIL ({len(fails)}/{len(result.slopes[p])} layers)"
+        verdict = "PASS" if result.passed(p) else f"FAIL, {len(fails)}/{len(result.slopes[p])} layers"
         for t in range(ncols):
             ax = fig.add_subplot(gs[i, t])
             ax.set_xscale("log", base=2)
@@ -167,7 +167,7 @@ def figure(result: "CoordCheckResult", *, title: str | None = None):
             ax.grid(True, alpha=0.25)
             ax.set_title(f"{label}, step {t}", fontsize=9)
             if t == 0:
-                ax.set_ylabel(f"{label}: {verdict}\nmean |activation|", fontsize=9,
+                ax.set_ylabel(f"{label}: {verdict}\nmean |activation|", fontsize=8.5,
                               color="tab:green" if result.passed(p) else "tab:red")
             if i == nrows - 1:
                 ax.set_xlabel("width", fontsize=8)

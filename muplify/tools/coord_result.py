@@ -75,6 +75,12 @@ def _worst(fails: list[_Failure], pred: Callable[[_Failure], bool] = lambda f: T
     return max((f for f in fails if pred(f)), key=lambda f: abs(f.slope) if math.isfinite(f.slope) else math.inf)
 
 
+def _first_growing(fails: list[_Failure]) -> _Failure:
+    """The earliest layer (forward order) that grows, at its steepest step: the closest to the cause."""
+    layer = next(f.layer for f in fails if f.slope > 0)
+    return max((f for f in fails if f.layer == layer and f.slope > 0), key=lambda f: f.slope)
+
+
 def _is_attention(f: _Failure) -> bool:
     return f.layer.endswith((":attn_logits", ":softmax_in"))
 
@@ -99,9 +105,10 @@ CAUSES: list[_Cause] = [
                          "1/d attention scale."),
     _Cause(lambda r, fs: any(f.slope > 0 for f in fs),
            lambda r, fs: (lambda w: f"{w.layer} grows like width^{w.slope:.2f} at step {w.step}: a parameter "
-                                    "feeding it is not treated as μP prescribes; check its role in mu.plan (fix it "
+                                    "feeding it (it is the first layer that grows) is not treated as μP "
+                                    "prescribes; check its role in mu.plan (fix it "
                                     "with muplify(..., overrides=...)) and that the optimizer is mu.optimizer(...), "
-                                    "not one built on model.parameters().")(_worst(fs, lambda f: f.slope > 0))),
+                                    "not one built on model.parameters().")(_first_growing(fs))),
     _Cause(lambda r, fs: _many_tokens(r),
            lambda r, fs: f"{_worst(fs).layer} shrinks with width (slope {_worst(fs).slope:.2f} at step "
                          f"{_worst(fs).step}): a batch holds {r.config.get('tokens_per_batch')} tokens, more than "
