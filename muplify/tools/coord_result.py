@@ -193,6 +193,7 @@ class CoordCheckResult:
         return {layer: s for layer, s in self.slopes[param].items() if not all(self._ok(layer, v) for v in s)}
 
     def passed(self, param: str = "mup") -> bool:
+        """Whether every layer of ``param`` (``"sp"`` or ``"mup"``) stays in its band at every step."""
         if param not in self.slopes:
             raise KeyError(f"{param!r} was not run; have {list(self.slopes)}")
         return bool(self.slopes[param]) and not self.failures(param)
@@ -206,10 +207,12 @@ class CoordCheckResult:
         return next(c.sentence(self, fails) for c in CAUSES if c.applies(self, fails))
 
     def verdict(self) -> dict[str, dict]:
+        """``{param: {"passed", "n_layers", "failures"}}`` for every parametrization run."""
         return {p: {"passed": self.passed(p), "n_layers": len(self.slopes[p]), "failures": self.failures(p)}
                 for p in self.parametrizations}
 
     def summary(self) -> str:
+        """One line: PASS/FAIL and the number of failing layers per parametrization."""
         parts = []
         for p in self.parametrizations:
             n, f = len(self.slopes[p]), len(self.failures(p))
@@ -275,6 +278,7 @@ class CoordCheckResult:
         return f"CoordCheckResult(widths={self.widths}, steps={self.steps}, {self.summary()})"
 
     def to_dict(self) -> dict:
+        """Everything (records, slopes, verdict, likely causes, config) as plain JSON-able data."""
         def clean(v):  # JSON has no inf/nan: they are written as the strings "inf", "-inf", "nan"
             return str(v) if isinstance(v, float) and not math.isfinite(v) else v
 
@@ -291,6 +295,7 @@ class CoordCheckResult:
         }
 
     def to_json(self, path: str | os.PathLike) -> str:
+        """Write :meth:`to_dict` to ``path`` (folders created); returns the path."""
         path = os.fspath(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:
@@ -299,6 +304,7 @@ class CoordCheckResult:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "CoordCheckResult":
+        """Read a result written by :meth:`to_json`."""
         with open(path) as f:
             d = json.load(f)
         records = [{**r, "size": float(r["size"])} for r in d["records"]]

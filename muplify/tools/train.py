@@ -36,6 +36,8 @@ Report = Callable[[int, float], None]  # (steps done, value) -> None; may raise 
 
 @dataclass
 class TrainOptions:
+    """How :func:`train` trains: length, schedule, clipping, evaluation period, seed."""
+
     steps: int = 200  # optimizer steps
     warmup_steps: int = 0  # linear warmup: the lr factor is (s + 1) / warmup_steps for step s < warmup_steps
     schedule: Literal["constant", "cosine"] = "constant"  # the lr factor after warmup
@@ -48,6 +50,8 @@ class TrainOptions:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns; ``val_loss`` is the objective of a sweep."""
+
     val_loss: float  # mean loss over val_batches after the last step; inf when diverged, nan without val_batches
     train_loss: float  # the last training loss (non-finite when the run diverged)
     diverged: bool  # a non-finite training or validation loss stopped the run
