@@ -181,3 +181,11 @@ def test_plan():
     for name in ("wte.weight", "blocks.0.attn.c_attn.weight", "blocks.0.mlp.0.weight"):
         assert name in r.stdout
     assert "hidden" in r.stdout
+
+
+def test_demo_quick_passes_with_the_defaults(tmp_path):
+    r = run("demo", "--quick", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "μP PASS" in r.stdout and "SP FAIL" in r.stdout and "lm_head *" in r.stdout
+    assert "readout starts at Θ(1/√width)" in r.stdout
+    assert (tmp_path / "coord_check_gpt.png").stat().st_size > 1000

@@ -101,6 +101,24 @@ def test_readout_starts_at_inverse_sqrt_width_and_is_recognised(fixture, request
     assert "lm_head *" in res.table() and "readout layers (*)" in res.table()
 
 
+class _FunctionalReadoutLM(nn.Module):
+    """The readout is ``F.linear`` with the embedding's weight: muplify scales the output of ``ln`` instead."""
+
+    def __init__(self, width: int, vocab: int = 256):
+        super().__init__()
+        self.wte, self.h, self.ln = nn.Embedding(vocab, width), nn.Linear(width, width), nn.LayerNorm(width)
+
+    def forward(self, x):
+        return F.linear(self.ln(self.h(self.wte(x)).relu()), self.wte.weight)
+
+
+def test_a_functional_readout_is_the_model_output_and_its_multiplier_site_is_not_an_activation():
+    res = coord_check(_FunctionalReadoutLM, seeds=1)
+    assert res.readouts == ["<output>"]
+    assert abs(res.slopes["mup"]["ln"][0]) < 0.05  # recorded before muplify's 1/m hook on its output
+    assert res.passed("mup") and not res.passed("sp"), res.table()
+
+
 def test_default_data_and_loss_are_real(gpt_tied_result, mlp_result, gpt2_result):
     assert "built-in corpus" in gpt_tied_result.config["data"]
     assert gpt_tied_result.config["loss"] == "cross-entropy against the labels"

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .batch import Batch, as_batch, first_float_tensor, output_loss, own_loss, to_device
-from .coord_record import Recorder
+from .coord_record import OUTPUT_NAME, ROOT_NAME, Recorder
 from .coord_result import DEFAULT_TOL, PARAM_LABELS, CoordCheckResult
 from .train import TrainOptions, train
 
@@ -179,17 +179,23 @@ def _call_loss(loss_fn: Callable, output: Any, labels: Any) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------------------------------- readouts
 def readout_modules(model: nn.Module, plan: Any) -> list[str]:
-    """Names of the modules that apply the plan's readout: the module carrying a readout forward multiplier and every
-    module that owns an output-role parameter, except embedding lookups (a tied embedding's own output is an input
-    layer's activation)."""
-    names = {fm.module for fm in getattr(plan, "forward", ()) if getattr(fm, "reason", None) == "readout"}
+    """Names of the layers that carry the plan's readout: the module applying a readout forward multiplier to its
+    input and every module owning an output-role parameter, except embedding lookups (a tied embedding's own output
+    is an input layer's activation).  A readout computed functionally (the multiplier scales the output of the
+    module feeding it, or no module owns the readout weight but an embedding) is the model's output ``<output>``."""
+    readout_fms = [fm for fm in getattr(plan, "forward", ()) if getattr(fm, "reason", None) == "readout"]
+    names = {fm.module for fm in readout_fms if getattr(fm, "where", "input") == "input"}
     outputs = {alias for _, pp in plan.items() if pp.role == "output" for alias in pp.aliases}
+    owned = set()
     for mod_name, mod in model.named_modules():
-        if isinstance(mod, nn.Embedding):
-            continue
-        if any((f"{mod_name}.{p}" if mod_name else p) in outputs for p, _ in mod.named_parameters(recurse=False)):
-            names.add(mod_name)
-    return sorted(names)
+        for p, _ in mod.named_parameters(recurse=False):
+            full = f"{mod_name}.{p}" if mod_name else p
+            if full in outputs and not isinstance(mod, nn.Embedding):
+                names.add(mod_name or ROOT_NAME)
+                owned.add(full)
+    functional = any(getattr(fm, "where", "input") == "output" for fm in readout_fms) or any(
+        not (set(pp.aliases) & owned) for _, pp in plan.items() if pp.role == "output")
+    return sorted(names | ({OUTPUT_NAME} if functional else set()))
 
 
 def _probe(factory: Callable[[int], nn.Module], width: int) -> nn.Module:

@@ -1,7 +1,8 @@
 """What the coordinate check records: the mean absolute value of every layer's output in one forward pass.
 
-* ``size = mean(|x|)`` of the output of every module (forward hooks; a module returning a tuple/list/dict is
-  represented by its first floating-point tensor).  A module called several times in one forward gets the names
+* ``size = mean(|x|)`` of the output of every module (forward hooks, run before any other forward hook, so a
+  multiplier hook muplify put on a module's output is not counted as the module's own; a module returning a
+  tuple/list/dict is represented by its first floating-point tensor).  A module called several times in one forward gets the names
   ``name``, ``name#2``, ...
 * ``"<module>:attn_logits"``: the attention logits of every ``F.scaled_dot_product_attention`` call, which no module
   hook can see.  They are recomputed for the record as ``(q @ k^T) * scale`` with the call's own ``scale=`` (default
@@ -88,7 +89,9 @@ class Recorder(TorchFunctionMode):
         self.handles = []
         for name, mod in model.named_modules():
             self.handles.append(mod.register_forward_pre_hook(self._pre_hook(name)))
-            self.handles.append(mod.register_forward_hook(self._post_hook(name)))
+            # prepend: record the module's own output, before a hook that rescales it (muplify's multiplier on the
+            # output of the module feeding a functional readout would otherwise show up as a 1/width shrink)
+            self.handles.append(mod.register_forward_hook(self._post_hook(name), prepend=True))
 
     def remove(self) -> None:
         for h in self.handles:

@@ -48,7 +48,7 @@ def run_demo(out: str = "muplify-out", quick: bool = False, *, verbose: bool = T
     say(mu.plan)
     say()
     say(f"== coordinate check: GPT, widths {widths}, {seeds} seed(s), SP vs μP")
-    res = coord_check(factory, widths=widths, seeds=seeds, progress=verbose or None)
+    res = coord_check(factory, widths=widths, seeds=seeds, progress=None if verbose else False)
     elapsed = time.perf_counter() - t0
     say(res.table())
     png = res.plot(os.path.join(out, "coord_check_gpt.png"),
