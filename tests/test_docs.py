@@ -89,3 +89,21 @@ def test_docs_show_the_fsdp2_example_verbatim():
     with open(os.path.join(ROOT, "examples", "fsdp2_example.py"), encoding="utf-8") as fh:
         source = fh.read()
     assert source in blocks, "docs/distributed.md no longer shows examples/fsdp2_example.py verbatim"
+
+
+def test_readme_starts_with_setup_and_tests_and_reads_in_order():
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    first = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1).strip().splitlines()
+    assert len(first) == 2 and first[0].endswith("python -m muplify demo") and "pip install -e" in first[0]
+    assert first[1] == "python -m pytest -q tests"
+    order = ["## Install", "## Use", "## Your training loop", "## Check it: the coordinate check", "## Benchmarks",
+             "## Design", "## Tests"]
+    positions = [text.index(h + "\n") for h in order]
+    assert positions == sorted(positions)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    # reference material lives in docs/ (linked), so the README stays a guide
+    for page in ("rules.md", "export.md", "distributed.md", "bad-input.md", "API.md"):
+        assert f"(docs/{page})" in text and os.path.exists(os.path.join(ROOT, "docs", page))
+    assert "| an optimizer class muplify has no rule for |" not in text and "### FSDP2" not in text
+    assert len(text) < 32_000
