@@ -168,18 +168,19 @@ def make_factory(fn: Callable, spec: str, width_arg: str | None = None,
 
 
 def example_batch(model: nn.Module, batch_size: int = 4) -> tuple[tuple, dict]:
-    """A small random forward call ``(args, kwargs)`` from the model's first layer (deterministic: seed 0)."""
+    """A small random forward call ``(args, kwargs)`` for a model that does not read token ids (seed 0): HF and timm
+    models through the core's guesser, others from their first Linear / Conv layer."""
+    from muplify.capture import default_example_inputs
+
     g = torch.Generator().manual_seed(0)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for mod in model.modules():
-        if isinstance(mod, nn.Linear):
-            return (torch.randn(2 * batch_size, mod.in_features, generator=g).to(dev),), {}
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            n = mod.weight.dim() - 2
-            size = {1: 64, 2: 16, 3: 8}[n]
-            return (torch.randn(batch_size, mod.in_channels, *([size] * n), generator=g).to(dev),), {}
-    from muplify.capture import default_example_inputs  # the core's guesser knows more families (timm, ...)
-
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if getattr(model, "main_input_name", None) is None and first is not None:
+        if isinstance(first, nn.Linear):
+            return (torch.randn(2 * batch_size, first.in_features, generator=g).to(dev),), {}
+        n = first.weight.dim() - 2
+        size = {1: 64, 2: 16, 3: 8}[n]
+        return (torch.randn(batch_size, first.in_channels, *([size] * n), generator=g).to(dev),), {}
     try:
         return default_example_inputs(model)
     except Exception as e:  # noqa: BLE001

@@ -25,6 +25,7 @@ shrinks like 1/√width at small widths (`mup`'s own examples use batch size 1).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -86,8 +87,6 @@ def _corpus_batches(model: nn.Module, steps: int) -> tuple[list[Batch], str]:
 
 
 def _n_required_positional(fn: Callable) -> int:
-    import inspect
-
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -166,8 +165,6 @@ class _Loss:
 
 def _call_loss(loss_fn: Callable, output: Any, labels: Any) -> torch.Tensor:
     """``loss_fn(output, labels)`` if it accepts two positional arguments, else ``loss_fn(output)``."""
-    import inspect
-
     try:
         inspect.signature(loss_fn).bind(output, labels)
     except TypeError:
