@@ -59,10 +59,10 @@ def _same_series(a: dict[int, list[float]], b: dict[int, list[float]]) -> bool:
 # ----------------------------------------------------------------------------------------------- likely causes
 @dataclass(frozen=True)
 class _Failure:
-    layer: str
-    step: int
-    slope: float
-    readout: bool
+    layer: str  # the layer outside its band
+    step: int  # at this step
+    slope: float  # with this slope
+    readout: bool  # whether it is judged against the readout band
 
 
 @dataclass(frozen=True)
