@@ -48,6 +48,7 @@ class MuplifiedModule:
 
     @property
     def plan(self) -> Plan:
+        """The applied plan (read-only): the facts, and what the μP policy derives from them (``print(mu.plan)``)."""
         return self.__dict__["_mup_plan"]
 
     def optimizer(self, optimizer_class: type | str, params=None, *, rule: str | None = None,

@@ -73,6 +73,7 @@ class Options:
     depth_alpha: float = 1.0  # CompleteP exponent: branches × (base_depth/depth)^alpha (1.0 CompleteP, 0.5 depth-μP)
 
     def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style access to an option."""
         return getattr(self, key, default)
 
     def __getitem__(self, key: str) -> Any:
@@ -134,12 +135,15 @@ class HyperParams:
                 "init_mult": dict(self.init_mult), "lr_mult": dict(self.lr_mult)}
 
     def role_init(self, role: str, gain: bool = False) -> float:
+        """The init factor of a parameter with this role (a norm gain: the "gain" entry first)."""
         return self.init_mult.get(GAIN, self.init_mult.get(role, 1.0)) if gain else self.init_mult.get(role, 1.0)
 
     def role_lr(self, role: str, gain: bool = False) -> float:
+        """The lr factor of a parameter with this role (a norm gain: the "gain" entry first)."""
         return self.lr_mult.get(GAIN, self.lr_mult.get(role, 1.0)) if gain else self.lr_mult.get(role, 1.0)
 
     def is_default(self) -> bool:
+        """Whether every hyperparameter is 1 (μP as derived, nothing tuned)."""
         return self == HyperParams()
 
 
@@ -249,6 +253,7 @@ class ParamPlan:
 
     @property
     def width_mult_out(self) -> float:
+        """m_out = fan_out / base_fan_out."""
         return self._size(self.fan_out) / self.base_fan_out
 
     def _size(self, expr: sympy.Expr) -> int:
@@ -258,6 +263,7 @@ class ParamPlan:
 
     @property
     def guessed(self) -> bool:
+        """Whether the role was decided without graph evidence (named in the plan's warnings)."""
         return self.decided_by.startswith("guess")
 
     # what the policy derives (read-only views)
@@ -279,10 +285,12 @@ class ParamPlan:
 
     @property
     def wd_mult(self) -> dict[str, float]:
+        """Weight-decay multiplier per registered optimizer family (coupled policy: 1 / the μP lr factor)."""
         return dict(self._rules().wd_mult)
 
     @property
     def eps_mult(self) -> dict[str, float]:
+        """Multiplier of the optimizer's ε per family (1 where the family has no gradient-scale ε)."""
         return dict(self._rules().eps_mult)
 
     @property
@@ -352,12 +360,15 @@ class Plan(Mapping):
 
     @property
     def width_mult(self) -> float:
+        """m = width / base_width."""
         return self.width / self.base_width
 
     def by_role(self, role: str) -> list[str]:
+        """Names of the parameters with this role."""
         return [n for n, p in self.params.items() if p.role == role]
 
     def summary(self) -> dict[str, int]:
+        """How many parameters have each role."""
         out = {r: 0 for r in ROLES}
         for p in self.params.values():
             out[p.role] += 1
@@ -443,6 +454,7 @@ class Plan(Mapping):
 
     # serialisation -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The facts as plain JSON-able data (format ``muplify-plan/2``); derived values are not stored."""
         def enc_param(p: ParamPlan) -> dict:
             d = {f.name: getattr(p, f.name) for f in fields(p)}
             d["fan_in"], d["fan_out"] = str(p.fan_in), str(p.fan_out)
@@ -474,6 +486,7 @@ class Plan(Mapping):
         }
 
     def to_json(self, path: str | None = None) -> str:
+        """The plan as human-readable JSON; written to ``path`` when given.  Re-apply with ``muplify(model, plan=path)``."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=True)
         if path is not None:
             with open(path, "w") as fh:
@@ -482,6 +495,7 @@ class Plan(Mapping):
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Plan":
+        """A plan from :meth:`to_dict`'s data; PlanError for anything else."""
         if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
             fmt = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise PlanError(f"not a muplify plan (format {fmt!r}); expected {PLAN_FORMAT!r} (save one with "
@@ -518,6 +532,7 @@ class Plan(Mapping):
 
     @classmethod
     def from_json(cls, path_or_text: str) -> "Plan":
+        """A plan from a JSON file path or JSON text (:meth:`to_json`)."""
         text = path_or_text
         if not path_or_text.lstrip().startswith("{"):
             try:

@@ -78,6 +78,8 @@ class OptimizerFamily:
         return None
 
     def width_lr(self, p: ParamPlan, plan: Plan, options: Mapping[str, Any]) -> float:
+        """The learning-rate multiplier of ``p`` relative to the base model (1 at base width), given the
+        optimizer's options (``adjust_lr_fn`` for Muon, ...)."""
         raise NotImplementedError
 
     def warnings(self, options: Mapping[str, Any]) -> list[str]:
