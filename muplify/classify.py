@@ -243,7 +243,7 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 "readout with an nn.Linear (sharing the embedding weight), or override the role of this weight.")
     source = "exact: base fans read from the base model" if base_shapes is not None else getattr(wa, "width_source", "")
     plan = Plan(base_width, width, params, sites, attention, options, hp or HyperParams(), notes, sym,
-                type(model).__name__, source, _scaling_dims(wa, axes))
+                type(model).__name__, source, _scaling_dims(wa, axes), list(ctx.blocks))
     detect_init_rules(plan, model)
     return plan
 

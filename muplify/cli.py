@@ -192,11 +192,20 @@ def cmd_coord_check(a: argparse.Namespace) -> int:
     from muplify.tools.batch import Batch
     from muplify.tools.coord_check import coord_check, language_model_vocab
 
-    widths = sorted(set(a.widths))
+    depth = a.axis == "depth"
+    widths = sorted(set(a.depths if depth else a.widths))
     if len(widths) < 2:
-        raise CLIError(f"--widths needs at least two different widths, got {' '.join(map(str, a.widths))}")
+        raise CLIError(f"--{a.axis}s needs at least two different {a.axis}s, got {' '.join(map(str, widths))}")
     fn = load_object(a.factory)
-    factory, how = make_factory(fn, a.factory, a.width_arg, parse_kv(a.arg))
+    if depth:
+        if not a.depth_arg:
+            raise CLIError("--axis depth needs --depth-arg NAME: the constructor argument holding the number of "
+                           "residual blocks (e.g. n_layer, num_hidden_layers)")
+        extra = parse_kv(a.arg)
+        check_args(fn, a.factory, extra, a.depth_arg)
+        factory, how = (lambda L: fn(**{a.depth_arg: L}, **extra)), f"as {a.depth_arg}="
+    else:
+        factory, how = make_factory(fn, a.factory, a.width_arg, parse_kv(a.arg))
     batch: Any = None
     if a.batch:
         batch = load_object(a.batch)
@@ -206,14 +215,14 @@ def cmd_coord_check(a: argparse.Namespace) -> int:
         if language_model_vocab(model) is None:
             args, kwargs = example_batch(model, a.batch_size)
             batch = Batch(args, kwargs)
-    params = tuple(a.params)
+    params = tuple(a.params or (("mup", "completep") if depth else ("sp", "mup")))
     if not a.quiet:
-        print(f"coord-check {a.factory} (width passed {how}) widths {widths}, {a.optimizer} lr {a.lr}, "
+        print(f"coord-check {a.factory} ({a.axis} passed {how}) {a.axis}s {widths}, {a.optimizer} lr {a.lr}, "
               f"{a.steps} steps, {a.seeds} seeds: {', '.join(params)}", file=sys.stderr)
     t0 = time.perf_counter()
     res = coord_check(factory, batch, widths=widths, optimizer=a.optimizer, lr=a.lr, steps=a.steps, seeds=a.seeds,
                       base_width=a.base_width, muplify_kwargs=parse_kv(a.muplify_arg), parametrizations=params,
-                      tol=a.tol, device=a.device, progress=False if a.quiet else None)
+                      tol=a.tol, device=a.device, progress=False if a.quiet else None, axis=a.axis)
     print(res.table())
     if a.out:
         stem = a.name or a.factory.replace(":", ".").split(".")[-1].lower()
@@ -222,7 +231,7 @@ def cmd_coord_check(a: argparse.Namespace) -> int:
         print(f"plot: {png}\njson: {js}")
     if not a.quiet:
         print(f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
-    judged = "mup" if "mup" in params else params[0]
+    judged = next((p for p in ("completep", "mup") if p in params), params[0])
     return 0 if res.passed(judged) else 1
 
 
@@ -284,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--lr", type=float, default=DEFAULT_LR)
     cc.add_argument("--optimizer", default="AdamW", help="name in torch.optim (default AdamW)")
     cc.add_argument("--base-width", type=int, default=None, help="μP base width (default: smallest width)")
-    cc.add_argument("--params", nargs="+", choices=["sp", "mup"], default=["sp", "mup"])
+    cc.add_argument("--params", nargs="+", choices=["sp", "mup", "completep"], default=None,
+                    help="default: sp mup (width), mup completep (depth)")
+    cc.add_argument("--axis", choices=["width", "depth"], default="width",
+                    help="depth: vary the number of residual blocks at a fixed width (CompleteP)")
+    cc.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16])
+    cc.add_argument("--depth-arg", default=None, help="with --axis depth: the constructor argument of the depth")
     cc.add_argument("--tol", type=float, default=DEFAULT_TOL, help="pass threshold on |slope| (log(1.2)/log(2))")
     cc.add_argument("--batch-size", type=int, default=4, help="size of the guessed batch of a non-language model")
     cc.add_argument("--device", default=None)

@@ -316,6 +316,7 @@ class Plan(Mapping):
     model_class: str = ""
     width_source: str = ""  # how the width was chosen: config attribute, most-used dim, width=, base model
     scaling_dims: list[tuple[int, str, int]] = field(default_factory=list)  # (size, expression, parameter axes)
+    blocks: list[str] = field(default_factory=list)  # residual blocks found (with base_depth), in graph order
     capture_seconds: float | None = None
     frozen: bool = False
     lint: list[str] = field(default_factory=list)  # warnings found after the plan was made (optimizer, first step)
@@ -475,6 +476,7 @@ class Plan(Mapping):
             "width_symbol": str(self.width_symbol),
             "width_source": self.width_source,
             "scaling_dims": [list(d) for d in self.scaling_dims],
+            "blocks": list(self.blocks),
             "options": asdict(self.options),
             "hp": self.hp.to_dict(),
             "notes": self.notes,
@@ -528,7 +530,7 @@ class Plan(Mapping):
         return cls(d["base_width"], d["width"], params, [dec_site(s) for s in d.get("sites", [])], attention,
                    Options(**d["options"]), HyperParams.from_dict(d.get("hp")), list(d.get("notes", [])), sym,
                    d.get("model_class", ""), d.get("width_source", ""),
-                   [tuple(x) for x in d.get("scaling_dims", [])])
+                   [tuple(x) for x in d.get("scaling_dims", [])], list(d.get("blocks", [])))
 
     @classmethod
     def from_json(cls, path_or_text: str) -> "Plan":

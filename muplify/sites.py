@@ -581,5 +581,5 @@ def _branches(ctx: SiteContext) -> list:
                 ctx.params[names[ph]].in_branch = True
         fold = fold_targets(br.term, ctx.fold)
         out.append(Site("branch", br.module or "", "output", "", None, fold))
-    ctx.blocks = sorted({br.block for br in branches})
+    ctx.blocks = list(dict.fromkeys(br.block for br in branches))  # graph order
     return out

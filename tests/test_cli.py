@@ -189,3 +189,12 @@ def test_demo_quick_passes_with_the_defaults(tmp_path):
     assert "μP PASS" in r.stdout and "SP FAIL" in r.stdout and "lm_head *" in r.stdout
     assert "readout starts at Θ(1/√width)" in r.stdout
     assert (tmp_path / "coord_check_gpt.png").stat().st_size > 1000
+
+
+def test_coord_check_along_depth(tmp_path, capsys):
+    r = run_here(capsys, "coord-check", "muplify.models:GPT", "--axis", "depth", "--depth-arg", "n_layer",
+                 "--depths", "2", "4", "8", "--arg", "d_model=64", "--arg", "head_dim=16", "--quiet",
+                 "--out", str(tmp_path))
+    assert r.returncode == 0 and "μP+CompleteP PASS" in r.stdout and "μP FAIL" in r.stdout
+    r = run_here(capsys, "coord-check", "muplify.models:GPT", "--axis", "depth", "--quiet", "--out", "")
+    assert r.returncode == 2 and "--depth-arg" in r.stderr

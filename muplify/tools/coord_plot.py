@@ -128,8 +128,9 @@ def figure(result: "CoordCheckResult", *, title: str | None = None):
                 up = [y0 * (w / widths[0]) ** result.tol for w in ws]
                 down = [y0 * (w / widths[0]) ** -result.tol for w in ws]
                 ax.fill_between(ws, down, up, color="#2ca02c", alpha=0.13, lw=0, zorder=0.5)
-                ax.plot(ws, [y0 * (w / widths[0]) ** READOUT_INIT_SLOPE for w in ws], color="#2ca02c", lw=0.8,
-                        ls=(0, (4, 3)), alpha=0.7, zorder=0.6)
+                if result.readouts:
+                    ax.plot(ws, [y0 * (w / widths[0]) ** READOUT_INIT_SLOPE for w in ws], color="#2ca02c", lw=0.8,
+                            ls=(0, (4, 3)), alpha=0.7, zorder=0.6)
             ends: list[tuple[float, float, str, str]] = []  # (x, y, number, colour) of the failing lines' ends
             for rank, g in enumerate(failing + passing):
                 by_w = sizes[g[0]]
@@ -170,7 +171,7 @@ def figure(result: "CoordCheckResult", *, title: str | None = None):
                 ax.set_ylabel(f"{label}: {verdict}\nmean |activation|", fontsize=8.5,
                               color="tab:green" if result.passed(p) else "tab:red")
             if i == nrows - 1:
-                ax.set_xlabel("width", fontsize=8)
+                ax.set_xlabel(result.axis, fontsize=8)
         handles, names = [], []
         for rank, g in enumerate(named):
             color, ls = style[tuple(g)]
@@ -184,20 +185,22 @@ def figure(result: "CoordCheckResult", *, title: str | None = None):
         names.append(f"{n_pass} passing layer{'s' if n_pass != 1 else ''}")
         handles.append(Patch(color="#2ca02c", alpha=0.25))
         names.append(f"pass band: slope within ±{result.tol:.2f}")
-        handles.append(Line2D([], [], color="#2ca02c", lw=0.8, ls=(0, (4, 3))))
-        names.append(f"slope {READOUT_INIT_SLOPE:g}: a non-zero readout at init")
+        if result.readouts:
+            handles.append(Line2D([], [], color="#2ca02c", lw=0.8, ls=(0, (4, 3))))
+            names.append(f"slope {READOUT_INIT_SLOPE:g}: a non-zero readout at init")
         lax = fig.add_subplot(gs[i, ncols])
         lax.axis("off")
         lax.legend(handles, names, loc="center left", fontsize=6.5, frameon=False, borderaxespad=0.0,
                    title=f"{label}: failing layers (worst first)" if failing else f"{label}: all layers pass",
                    title_fontsize=7.5, handlelength=2.4)
+    readout = (f"  Dashed: slope {READOUT_INIT_SLOPE:g}, where a non-zero readout (*) starts under μP; readout layers "
+               f"pass down to {READOUT_INIT_SLOPE - result.tol:.2f}." if result.readouts else "")
     caption = (f"step t: the forward pass after t optimizer updates (t = 0: at initialisation).  Shaded cone: the "
-               f"pass band, |slope of log size vs log width| ≤ {result.tol:.2f} (1.2x per doubling).  Dashed: slope "
-               f"{READOUT_INIT_SLOPE:g}, where a non-zero readout (*) starts under μP; readout layers pass down to "
-               f"{READOUT_INIT_SLOPE - result.tol:.2f}.\nGrey: passing layers; coloured and numbered: failing layers "
+               f"pass band, |slope of log size vs log {result.axis}| ≤ {result.tol:.2f} (1.2x per doubling)."
+               f"{readout}\nGrey: passing layers; coloured and numbered: failing layers "
                "(named on the right).  Hatched strip at the bottom: exactly 0; red strip at the top: non-finite "
                "(diverged).  Layers with identical sizes are drawn once.")
     fig.text(0.07, 0.012, caption, fontsize=7, va="bottom", ha="left", wrap=True)
-    sup = title or "coordinate check: mean |activation| vs width over the first training steps"
+    sup = title or f"coordinate check: mean |activation| vs {result.axis} over the first training steps"
     fig.suptitle(f"{sup}\n{result.summary()}", fontsize=10)
     return fig

@@ -30,7 +30,7 @@ __all__ = ["CoordCheckResult", "DEFAULT_TOL", "READOUT_INIT_SLOPE", "PARAM_LABEL
 DEFAULT_TOL = math.log(1.2) / math.log(2)
 #: slope of a non-zero readout's output at initialisation under μP (Θ(1/√width)).
 READOUT_INIT_SLOPE = -0.5
-PARAM_LABELS = {"sp": "SP", "mup": "μP"}
+PARAM_LABELS = {"sp": "SP", "mup": "μP", "completep": "μP+CompleteP"}
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -142,6 +142,7 @@ class CoordCheckResult:
         self.parametrizations = list(parametrizations)
         self.tol = float(tol)
         self.config = dict(config or {})
+        self.axis = self.config.get("axis", "width")  # what the sizes vary along: "width" or "depth"
         seen: dict[str, None] = dict.fromkeys(layers or ())
         for r in self.records:
             seen.setdefault(r["layer"], None)
@@ -193,7 +194,8 @@ class CoordCheckResult:
         return {layer: s for layer, s in self.slopes[param].items() if not all(self._ok(layer, v) for v in s)}
 
     def passed(self, param: str = "mup") -> bool:
-        """Whether every layer of ``param`` (``"sp"`` or ``"mup"``) stays in its band at every step."""
+        """Whether every layer of ``param`` (``"sp"``, ``"mup"`` or ``"completep"``) stays in its band at every
+        step."""
         if param not in self.slopes:
             raise KeyError(f"{param!r} was not run; have {list(self.slopes)}")
         return bool(self.slopes[param]) and not self.failures(param)
@@ -204,6 +206,11 @@ class CoordCheckResult:
                  for t, v in enumerate(s) if not self._ok(layer, v)]
         if not fails:
             return None
+        if self.axis == "depth":
+            w = _worst(fails)
+            return (f"{w.layer} {'grows' if w.slope > 0 else 'shrinks'} with depth (slope {w.slope:.2f} at step "
+                    f"{w.step}): without depth scaling the residual stream grows with the number of blocks; "
+                    "muplify(..., base_depth=...) applies CompleteP; if it does, check the branches in print(mu.plan).")
         return next(c.sentence(self, fails) for c in CAUSES if c.applies(self, fails))
 
     def verdict(self) -> dict[str, dict]:
@@ -244,17 +251,17 @@ class CoordCheckResult:
         head2 = "layer".ljust(name_w) + " | " + " | ".join(
             (" ".join(f"t={t}".rjust(cell) for t in range(self.steps)) + "     ").ljust(col_w) for p in params)
         lines = [
-            f"coordinate check: widths {' '.join(map(str, self.widths))}, steps {self.steps}, seeds "
+            f"coordinate check: {self.axis}s {' '.join(map(str, self.widths))}, steps {self.steps}, seeds "
             f"{len(self.seeds)}, {self.config.get('optimizer', '?')} lr {self.config.get('lr', '?')}",
         ]
         for key in ("data", "loss"):
             if self.config.get(key):
                 lines.append(f"{key}: {self.config[key]}")
         lines += [
-            "slope of log mean|x| vs log width; step t = the forward pass after t optimizer updates (t=0: init)",
-            f"pass: every slope in [{-self.tol:+.2f}, {self.tol:+.2f}] (1.2x per doubling of width); readout layers "
-            f"(*) in [{READOUT_INIT_SLOPE - self.tol:+.2f}, {self.tol:+.2f}]: a non-zero readout starts at "
-            "Θ(1/√width) under μP",
+            f"slope of log mean|x| vs log {self.axis}; step t = the forward pass after t optimizer updates (t=0: init)",
+            f"pass: every slope in [{-self.tol:+.2f}, {self.tol:+.2f}] (1.2x per doubling of {self.axis})"
+            + (f"; readout layers (*) in [{READOUT_INIT_SLOPE - self.tol:+.2f}, {self.tol:+.2f}]: a non-zero readout "
+               "starts at Θ(1/√width) under μP" if self.readouts else ""),
             head1, head2, "-" * len(head2),
         ]
         for layer in layers:
@@ -270,7 +277,8 @@ class CoordCheckResult:
             lines.append(name.ljust(name_w) + " | " + " | ".join(cols))
         lines.append("-" * len(head2))
         lines.append("verdict: " + self.summary())
-        if "mup" in params and (cause := self.likely_cause("mup")):
+        judged = "completep" if "completep" in params else "mup"
+        if judged in params and (cause := self.likely_cause(judged)):
             lines.append("likely cause: " + cause)
         return "\n".join(lines)
 
