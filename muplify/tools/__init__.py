@@ -1,0 +1,1 @@
+"""Tools around the parametrization: the proxy sweep (:mod:`muplify.tools.tune`)."""
