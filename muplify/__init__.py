@@ -16,6 +16,7 @@ __all__ = [
     "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "Site", "Options", "HyperParams",
     "ForwardMultiplier", "OptimizerFamily", "CombinedOptimizer", "register_rule", "register_family", "coord_check",
     "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError",
+    "tune",
 ]
 __version__ = "0.1.0"
 
@@ -25,4 +26,8 @@ def __getattr__(name):
         from .coord_check import coord_check
 
         return coord_check
+    if name == "tune":  # imported lazily: pulls in optuna
+        from .tools.tune import tune
+
+        return tune
     raise AttributeError(name)
