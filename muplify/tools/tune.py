@@ -334,6 +334,15 @@ def plan_roles(plan: Plan) -> list[str]:
     return [r for r in ROLE_ORDER if r in present]
 
 
+# the forward multipliers and what in the model they act on (a multiplier with nothing to act on is a wasted axis)
+HP_ACTS_ON: dict[str, tuple[Callable[[Plan], bool], str]] = {
+    "output_mult": (lambda plan: any(p.readout for p in plan.values()),
+                    "the model has no readout (an output-role weight producing its prediction)"),
+    "attn_mult": (lambda plan: bool(plan.attention), "the model has no attention op"),
+    "embed_mult": (lambda plan: bool(plan.by_role("input")), "the model has no input-role layer"),
+}
+
+
 def default_space(plan: Plan, optimizer: Any = "AdamW") -> dict[str, Dist]:
     """The default search space for the model of ``plan`` (see docs/tune.md):
 
@@ -355,12 +364,10 @@ def default_space(plan: Plan, optimizer: Any = "AdamW") -> dict[str, Dist]:
     except MuplifyError:
         fam = ""
     space: dict[str, Dist] = {"lr": LR_RANGES.get(fam, LR_FALLBACK)}
-    if any(p.readout for p in plan.values()):
-        space["hp.output_mult"] = MULT
-    if plan.attention and all(a.query is not None for a in plan.attention):
-        space["hp.attn_mult"] = MULT
-    if plan.by_role("input"):
-        space["hp.embed_mult"] = MULT
+    for name, (acts_on, _) in HP_ACTS_ON.items():
+        scalable = name != "attn_mult" or all(a.query is not None for a in plan.attention)
+        if acts_on(plan) and scalable:
+            space[f"hp.{name}"] = MULT
     roles = plan_roles(plan)
     anchor = "hidden" if "hidden" in roles else (roles[0] if roles else None)
     for r in roles:
@@ -910,6 +917,8 @@ def _check_space(space, plan, make_model, width, objective, optimizer, seed, mkw
     for key in space:
         head, _, rest = key.partition(".")
         name, _, role = rest.partition(".")
+        if head == "hp" and name in HP_ACTS_ON and not HP_ACTS_ON[name][0](plan):
+            raise TuneError(f"space key {key!r}: {HP_ACTS_ON[name][1]}, so it would change nothing; drop it")
         if head == "hp" and role and role not in roles:
             raise TuneError(f"space key {key!r}: no parameter of this model has role {role!r} (roles present: "
                             f"{', '.join(roles)})")
