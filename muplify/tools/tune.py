@@ -1126,7 +1126,8 @@ class TuneResult:
             d = self.space[key]
             xs = lambda ts: [_plot_x(d, _leaf(t.config, key)) for t in ts]  # noqa: E731
             if pruned:
-                ax.scatter(xs(pruned), [t.value for t in pruned], marker="x", s=14, c="0.6", label="pruned")
+                ax.scatter(xs(pruned), [t.value for t in pruned], marker="x", s=14, c="0.6",
+                           label="pruned (last report)")
             if done:
                 ax.scatter(xs(done), [t.value for t in done], s=16, c=[t.number / n_max for t in done],
                            cmap="viridis", vmin=0, vmax=1, label="complete")
@@ -1135,6 +1136,10 @@ class TuneResult:
                            edgecolors="k", linewidths=0.5, zorder=5, label="best")
             if isinstance(d, LogUniform) or (isinstance(d, IntRange) and d.log):
                 ax.set_xscale("log", base=2)
+            if isinstance(d, (LogUniform, Uniform, IntRange)) and d.lo < d.hi:  # the whole searched range
+                pad = (d.hi / d.lo) ** 0.03 if isinstance(d, LogUniform) or getattr(d, "log", False) else None
+                ax.set_xlim(*((d.lo / pad, d.hi * pad) if pad else (d.lo - 0.03 * (d.hi - d.lo),
+                                                                   d.hi + 0.03 * (d.hi - d.lo))))
             if isinstance(d, Choice):
                 ax.set_xticks(range(len(d.values)), [str(v) for v in d.values], fontsize=7, rotation=20)
             if ylim is not None:
