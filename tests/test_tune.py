@@ -155,8 +155,11 @@ def test_space_entries_parse_and_validate(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ the sweep
 def test_trials_complete_and_best_is_the_argmin(tmp_path):
-    result = T.tune(make_model, WIDTH, objective, torch.optim.AdamW, trials=8, pruner=None,
+    mkw = {"readout_zero_init": True, "example_inputs": (torch.randn(2, 8),)}  # inputs reach trials, unrecorded
+    result = T.tune(make_model, WIDTH, objective, torch.optim.AdamW, trials=8, pruner=None, muplify_kwargs=mkw,
                     storage=sqlite(tmp_path), progress=False)
+    assert result.best["muplify"] == {"readout_zero_init": True}
+    assert "hp.init_mult.output" not in result.space  # a zero readout has no init scale to tune
     assert [t.number for t in result.trials] == list(range(8))
     assert all(t.state == "complete" and t.worker.endswith(f":{os.getpid()}") for t in result.trials)
     best = min(result.trials, key=lambda t: t.value)
@@ -166,7 +169,7 @@ def test_trials_complete_and_best_is_the_argmin(tmp_path):
     assert result.best["width"] == WIDTH and result.best["seed"] == best.number  # trial n runs under seed 0 + n
     assert len({t.config["lr"] for t in result.trials}) == 8
     imp = result.importance()
-    assert set(imp) <= set(T.default_space(mup(make_model(WIDTH), base_width=WIDTH).plan))
+    assert set(imp) <= set(result.space) and len(imp) >= 5
     assert math.isclose(sum(imp.values()), 1.0)
     for png in (result.plot(str(tmp_path / "params.png")), result.plot_importance(str(tmp_path / "imp.png"))):
         with open(png, "rb") as fh:

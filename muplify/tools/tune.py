@@ -62,6 +62,7 @@ WORKER_ATTR = "muplify.worker"  # "host:pid" of the process that ran the trial
 FAILURE_ATTR = "muplify.failure"  # why the objective failed (exception, NaN, divergence): the trial's verdict
 RETRY_ATTR = "muplify.retry_of"  # number of the interrupted trial this one re-runs
 SPEC_ATTR = "muplify.tune"  # study attribute: what the sweep was made for (width, space, optimizer, ...)
+INPUT_KWARGS = ("example_inputs", "example_kwargs")  # muplify() arguments that are data, not parametrization
 
 
 class TuneError(MuplifyError, ValueError):
@@ -816,17 +817,19 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
       in this process and leaves its torch threads alone unless ``threads`` is given.
     - ``timeout``: seconds after which no new trial starts.
     - ``muplify_kwargs``: other arguments of :func:`muplify.muplify` (e.g. ``{"readout_zero_init": True}``), used
-      for every trial and recorded in ``result.best["muplify"]`` for the transfer.
+      for every trial and recorded in ``result.best["muplify"]`` for the transfer (except ``example_inputs`` and
+      ``example_kwargs``, which are passed to every trial but are data, not parametrization).
     """
     import optuna
 
     opt_name = _check_args(make_model, width, objective, optimizer, trials, workers, threads, seed, timeout)
     mkw = dict(muplify_kwargs or {})
+    recorded = {k: v for k, v in mkw.items() if k not in INPUT_KWARGS}
     try:
-        json.dumps(mkw, allow_nan=False)
+        json.dumps(recorded, allow_nan=False)
     except (TypeError, ValueError):
-        raise TuneError("muplify_kwargs must be JSON-able (they are recorded in result.best for the transfer): "
-                        f"got {mkw!r}") from None
+        raise TuneError("muplify_kwargs other than example inputs must be JSON-able (they are recorded in "
+                        f"result.best for the transfer): got {recorded!r}") from None
     if not isinstance(storage, str) and workers > 1:
         try:
             pickle.dumps(storage)
@@ -853,7 +856,7 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
         n_grid = math.prod(len(d.grid()) for d in _searched(full).values())
         budget = min(trials, n_grid)
     spec = {"format": SPEC_FORMAT, "width": width, "optimizer": opt_name, "space": space_to_dict(full),
-            "muplify": mkw, "seed": seed}
+            "muplify": recorded, "seed": seed}
     storage_obj = open_storage(storage)
     study = _create_study(storage_obj, study_name, spec)
 
