@@ -94,6 +94,10 @@ def interrupted_third_call(model, optimizer, report) -> float:
     return objective(model, optimizer, report)
 
 
+def always_interrupted(model, optimizer, report) -> float:
+    raise KeyboardInterrupt
+
+
 def rendezvous(model, optimizer, report) -> float:
     """Records this process's pid and torch threads, and waits (up to 60 s) until a second process did the same:
     both workers must have taken part however unevenly they started."""
@@ -151,6 +155,10 @@ def test_space_entries_parse_and_validate(tmp_path, monkeypatch):
     assert not os.path.exists("unused-never-created.db")  # validated before the storage is opened
     with pytest.raises(TuneError, match="in-memory"):
         run(storage="sqlite:///:memory:")
+    with pytest.raises(TuneError, match="coordinate through the storage"):
+        run(storage=None, workers=2)
+    in_memory = run(storage=None, space={"lr": Fixed(1e-2)}, defaults=False)
+    assert in_memory.best["lr"] == 1e-2 and os.listdir(tmp_path) == []  # nothing written
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
@@ -259,6 +267,17 @@ def test_interrupted_and_orphaned_trials_run_again(tmp_path):
     lost = result.trials[2]
     assert (retry.config, retry.seed) == (lost.config, lost.seed)  # same parameters, same seed
     assert any(f"re-runs lost trial {orphan.number}" in t.note for t in result.trials)
+
+
+def test_a_configuration_that_keeps_killing_its_worker_is_dropped(tmp_path):
+    kw = dict(storage=sqlite(tmp_path), space={"lr": LogUniform(1e-3, 1e-1)}, defaults=False, progress=False)
+    for _ in range(4):
+        with pytest.raises(KeyboardInterrupt):
+            T.tune(make_model, WIDTH, always_interrupted, trials=3, **kw)
+    trials = T.load_result(kw["storage"]).trials
+    assert [t.state for t in trials] == ["lost"] * 4
+    assert [t.config for t in trials[:3]] == [trials[0].config] * 3  # queued again twice (MAX_RERUNS) ...
+    assert trials[3].config != trials[0].config and T.MAX_RERUNS == 2  # ... then dropped for fresh parameters
 
 
 def test_two_workers_are_two_processes(tmp_path, monkeypatch):

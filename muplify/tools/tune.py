@@ -55,6 +55,7 @@ HEARTBEAT_S = 20
 GRACE_S = 90
 SQLITE_TIMEOUT_S = 120  # how long a worker waits for another worker's write lock on the SQLite file
 POLL_S = 1.0  # how often the parent re-reads the study to move the progress bar
+MAX_RERUNS = 2  # a lost trial's parameters are queued again at most this many times
 
 # per-trial user attributes (visible in optuna-dashboard)
 SEED_ATTR = "muplify.seed"  # the seed the proxy was built and trained under
@@ -674,8 +675,17 @@ def _recover(study, job: _Job) -> None:
                     study.tell(t.number, state=TrialState.FAIL)
         trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get(RETRY_ATTR) for t in trials}
+    by_number = {t.number: t for t in trials}
+
+    def reruns(t) -> int:  # how many times these parameters were lost already
+        n = 0
+        while RETRY_ATTR in t.user_attrs and t.user_attrs[RETRY_ATTR] in by_number:
+            t, n = by_number[t.user_attrs[RETRY_ATTR]], n + 1
+        return n
+
     for t in trials:
-        if trial_state(t) == "lost" and t.number not in retried:
+        # a configuration that took its worker down MAX_RERUNS + 1 times (a segfault, sys.exit) is not tried again
+        if trial_state(t) == "lost" and t.number not in retried and reruns(t) < MAX_RERUNS:
             attrs = {RETRY_ATTR: t.number}
             if SEED_ATTR in t.user_attrs:
                 attrs[SEED_ATTR] = t.user_attrs[SEED_ATTR]
@@ -808,7 +818,8 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
       (``defaults=False``: only ``space``).  ``objective.*`` keys are passed as keywords the objective must take.
     - ``sampler``: "tpe" (default), "random", "grid" (LogUniform entries on a powers-of-two grid) or an Optuna
       sampler; ``pruner``: "median" (default), "hyperband", None, or an Optuna pruner.
-    - ``storage``: an Optuna storage URL (default: the SQLite file ``muplify-tune.db`` here) or object.  Re-running
+    - ``storage``: an Optuna storage URL (default: the SQLite file ``muplify-tune.db`` here), an Optuna storage
+      object, or None (in memory: nothing is kept, ``workers=1`` only).  Re-running
       with the same storage and ``study_name`` resumes: the study ends up with ``trials`` finished trials (complete,
       pruned or failed) in total; interrupted trials are run again with the same parameters and seed.
     - ``workers``: processes on this machine, each with ``threads`` torch threads (default: the cores this process
@@ -830,17 +841,19 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
     except (TypeError, ValueError):
         raise TuneError("muplify_kwargs other than example inputs must be JSON-able (they are recorded in "
                         f"result.best for the transfer): got {recorded!r}") from None
-    if not isinstance(storage, str) and workers > 1:
+    if isinstance(storage, str) and ":memory:" in storage:
+        raise TuneError("an in-memory SQLite storage disappears with its connection: use a file, e.g. "
+                        "storage='sqlite:///tune.db', or storage=None (in memory, workers=1)")
+    if storage is None or isinstance(storage, optuna.storages.InMemoryStorage):
+        if workers > 1:
+            raise TuneError(f"workers={workers} coordinate through the storage: use a file (sqlite:///tune.db) or "
+                            "a database URL, not an in-memory storage")
+        storage = storage or optuna.storages.InMemoryStorage()
+    elif not isinstance(storage, str) and workers > 1:
         try:
             pickle.dumps(storage)
         except Exception as e:  # noqa: BLE001
             raise TuneError(f"workers={workers} need a storage every process can open: pass its URL ({e})") from None
-    if isinstance(storage, str) and ":memory:" in storage:
-        raise TuneError("an in-memory SQLite storage disappears with its connection: use a file, e.g. "
-                        "storage='sqlite:///tune.db'")
-    if not isinstance(storage, str) and workers > 1 and isinstance(storage, optuna.storages.InMemoryStorage):
-        raise TuneError(f"workers={workers} coordinate through the storage: use a file (sqlite:///tune.db) or a "
-                        "database URL, not an in-memory storage")
 
     plan = _preflight(make_model, width, seed, mkw)
     full = dict(default_space(plan, optimizer)) if defaults else {}
