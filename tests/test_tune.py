@@ -122,6 +122,7 @@ def finished(result) -> list:
 
 # ------------------------------------------------------------------------------------------------ space
 def test_default_space_follows_the_model():
+    assert muplify.tune is T.tune  # exposed lazily (optuna is imported on first use)
     mlp = T.default_space(mup(make_model(WIDTH), base_width=WIDTH).plan, torch.optim.AdamW)
     assert set(mlp) == {"lr", "hp.output_mult", "hp.embed_mult", "hp.lr_mult.input", "hp.lr_mult.output",
                         "hp.lr_mult.vector", "hp.init_mult.input", "hp.init_mult.hidden", "hp.init_mult.output"}
@@ -385,7 +386,9 @@ def _cli(*args: str, cwd: str) -> subprocess.CompletedProcess:
                           text=True, timeout=180)
 
 
-def test_cli_tune_then_transfer(tmp_path):
+def test_cli_tune_then_transfer(tmp_path, capsys):
+    from muplify.cli import main
+
     out = tmp_path / "best.json"
     r = _cli("tune", "test_tune:make_model", "--objective", "test_tune:objective", "--width", str(WIDTH),
              "--trials", "5", "--storage", sqlite(tmp_path), "--sampler", "random", "--pruner", "none",
@@ -396,11 +399,11 @@ def test_cli_tune_then_transfer(tmp_path):
     for stem in ("best_trials.json", "best_params.png", "best_importance.png"):
         assert (tmp_path / stem).exists(), r.stdout
     assert "optuna-dashboard sqlite:///" in r.stdout
-    r = _cli("transfer", "test_tune:make_model", "--width", "64", "--base-width", str(WIDTH), "--hp", str(out),
-             cwd=TESTS)
-    assert r.returncode == 0, r.stderr
-    assert f"width w = 64, base_width = {WIDTH}" in r.stdout and "hp: {" in r.stdout
-    assert f"mu.optimizer(AdamW, lr={best['lr']!r}, weight_decay=" in r.stdout
+    # transfer in this process (the tune above already ran the CLI in a fresh interpreter)
+    assert main(["transfer", "test_tune:make_model", "--width", "64", "--base-width", str(WIDTH), "--hp", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"width w = 64, base_width = {WIDTH}" in printed and "hp: {" in printed
+    assert f"mu.optimizer(AdamW, lr={best['lr']!r}, weight_decay=" in printed
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):

@@ -961,8 +961,9 @@ def _check_space(space, plan, make_model, width, objective, optimizer, seed, mkw
     takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in cfg["optimizer"] if params and not takes_any and k not in params]
     if unknown:
-        raise TuneError(f"space keys {[f'optimizer.{k}' for k in unknown]}: {optimizer if isinstance(optimizer, str) else optimizer.__name__} "
-                        f"takes no option {unknown[0]!r} (it takes {', '.join(p for p in params if p != 'params')})")
+        name = resolve_optimizer(optimizer).__name__
+        raise TuneError(f"space keys {[f'optimizer.{k}' for k in unknown]}: {name} takes no option {unknown[0]!r} "
+                        f"(it takes {', '.join(p for p in params if p != 'params')})")
 
 
 def _create_study(storage_obj, study_name: str, spec: dict):
