@@ -28,6 +28,7 @@ import muplify  # noqa: E402
 from muplify import muplify as mup  # noqa: E402
 from muplify.models import GPT, MLP  # noqa: E402
 from muplify.tools import tune as T  # noqa: E402
+from muplify.tools import tune_space as S  # noqa: E402
 from muplify.tools.tune import Choice, Fixed, IntRange, LogUniform, TuneError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,28 +124,28 @@ def finished(result) -> list:
 # ------------------------------------------------------------------------------------------------ space
 def test_default_space_follows_the_model():
     assert muplify.tune is T.tune  # exposed lazily (optuna is imported on first use)
-    mlp = T.default_space(mup(make_model(WIDTH), base_width=WIDTH).plan, torch.optim.AdamW)
+    mlp = S.default_space(mup(make_model(WIDTH), base_width=WIDTH).plan, torch.optim.AdamW)
     assert set(mlp) == {"lr", "hp.output_mult", "hp.embed_mult", "hp.lr_mult.input", "hp.lr_mult.output",
                         "hp.lr_mult.vector", "hp.init_mult.input", "hp.init_mult.hidden", "hp.init_mult.output"}
     assert "hp.attn_mult" not in mlp and "hp.lr_mult.hidden" not in mlp  # no attention; hidden lr is `lr` itself
     with pytest.warns(UserWarning, match="norm gains"):
-        gpt = T.default_space(mup(GPT(d_model=32, n_layer=1), base_width=32).plan, "AdamW")
+        gpt = S.default_space(mup(GPT(d_model=32, n_layer=1), base_width=32).plan, "AdamW")
     assert {"hp.attn_mult", "hp.lr_mult.gain", "hp.output_mult"} <= set(gpt)
     assert gpt["lr"] == LogUniform(1e-5, 1.0) and gpt["hp.attn_mult"] == LogUniform(1 / 8, 8)
-    assert T.default_space(mup(make_model(WIDTH), base_width=WIDTH).plan, torch.optim.SGD)["lr"].hi == 10.0
+    assert S.default_space(mup(make_model(WIDTH), base_width=WIDTH).plan, torch.optim.SGD)["lr"].hi == 10.0
 
 
 def test_space_entries_parse_and_validate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert T.parse_dist("LogUniform(1e-4, 1e-1)") == LogUniform(1e-4, 0.1)
-    betas = T.parse_dist("Choice([(0.9, 0.95), (0.9, 0.999)])")
+    assert S.parse_dist("LogUniform(1e-4, 1e-1)") == LogUniform(1e-4, 0.1)
+    betas = S.parse_dist("Choice([(0.9, 0.95), (0.9, 0.999)])")
     assert betas.tokens() == ["[0.9, 0.95]", "[0.9, 0.999]"] and betas.decode("[0.9, 0.999]") == (0.9, 0.999)
-    assert T.parse_dist("0.1") == Fixed(0.1)
+    assert S.parse_dist("0.1") == Fixed(0.1)
     assert LogUniform(1 / 8, 8).grid() == [2.0 ** k for k in range(-3, 4)]
-    assert T.dist_from_dict(json.loads(json.dumps(T.dist_to_dict(betas)))).tokens() == betas.tokens()
+    assert S.dist_from_dict(json.loads(json.dumps(S.dist_to_dict(betas)))).tokens() == betas.tokens()
     for bad in ("__import__('os').system('true')", "LogUniform(0, 1)", "Normal(0, 1)", "Choice([])"):
         with pytest.raises(TuneError):
-            T.parse_dist(bad)
+            S.parse_dist(bad)
     run = lambda **kw: T.tune(make_model, WIDTH, objective, trials=1, progress=False, **kw)  # noqa: E731
     for space, match in (({"hp.attn": Fixed(1.0)}, "bad search-space key"),
                          ({"hp.attn_mult": LogUniform(0.5, 2)}, "no attention op"),
