@@ -155,6 +155,10 @@ def test_space_entries_parse_and_validate(tmp_path, monkeypatch):
         with pytest.raises(TuneError, match=match):
             run(space=space, storage="sqlite:///unused-never-created.db")
     assert not os.path.exists("unused-never-created.db")  # validated before the storage is opened
+    with pytest.raises(TuneError, match="sampler must be one of"):
+        run(sampler="bayes")
+    with pytest.raises(TuneError, match="pruner must be one of"):
+        run(pruner="mean")
     with pytest.raises(TuneError, match="in-memory"):
         run(storage="sqlite:///:memory:")
     with pytest.raises(TuneError, match="coordinate through the storage"):

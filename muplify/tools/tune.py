@@ -548,6 +548,8 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
     if sampler == "grid":
         n_grid = math.prod(len(d.grid()) for d in searched(full).values())
         budget = min(trials, n_grid)
+    make_sampler(sampler, full, seed, budget)  # a bad name fails here, not in every worker
+    make_pruner(pruner)
     spec = {"format": SPEC_FORMAT, "width": width, "optimizer": opt_name, "space": space_to_dict(full),
             "muplify": recorded, "seed": seed}
     storage_obj = open_storage(storage)
