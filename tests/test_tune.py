@@ -155,6 +155,10 @@ def test_space_entries_parse_and_validate(tmp_path, monkeypatch):
         with pytest.raises(TuneError, match=match):
             run(space=space, storage="sqlite:///unused-never-created.db")
     assert not os.path.exists("unused-never-created.db")  # validated before the storage is opened
+    with pytest.raises(TuneError, match="not in LogUniform"):
+        run(enqueue=[{"lr": 10.0}])
+    with pytest.raises(TuneError, match="not in the search space"):
+        run(enqueue=[{"hp.attn_mult": 1.0}])
     with pytest.raises(TuneError, match="sampler must be one of"):
         run(sampler="bayes")
     with pytest.raises(TuneError, match="pruner must be one of"):
@@ -240,9 +244,10 @@ def test_pruning_stops_hopeless_trials(tmp_path):
 
 
 def test_resume_continues_the_study_without_repeats(tmp_path):
-    kw = dict(storage=sqlite(tmp_path), sampler="random", pruner=None, progress=False)
+    kw = dict(storage=sqlite(tmp_path), sampler="random", pruner=None, progress=False, enqueue=[{"lr": 3e-3}])
     first = T.tune(make_model, WIDTH, objective, trials=4, **kw)
-    second = T.tune(make_model, WIDTH, objective, trials=7, **kw)
+    assert first.trials[0].config["lr"] == 3e-3  # the enqueued point runs first ...
+    second = T.tune(make_model, WIDTH, objective, trials=7, **kw)  # ... and once (not again on resume)
     assert [t.number for t in second.trials] == list(range(7))
     assert second.trials[:4] == first.trials  # nothing re-run, nothing changed
     assert len({json.dumps(t.config, sort_keys=True) for t in second.trials}) == 7  # no parameters drawn twice

@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -41,8 +41,8 @@ import torch.nn as nn
 from ..errors import MuplifyError
 from ..plan import HyperParams, Plan
 from .tune_space import (DISTS, HP_ACTS_ON, Choice, Dist, Fixed, IntRange, LogUniform, TuneError, Uniform, assemble,
-                         check_key, default_space, is_number, parse_dist, plan_roles, searched, space_from_dict,
-                         space_to_dict)
+                         check_key, default_space, encode_point, is_number, parse_dist, plan_roles, searched,
+                         space_from_dict, space_to_dict)
 
 __all__ = ["tune", "transfer", "load_result", "default_space", "parse_dist", "TuneResult", "TrialRecord",
            "LogUniform", "Uniform", "IntRange", "Choice", "Fixed", "TuneError", "Diverged", "DEFAULT_STORAGE",
@@ -484,7 +484,8 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
          defaults: bool = True, sampler: SamplerName | Any = "tpe", pruner: str | Any | None = "median",
          storage: Any = DEFAULT_STORAGE, study_name: str = DEFAULT_STUDY, workers: int = 1,
          threads: int | None = None, seed: int = 0, timeout: float | None = None,
-         muplify_kwargs: Mapping[str, Any] | None = None, progress: bool = True) -> "TuneResult":
+         muplify_kwargs: Mapping[str, Any] | None = None, enqueue: Sequence[Mapping[str, Any]] = (),
+         progress: bool = True) -> "TuneResult":
     """Tune μP hyperparameters on the proxy ``make_model(width)`` and return the best (``result.best``).
 
     Every trial: ``torch.manual_seed(seed + trial number)``, ``model = make_model(width)``,
@@ -507,6 +508,8 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
       ``make_model`` and ``objective`` must be importable (module-level functions, not lambdas).  ``workers=1`` runs
       in this process and leaves its torch threads alone unless ``threads`` is given.
     - ``timeout``: seconds after which no new trial starts.
+    - ``enqueue``: points to try first, e.g. ``[{"lr": 3e-3}]`` (flat keys; the others are sampled), such as a known
+      good configuration; a point the study already holds is not queued again.
     - ``muplify_kwargs``: other arguments of :func:`muplify.muplify` (e.g. ``{"readout_zero_init": True}``), used
       for every trial and recorded in ``result.best["muplify"]`` for the transfer (except ``example_inputs`` and
       ``example_kwargs``, which are passed to every trial but are data, not parametrization).
@@ -552,8 +555,11 @@ def tune(make_model: Callable[[int], nn.Module], width: int, objective: Callable
     make_pruner(pruner)
     spec = {"format": SPEC_FORMAT, "width": width, "optimizer": opt_name, "space": space_to_dict(full),
             "muplify": recorded, "seed": seed}
+    points = [encode_point(full, p) for p in enqueue]
     storage_obj = open_storage(storage)
     study = _create_study(storage_obj, study_name, spec)
+    for p in points:
+        study.enqueue_trial(p, skip_if_exists=True)
 
     job = _Job(make_model, objective, width, optimizer, full, storage, study_name,
                sampler, pruner, budget, seed, threads if workers == 1 else (threads or max(1, cores() // workers)),

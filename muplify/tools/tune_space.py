@@ -22,7 +22,7 @@ from ..plan import GAIN, HP_PER_ROLE, HP_SCALARS, ROLES, Plan
 
 __all__ = ["LogUniform", "Uniform", "IntRange", "Choice", "Fixed", "Dist", "DISTS", "parse_dist", "check_key",
            "assemble", "default_space", "plan_roles", "space_to_dict", "space_from_dict", "searched", "TuneError",
-           "MULT", "INIT", "LR_RANGES", "HP_ACTS_ON", "is_number"]
+           "MULT", "INIT", "LR_RANGES", "HP_ACTS_ON", "is_number", "encode_point"]
 
 
 class TuneError(MuplifyError, ValueError):
@@ -58,6 +58,9 @@ class LogUniform:
     def center(self) -> float:
         return math.sqrt(self.lo * self.hi)
 
+    def encode(self, v: Any) -> float:
+        return _in_range(self, v)
+
     def decode(self, raw: Any) -> float:
         return float(raw)
 
@@ -88,6 +91,9 @@ class Uniform:
     def center(self) -> float:
         return (self.lo + self.hi) / 2
 
+    def encode(self, v: Any) -> float:
+        return _in_range(self, v)
+
     def decode(self, raw: Any) -> float:
         return float(raw)
 
@@ -114,6 +120,12 @@ class IntRange:
 
     def center(self) -> int:
         return self.lo + (self.hi - self.lo) // (2 * self.step) * self.step
+
+    def encode(self, v: Any) -> int:
+        if not (isinstance(v, int) and not isinstance(v, bool) and self.lo <= v <= self.hi
+                and (v - self.lo) % self.step == 0):
+            raise TuneError(f"{v!r} is not a value of {self!r}")
+        return v
 
     def decode(self, raw: Any) -> int:
         return int(raw)
@@ -152,6 +164,12 @@ class Choice:
     def center(self) -> Any:
         return self.values[0]
 
+    def encode(self, v: Any) -> Any:
+        for tok, c in zip(self.tokens(), self.values):
+            if json.dumps(c) == json.dumps(v):
+                return tok
+        raise TuneError(f"{v!r} is not one of the choices {list(self.values)}")
+
     def decode(self, raw: Any) -> Any:
         for tok, v in zip(self.tokens(), self.values):
             if tok == raw and type(tok) is type(raw):
@@ -177,6 +195,26 @@ class Fixed:
 
 Dist = LogUniform | Uniform | IntRange | Choice | Fixed
 DISTS: dict[str, type] = {c.__name__: c for c in (LogUniform, Uniform, IntRange, Choice, Fixed)}
+
+
+def _in_range(d: "LogUniform | Uniform", v: Any) -> float:
+    if not (is_number(v) and d.lo <= v <= d.hi):
+        raise TuneError(f"{v!r} is not in {d!r}")
+    return float(v)
+
+
+def encode_point(space: Mapping[str, "Dist"], point: Mapping[str, Any]) -> dict:
+    """``{"lr": 3e-3, "hp.output_mult": 2.0}`` -> the raw Optuna parameters of that point of ``space`` (for
+    ``study.enqueue_trial``); keys left out are sampled as usual."""
+    out = {}
+    for key, v in point.items():
+        d = space.get(key)
+        if d is None:
+            raise TuneError(f"enqueued key {key!r} is not in the search space ({', '.join(space)})")
+        if isinstance(d, Fixed):
+            raise TuneError(f"enqueued key {key!r} is Fixed({d.value!r}) in the search space: leave it out")
+        out[key] = d.encode(v)
+    return out
 
 
 def is_number(v: Any) -> bool:
