@@ -99,9 +99,13 @@ def always_interrupted(model, optimizer, report) -> float:
     raise KeyboardInterrupt
 
 
+CRASH_LR = 0.0123
+
+
 def rendezvous(model, optimizer, report) -> float:
     """Records this process's pid and torch threads, and waits (up to 60 s) until a second process did the same:
-    both workers must have taken part however unevenly they started."""
+    both workers must have taken part however unevenly they started.  The first trial with lr == CRASH_LR then
+    kills its worker process outright (as the OOM killer would)."""
     d = os.environ["MUPLIFY_TEST_RENDEZVOUS"]
     tmp = os.path.join(d, f".{os.getpid()}")
     with open(tmp, "w") as fh:
@@ -110,6 +114,13 @@ def rendezvous(model, optimizer, report) -> float:
     deadline = time.time() + 60
     while len([f for f in os.listdir(d) if not f.startswith(".")]) < 2 and time.time() < deadline:
         time.sleep(0.05)
+    if optimizer.param_groups[0]["lr"] == CRASH_LR:
+        try:
+            os.close(os.open(os.path.join(d, ".crashed"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass  # the re-run of the crashed trial
+        else:
+            os._exit(3)
     return objective(model, optimizer, report)
 
 
@@ -230,16 +241,16 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
                storage=sqlite(tmp_path, "all-fail.db"), progress=False)
 
 
-def test_pruning_stops_hopeless_trials(tmp_path):
+def test_pruning_stops_hopeless_trials():
     space = {"lr": LogUniform(1e-4, 1.0)}
-    kw = dict(trials=14, space=space, defaults=False, sampler="random", progress=False)
-    result = T.tune(make_model, WIDTH, quadratic, storage=sqlite(tmp_path), **kw)
+    kw = dict(trials=12, space=space, defaults=False, sampler="random", storage=None, progress=False)
+    result = T.tune(make_model, WIDTH, quadratic, **kw)
     pruned = [t for t in result.trials if t.state == "pruned"]
     assert pruned, "the median pruner stopped no trial"
     for t in pruned:  # stopped early, at a value worse than the best finished one
         assert len(result.study.trials[t.number].intermediate_values) < 10
         assert t.value > result.best["value"]
-    off = T.tune(make_model, WIDTH, quadratic, storage=sqlite(tmp_path, "nopruner.db"), pruner=None, **kw)
+    off = T.tune(make_model, WIDTH, quadratic, pruner=None, **kw)
     assert all(t.state == "complete" for t in off.trials)
 
 
@@ -295,14 +306,19 @@ def test_two_workers_are_two_processes(tmp_path, monkeypatch):
     meet = tmp_path / "meet"
     meet.mkdir()
     monkeypatch.setenv("MUPLIFY_TEST_RENDEZVOUS", str(meet))
-    result = T.tune(make_model, WIDTH, rendezvous, trials=4, workers=2, storage=sqlite(tmp_path), pruner=None,
-                    progress=False)
+    with pytest.warns(RuntimeWarning, match="1 of 2 workers stopped .*exit code 3.*the other workers finished"):
+        result = T.tune(make_model, WIDTH, rendezvous, trials=4, workers=2, storage=sqlite(tmp_path), pruner=None,
+                        enqueue=[{"lr": CRASH_LR}], progress=False)
     pids = {int(p) for p in os.listdir(meet) if not p.startswith(".")}
     assert len(pids) == 2 and os.getpid() not in pids
     assert {int(t.worker.rsplit(":", 1)[1]) for t in result.trials} == pids
     threads = {int((meet / str(p)).read_text()) for p in pids}
     assert threads == {max(1, T.cores() // 2)}
-    assert len(finished(result)) == 4 and [t.number for t in result.trials] == list(range(4))
+    # the killed worker's trial was noticed (dead pid) and run again by the other one, in the same sweep
+    lost, retry = result.trials[0], next(t for t in result.trials if "re-runs lost trial 0" in t.note)
+    assert lost.state == "lost" and retry.state == "complete" and retry.config == lost.config
+    assert retry.worker != lost.worker
+    assert len(finished(result)) == 4 and len(result.trials) == 5
 
 
 # ------------------------------------------------------------------------------------------------ PostgreSQL

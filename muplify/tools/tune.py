@@ -58,6 +58,7 @@ GRACE_S = 90
 SQLITE_TIMEOUT_S = 120  # how long a worker waits for another worker's write lock on the SQLite file
 POLL_S = 1.0  # how often the parent re-reads the study to move the progress bar
 MAX_RERUNS = 2  # a lost trial's parameters are queued again at most this many times
+WAIT_S = 1.0  # a worker with nothing left to start re-checks the trials still running this often
 
 # per-trial user attributes (visible in optuna-dashboard)
 SEED_ATTR = "muplify.seed"  # the seed the proxy was built and trained under
@@ -334,7 +335,19 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by its parent) still answers kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _detects_dead_workers(storage: Any) -> bool:
+    """Whether a trial whose worker died will be noticed (our URL storages beat; a user's object may not)."""
+    if isinstance(storage, str):
+        return True
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
 
 
 def _recover(study, job: _Job) -> None:
@@ -391,10 +404,12 @@ def _quiet():
 
 
 def _work(job: _Job, worker: int, lock, storage_obj=None, on_trial: Callable[[], None] | None = None) -> None:
-    """Run trials until the study holds ``job.budget`` finished trials (or the deadline passes)."""
+    """Run trials until the study holds ``job.budget`` finished trials (or the deadline passes).  When the trials
+    still needed are running elsewhere, wait for them: if their worker dies they are lost and run here again."""
     import optuna
 
     study = _open_study(job, storage_obj if storage_obj is not None else open_storage(job.storage), worker)
+    watch = _detects_dead_workers(job.storage)
     while job.deadline is None or time.time() < job.deadline:
         lock.acquire()
         held = [True]
@@ -410,16 +425,23 @@ def _work(job: _Job, worker: int, lock, storage_obj=None, on_trial: Callable[[],
 
         try:
             _recover(study, job)
-            if _pending(study.get_trials(deepcopy=False)) >= job.budget:
-                break
-            try:
-                study.optimize(func, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker declared this trial stale meanwhile; it is queued again
+            trials = study.get_trials(deepcopy=False)
+            if sum(trial_state(t) in COUNTED for t in trials) >= job.budget:
+                return
+            idle = _pending(trials) >= job.budget
+            if idle and not watch:
+                return
+            if not idle:
+                try:
+                    study.optimize(func, n_trials=1, catch=(Exception,), gc_after_trial=False)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # another worker declared this trial stale meanwhile; it is queued again
         finally:
             release()
         if on_trial is not None:
             on_trial()
+        if idle:  # the last trials run elsewhere: wait for them, and re-run any whose worker dies
+            time.sleep(WAIT_S)
 
 
 def _worker_main(job: _Job, worker: int, lock, errors) -> None:
@@ -728,9 +750,14 @@ def _run_workers(job: _Job, study, workers: int, progress: bool) -> None:
     failed += [(i, f"exit code {p.exitcode}") for i, p in enumerate(procs) if p.exitcode and
                all(i != j for j, _ in failed)]
     if failed:
-        detail = "; ".join(f"worker {i}: {msg}" for i, msg in sorted(failed))
-        raise TuneError(f"{len(failed)} of {workers} workers stopped ({detail[:600]}); finished trials are kept in "
-                        "the storage: run again to resume (make_model and objective must be importable by a fresh "
+        detail = "; ".join(f"worker {i}: {msg}" for i, msg in sorted(failed))[:600]
+        if sum(trial_state(t) in COUNTED for t in study.get_trials(deepcopy=False)) >= job.budget:
+            # the others finished the sweep (and re-ran the dead worker's trial): say so, keep the result
+            warnings.warn(f"muplify.tune: {len(failed)} of {workers} workers stopped ({detail}); the other workers "
+                          "finished the sweep", RuntimeWarning, stacklevel=3)
+            return
+        raise TuneError(f"{len(failed)} of {workers} workers stopped ({detail}); finished trials are kept in the "
+                        "storage: run again to resume (make_model and objective must be importable by a fresh "
                         "process: defined in a module, not in a notebook)")
 
 
