@@ -76,6 +76,10 @@ def cmd_tune(a: argparse.Namespace) -> int:
     except (TuneError, MuplifyError, CLIError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the study {a.study!r} is kept in {a.storage}; run the same command again to resume "
+              "(interrupted trials run again)", file=sys.stderr)
+        return 130
     result.to_json(paths["trials"])
     written = [paths["best"], paths["trials"], result.plot(paths["params"])]
     try:
