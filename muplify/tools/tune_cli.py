@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-DASHBOARD = "optuna-dashboard {storage}   # the study in a browser (pip install optuna-dashboard)"
+DASHBOARD = "optuna-dashboard {storage}  (the study in a browser; pip install optuna-dashboard)"
 
 
 @dataclass(frozen=True)
