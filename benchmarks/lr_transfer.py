@@ -29,9 +29,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ByteCorpus, ResultStore, env_info, finite_or_none, import_muplify, set_threads  # noqa: E402
+from common import ResultStore, env_info, finite_or_none, import_muplify, set_threads  # noqa: E402
 
 from muplify.models import GPT  # noqa: E402
+from muplify.tools.corpus import ByteCorpus, stdlib_corpus  # noqa: E402
+from muplify.tools.train import TrainOptions, lr_factor, train  # noqa: E402
 
 UNIFORM_LOSS = math.log(256)  # loss of the uniform byte predictor: the "capped" loss for diverged runs in plots
 
@@ -76,16 +78,6 @@ def parse_lr(tok: str) -> float:
 # ----------------------------------------------------------------------------------------------------------------------
 # one run
 # ----------------------------------------------------------------------------------------------------------------------
-def lr_factor(step: int, steps: int, warmup: int, schedule: str, final_frac: float = 0.1) -> float:
-    """Linear warmup to 1, then constant or cosine decay to ``final_frac`` (a LambdaLR factor: per-group ratios stay)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def make_model_and_opt(cfg: dict, muplify_fn):
     torch.manual_seed(cfg["seed"])
     model = GPT(vocab_size=256, d_model=cfg["width"], n_layer=cfg["n_layer"], head_dim=32, block_size=cfg["seq_len"],
@@ -119,70 +111,38 @@ def make_model_and_opt(cfg: dict, muplify_fn):
     return model, opt, info
 
 
-@torch.no_grad()
-def evaluate(model, eval_batches) -> float:
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for x, y in eval_batches:
-        _, loss = model(x, y)
-        total += float(loss)
-    model.train(was_training)
-    return total / len(eval_batches)
+def train_options(cfg: dict) -> TrainOptions:
+    return TrainOptions(steps=cfg["steps"], warmup_steps=cfg["warmup"], schedule=cfg["schedule"],
+                        grad_clip=cfg["grad_clip"] or None, seed=None)
 
 
 def run_one(cfg: dict, corpus: ByteCorpus, eval_batches, muplify_fn) -> dict:
     t_start = time.perf_counter()
     model, opt, info = make_model_and_opt(cfg, muplify_fn)
-    steps, warmup = cfg["steps"], cfg["warmup"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, cfg["schedule"]))
+    options = train_options(cfg)
     # probe the learning rates the optimizer actually uses inside step() (after muplify's own pre-hook, which
     # multiplies group["lr"] by group["lr_mult"] for the duration of the step)
     seen: dict = {}
     opt.register_step_pre_hook(lambda o, a, k: seen.__setitem__("lrs", [g["lr"] for g in o.param_groups]))
-    gen = torch.Generator().manual_seed(1000 + cfg["seed"])  # same batches for every width / lr / param at a seed
-    log_every = max(1, steps // 20)
-    curve, diverged, last = [], False, float("nan")
-    model.train()
-    t_train = time.perf_counter()
-    done = 0
-    for step in range(steps):
-        x, y = corpus.batch("train", gen, cfg["batch_size"], cfg["seq_len"])
-        _, loss = model(x, y)
-        last = float(loss)
-        if not math.isfinite(last):
-            diverged = True
-            curve.append([step, None])
-            break
-        loss.backward()
-        if cfg["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        done += 1
-        if step % log_every == 0 or step == steps - 1:
-            curve.append([step, last])
-    train_s = time.perf_counter() - t_train
+    # the same batches for every width / lr / param at a seed
+    batches = corpus.batches("train", cfg["batch_size"], cfg["seq_len"], seed=1000 + cfg["seed"])
+    res = train(model, opt, batches, options, val_batches=eval_batches)
     # the μP per-group ratios must survive the scheduler: at the last step, every group's effective lr must be
     # base lr x schedule factor x its μP multiplier
     ratios_ok = None
-    if done > 0 and "lrs" in seen:
-        f = lr_factor(done - 1, steps, warmup, cfg["schedule"]) * 2.0 ** cfg["log2_lr"]
+    if res.steps_done > 0 and "lrs" in seen:
+        f = lr_factor(res.steps_done - 1, options) * 2.0 ** cfg["log2_lr"]
         ratios_ok = all(math.isclose(eff, f * g.get("lr_mult", 1.0), rel_tol=1e-6)
                         for eff, g in zip(seen["lrs"], opt.param_groups))
-    val = float("nan") if diverged else evaluate(model, eval_batches)
-    if not math.isfinite(val):
-        diverged = True
     return {
-        "status": "diverged" if diverged else "ok",
-        "val_loss": finite_or_none(val),
-        "train_loss_last": finite_or_none(last),
-        "diverged": diverged,
-        "steps_done": done,
-        "train_curve": curve,
+        "status": "diverged" if res.diverged else "ok",
+        "val_loss": finite_or_none(res.val_loss),
+        "train_loss_last": finite_or_none(res.train_loss),
+        "diverged": res.diverged,
+        "steps_done": res.steps_done,
+        "train_curve": [[step, finite_or_none(loss)] for step, loss in res.curve],
         "seconds": time.perf_counter() - t_start,
-        "ms_per_step": 1e3 * train_s / max(1, done + int(diverged)),
+        "ms_per_step": res.ms_per_step,
         "schedule_ratios_preserved": ratios_ok,
         **info,
     }
@@ -200,12 +160,15 @@ def safe_run(cfg: dict, corpus, eval_batches, muplify_fn, import_error) -> dict:
 _POOL: dict = {}
 
 
+def validation_batches(corpus: ByteCorpus, n: int, batch_size: int, seq_len: int) -> list:
+    """The fixed held-out batches every run is evaluated on."""
+    return corpus.fixed_batches("val", n, batch_size, seq_len, seed=12345)
+
+
 def _pool_init(threads: int, batch_size: int, seq_len: int, eval_batches_n: int) -> None:
     set_threads(threads)
-    corpus = ByteCorpus()
-    eval_gen = torch.Generator().manual_seed(12345)
-    _POOL.update(corpus=corpus, eval_batches=[corpus.batch("val", eval_gen, batch_size, seq_len)
-                                              for _ in range(eval_batches_n)])
+    corpus = stdlib_corpus()
+    _POOL.update(corpus=corpus, eval_batches=validation_batches(corpus, eval_batches_n, batch_size, seq_len))
     _POOL["muplify_fn"], _POOL["import_error"] = import_muplify()
 
 
@@ -401,9 +364,8 @@ def main(argv=None) -> int:
     if import_error:
         print(f"μP path unavailable: `from muplify import muplify` failed: {import_error}")
 
-    corpus = ByteCorpus()
-    eval_gen = torch.Generator().manual_seed(12345)
-    eval_batches = [corpus.batch("val", eval_gen, batch_size, seq_len) for _ in range(eval_batches_n)]
+    corpus = stdlib_corpus()
+    eval_batches = validation_batches(corpus, eval_batches_n, batch_size, seq_len)
 
     common = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, n_layer=args.n_layer,
                   warmup=max(1, round(args.warmup_frac * steps)), schedule=args.schedule,

@@ -11,6 +11,7 @@ from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, W
 from .optim import CombinedOptimizer, register_family, register_rule
 from .plan import HyperParams, Options, ParamPlan, Plan, Site
 from .policy import ForwardMultiplier, OptimizerFamily
+from .tools.coord_check import coord_check
 
 __all__ = [
     "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "Site", "Options", "HyperParams",
@@ -22,12 +23,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name == "coord_check":  # imported lazily: pulls in matplotlib
-        from .coord_check import coord_check
-
-        return coord_check
     if name == "tune":  # imported lazily: pulls in optuna
         from .tools.tune import tune
 
         return tune
-    raise AttributeError(name)
+    raise AttributeError(f"module 'muplify' has no attribute {name!r}")

@@ -16,6 +16,7 @@ does with these facts: that is :mod:`muplify.policy`.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import sympy
 import torch
@@ -140,9 +141,30 @@ def detect_init_rules(plan: Plan, model: nn.Module) -> None:
                     p.init_rule = detect_rule(t, p._size(p.fan_in), (p._size(p.fan_out), conv_fan_out))[0]
 
 
-def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: HyperParams | None = None) -> Plan:
-    """Turn a :class:`~muplify.width.WidthAnalysis` into the plan's facts (roles, fans, layouts, sites, init rules)."""
+def axis_facts(wa, base_width: int, base_shapes: dict[str, tuple[int, ...]] | None):
+    """Per parameter: (axis expressions in ``w``, axis sizes at the base model).
+
+    Without a base model the width analysis decides which axes grow and the base sizes follow from ``base_width``;
+    with one (``base=``), an axis grows exactly when its size differs from the base model's (the `mup` package's
+    base shapes, but fans still come from the graph) and the base sizes are read, not computed."""
     sym, width = wa.width_symbol, wa.width_size
+    out = {}
+    for name, pd in wa.params.items():
+        if base_shapes is None:
+            out[name] = (list(pd.axis_exprs), [max(1, _at(e, sym, base_width)) for e in pd.axis_exprs])
+            continue
+        base = base_shapes[name]
+        exprs = [sympy.Integer(n) if n == b else sympy.Rational(n, width) * sym for n, b in zip(pd.shape, base)]
+        out[name] = (exprs, [max(1, int(b)) for b in base])
+    return out
+
+
+def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: HyperParams | None = None,
+               base_shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+    """Turn a :class:`~muplify.width.WidthAnalysis` into the plan's facts (roles, fans, layouts, sites, init rules).
+    ``base_shapes`` (parameter name -> shape at the base model) makes every base fan exact (``muplify(base=)``)."""
+    sym, width = wa.width_symbol, wa.width_size
+    axes = axis_facts(wa, base_width, base_shapes)
     tensors = dict(model.named_parameters())
     names_by_ph = {pd.placeholder: n for n, pd in wa.params.items()}
     out_roots = _output_roots(wa)
@@ -152,19 +174,23 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
     notes = list(wa.notes)
     for name, pd in wa.params.items():
         t = tensors.get(name)
+        exprs, base_sizes = axes[name]
+        base_prod = lambda ax: max(1, int(math.prod(base_sizes[a] for a in ax)))  # noqa: E731
         contracting = [u for u in pd.uses if u.kind in _CONTRACTING]
         layout, readout, note = None, False, ""
         if t is not None and not (t.is_floating_point() or t.is_complex()):
             # an integer/bool Parameter gets no gradient and no init: μP leaves it alone
             role, fan_in, fan_out, decided = "fixed", sympy.Integer(1), sympy.Integer(max(1, t.numel())), "dtype"
+            base_fans = (1, max(1, t.numel()))
             note = f"non-float parameter ({t.dtype}): fixed, left untouched"
         elif contracting:
             cands = []
             for u in contracting:
-                fi, fo = _prod(pd.axis_exprs, u.fan_in_axes), _prod(pd.axis_exprs, u.fan_out_axes)
+                fi, fo = _prod(exprs, u.fan_in_axes), _prod(exprs, u.fan_out_axes)
                 cands.append((role_from_fans(fi.has(sym), fo.has(sym)), fi, fo, u))
             role, fan_in, fan_out, use = next((c for c in cands if c[0] == "output"), cands[0])
             chosen_use[name] = use
+            base_fans = (base_prod(use.fan_in_axes), base_prod(use.fan_out_axes))
             layout, decided = Layout(use.fan_in_axes, use.fan_out_axes), "graph"
             if len({c[0] for c in cands}) > 1:
                 note = "tied: " + " + ".join(sorted({c[0] for c in cands})) + "; the readout use sets the role"
@@ -172,22 +198,24 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 dims = g.node_dims.get(pd.placeholder) or []
                 readout = any(g.find(dims[a]) in out_roots for a in use.fan_out_axes if a < len(dims))
         elif pd.uses and all(u.kind == "elementwise" for u in pd.uses):
-            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*pd.axis_exprs)
+            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
             role, decided = ("vector" if fan_out.has(sym) else "fixed"), "graph"
+            base_fans = (1, base_prod(range(len(exprs))))
         else:
-            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*pd.axis_exprs)
+            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
+            base_fans = (1, base_prod(range(len(exprs))))
             role = "fixed"
             why = "not used by the captured forward" if name in wa.unused or not pd.uses else \
                 f"used by ops without a rule ({', '.join(sorted({str(u.node.target) for u in pd.uses}))})"
             if fan_out.has(sym):
                 role = "vector" if len(pd.shape) <= 1 else "hidden"
-                fan_in = pd.axis_exprs[-1] if len(pd.shape) > 1 else sympy.Integer(1)
-                fan_out = pd.axis_exprs[0]
+                fan_in = exprs[-1] if len(pd.shape) > 1 else sympy.Integer(1)
+                fan_out = exprs[0]
+                base_fans = (base_sizes[-1] if len(pd.shape) > 1 else 1, base_sizes[0])
             decided = f"guess: {why}; role from its shape"
         params[name] = ParamPlan(
             name=name, aliases=list(pd.aliases), shape=tuple(pd.shape), role=role, fan_in=fan_in, fan_out=fan_out,
-            base_fan_in=max(1, _at(fan_in, sym, base_width)), base_fan_out=max(1, _at(fan_out, sym, base_width)),
-            base_shape=tuple(max(1, _at(e, sym, base_width)) for e in pd.axis_exprs), layout=layout,
+            base_fan_in=base_fans[0], base_fan_out=base_fans[1], base_shape=tuple(base_sizes), layout=layout,
             decided_by=decided, uses=[f"{u.kind} in '{module_of(u.node)}'" for u in pd.uses], readout=readout,
             note=note)
     for name, p in params.items():
@@ -199,7 +227,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
             p.bias_of = bias_of
 
     leaf_modules = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
-    ctx = SiteContext(wa, params, chosen_use, leaf_modules, base_width, find_branches=options.base_depth is not None)
+    ctx = SiteContext(wa, params, chosen_use, leaf_modules, base_width, {n: e for n, (e, _) in axes.items()},
+                      find_branches=options.base_depth is not None)
     sites, attention, site_notes = find_sites(ctx)
     notes += site_notes
     if options.base_depth is not None:
@@ -212,8 +241,9 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 f"the tied readout weight {name} is used by '{module_of(chosen_use[name].node)}' on a tensor that no "
                 "module boundary carries alone, so muplify cannot insert the readout multiplier there. Compute the "
                 "readout with an nn.Linear (sharing the embedding weight), or override the role of this weight.")
+    source = "exact: base fans read from the base model" if base_shapes is not None else getattr(wa, "width_source", "")
     plan = Plan(base_width, width, params, sites, attention, options, hp or HyperParams(), notes, sym,
-                type(model).__name__, getattr(wa, "width_source", ""), _scaling_dims(wa))
+                type(model).__name__, source, _scaling_dims(wa, axes), list(ctx.blocks))
     detect_init_rules(plan, model)
     return plan
 
@@ -243,10 +273,14 @@ def _depth(options: Options, blocks: list[str], model: nn.Module) -> tuple[Optio
     return dataclasses.replace(options, depth=depth), notes
 
 
-def _scaling_dims(wa) -> list[tuple[int, str, int]]:
+def _scaling_dims(wa, axes: dict) -> list[tuple[int, str, int]]:
     """(size, expression, parameter axes) of every size that grows with width, most used first."""
     by_size: dict[int, int] = {}
-    for size, count in getattr(wa, "candidates", []):
-        by_size[int(size)] = by_size.get(int(size), 0) + int(count)
+    for name, (exprs, _) in axes.items():
+        if name in wa.unused:
+            continue
+        for size, e in zip(wa.params[name].shape, exprs):
+            if e.has(wa.width_symbol):
+                by_size[int(size)] = by_size.get(int(size), 0) + 1
     return [(size, str(sympy.Rational(size, wa.width_size) * wa.width_symbol), n)
             for size, n in sorted(by_size.items(), key=lambda t: (-t[1], t[0]))]

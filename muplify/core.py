@@ -23,7 +23,7 @@ import warnings
 from . import rewrite
 from .capture import capture
 from .classify import build_plan, detect_init_rules
-from .errors import MuplifyError, PlanError
+from .errors import MuplifyError, PlanError, WidthError
 from .optim import make_optimizer, watch_plain_optimizers
 from .plan import HyperParams, Options, Plan
 from .width import analyse
@@ -48,6 +48,7 @@ class MuplifiedModule:
 
     @property
     def plan(self) -> Plan:
+        """The applied plan (read-only): the facts, and what the μP policy derives from them (``print(mu.plan)``)."""
         return self.__dict__["_mup_plan"]
 
     def optimizer(self, optimizer_class: type | str, params=None, *, rule: str | None = None,
@@ -267,22 +268,71 @@ def _check_args(model, base_width, options: Options) -> None:
         raise MuplifyError(f"{type(model).__name__} has no parameters: there is nothing to parametrize")
 
 
-def analyze(model: nn.Module, base_width: int, *, width: int | None = None, example_inputs=None,
+def _base_shapes(model: nn.Module, base) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the base model (a module on any device, or a zero-argument factory, built on meta)."""
+    if not isinstance(base, nn.Module):
+        if not callable(base):
+            raise MuplifyError(f"base= takes the model built at the base width (any device, meta included) or a "
+                               f"zero-argument factory building it; got {type(base).__name__}")
+        with torch.device("meta"):
+            base = base()
+        if not isinstance(base, nn.Module):
+            raise MuplifyError(f"the base= factory returned {type(base).__name__}, not an nn.Module")
+    base = _unwrap(base)
+    mine = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    theirs = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    rank = [n for n in mine if n in theirs and len(mine[n]) != len(theirs[n])]
+    if missing or extra or rank:
+        raise MuplifyError("base= must be the same architecture at another width (same parameter names and ranks): "
+                           + "; ".join(x for x in (f"missing in the base model: {missing[:5]}" if missing else "",
+                                                   f"only in the base model: {extra[:5]}" if extra else "",
+                                                   f"rank differs: {rank[:5]}" if rank else "") if x))
+    if mine == theirs:
+        raise MuplifyError("base= has exactly the model's shapes: nothing scales (pass the model built at the width "
+                           "the hyperparameters were tuned at)")
+    return theirs
+
+
+def _base_width_from(wa, base_shapes: dict[str, tuple[int, ...]]) -> int:
+    """The base model's size of the width dim: what the axes of that size have in the base model."""
+    seen: dict[int, int] = {}
+    for name, pd in wa.params.items():
+        for n, b in zip(pd.shape, base_shapes[name]):
+            if n == wa.width_size and b != n:
+                seen[b] = seen.get(b, 0) + 1
+    if not seen:
+        raise WidthError(f"no parameter axis of the width size {wa.width_size} differs in the base model; pass "
+                         "width=<the size of the dimension that scales>")
+    return max(seen, key=seen.get)
+
+
+def analyze(model: nn.Module, base_width: int | None = None, *, width: int | None = None, example_inputs=None,
             example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
             weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
             query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
-            depth: int | None = None, depth_alpha: float = 1.0, overrides: dict[str, dict] | None = None) -> Plan:
+            depth: int | None = None, depth_alpha: float = 1.0, base=None,
+            overrides: dict[str, dict] | None = None) -> Plan:
     """Stages 1-3 only: return the plan (facts, with the policy's decisions as read-only views) without touching
     the model.  Arguments as :func:`muplify`."""
     model = _unwrap(model)
     options = Options(head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
                       readout_zero_init=bool(readout_zero_init), query_zero_init=bool(query_zero_init),
                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha)
-    _check_args(model, base_width, options)
+    if base is None and base_width is None:
+        raise MuplifyError("muplify() needs base_width= (or base=<the model at the base width>, or plan=)")
+    _check_args(model, 1 if base_width is None else base_width, options)
     hp = HyperParams.from_dict(hp)
+    base_shapes = _base_shapes(model, base) if base is not None else None
     cap = capture(model, example_inputs, example_kwargs)
     wa = analyse(cap, width=width, head_scaling=head_scaling)
-    plan = build_plan(wa, model, base_width, options=options, hp=hp)
+    if base_shapes is not None:
+        derived = _base_width_from(wa, base_shapes)
+        if base_width is not None and base_width != derived:
+            raise MuplifyError(f"base_width={base_width} disagrees with the base model, whose width dim has size "
+                               f"{derived}; pass one of them")
+        base_width = derived
+    plan = build_plan(wa, model, base_width, options=options, hp=hp, base_shapes=base_shapes)
     plan.capture_seconds = round(cap.seconds, 3)
     for pattern, fields in (overrides or {}).items():
         if not isinstance(fields, dict):
@@ -296,7 +346,7 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
             example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
             weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
             query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
-            depth: int | None = None, depth_alpha: float = 1.0, overrides: dict[str, dict] | None = None,
+            depth: int | None = None, depth_alpha: float = 1.0, base=None, overrides: dict[str, dict] | None = None,
             plan: Plan | str | dict | None = None) -> nn.Module:
     """Give ``model`` the Maximal Update Parametrization relative to ``base_width``, in place.
 
@@ -314,6 +364,10 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
     ``base_depth=`` adds CompleteP depth scaling (Dey et al. 2025): every residual branch found in the graph is
     multiplied by ``(base_depth/depth)**depth_alpha`` (``depth`` inferred as the number of residual blocks, or given),
     with the matching learning-rate and ε rules; ``depth_alpha=1.0`` is CompleteP, ``0.5`` depth-μP.
+
+    ``base=`` (the model built at the base width, on any device including meta, or a zero-argument factory) is the
+    exact route: an axis scales exactly when its size differs from the base model's and every base fan is read from
+    it, so nothing about the width is guessed; ``base_width`` then follows from it.
     """
     wrapper = model if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else None
     model = _unwrap(model)
@@ -336,12 +390,10 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
             plan.override(pattern, **fields)
         apply_init = False  # a saved plan records an init that already happened; load the checkpoint next
     else:
-        if base_width is None:
-            raise MuplifyError("muplify() needs base_width= (or plan=)")
         plan = analyze(model, base_width, width=width, example_inputs=example_inputs, example_kwargs=example_kwargs,
                        head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
                        readout_zero_init=readout_zero_init, query_zero_init=query_zero_init, hp=hp,
-                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, overrides=overrides)
+                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, base=base, overrides=overrides)
         apply_init = True
     plan.rules()  # derive everything now: a missing site or an impossible request raises before any change
     # everything that can fail has run; from here on the model is modified

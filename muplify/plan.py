@@ -46,6 +46,17 @@ def role_from_fans(fan_in_inf: bool, fan_out_inf: bool) -> Role:
         (fan_in_inf, fan_out_inf)]
 
 
+# The μP rules live in muplify.policy, a later stage; it registers itself here on import so that a plan can show
+# what the rules derive from its facts without this module importing the rules.
+POLICY = None
+
+
+def _policy():
+    if POLICY is None:
+        raise PlanError("the μP policy is not loaded: import muplify (or muplify.policy) first")
+    return POLICY
+
+
 # ------------------------------------------------------------------------------------------------ options and hp
 @dataclass(frozen=True)
 class Options:
@@ -62,6 +73,7 @@ class Options:
     depth_alpha: float = 1.0  # CompleteP exponent: branches × (base_depth/depth)^alpha (1.0 CompleteP, 0.5 depth-μP)
 
     def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style access to an option."""
         return getattr(self, key, default)
 
     def __getitem__(self, key: str) -> Any:
@@ -123,12 +135,15 @@ class HyperParams:
                 "init_mult": dict(self.init_mult), "lr_mult": dict(self.lr_mult)}
 
     def role_init(self, role: str, gain: bool = False) -> float:
+        """The init factor of a parameter with this role (a norm gain: the "gain" entry first)."""
         return self.init_mult.get(GAIN, self.init_mult.get(role, 1.0)) if gain else self.init_mult.get(role, 1.0)
 
     def role_lr(self, role: str, gain: bool = False) -> float:
+        """The lr factor of a parameter with this role (a norm gain: the "gain" entry first)."""
         return self.lr_mult.get(GAIN, self.lr_mult.get(role, 1.0)) if gain else self.lr_mult.get(role, 1.0)
 
     def is_default(self) -> bool:
+        """Whether every hyperparameter is 1 (μP as derived, nothing tuned)."""
         return self == HyperParams()
 
 
@@ -238,6 +253,7 @@ class ParamPlan:
 
     @property
     def width_mult_out(self) -> float:
+        """m_out = fan_out / base_fan_out."""
         return self._size(self.fan_out) / self.base_fan_out
 
     def _size(self, expr: sympy.Expr) -> int:
@@ -247,6 +263,7 @@ class ParamPlan:
 
     @property
     def guessed(self) -> bool:
+        """Whether the role was decided without graph evidence (named in the plan's warnings)."""
         return self.decided_by.startswith("guess")
 
     # what the policy derives (read-only views)
@@ -268,10 +285,12 @@ class ParamPlan:
 
     @property
     def wd_mult(self) -> dict[str, float]:
+        """Weight-decay multiplier per registered optimizer family (coupled policy: 1 / the μP lr factor)."""
         return dict(self._rules().wd_mult)
 
     @property
     def eps_mult(self) -> dict[str, float]:
+        """Multiplier of the optimizer's ε per family (1 where the family has no gradient-scale ε)."""
         return dict(self._rules().eps_mult)
 
     @property
@@ -297,6 +316,7 @@ class Plan(Mapping):
     model_class: str = ""
     width_source: str = ""  # how the width was chosen: config attribute, most-used dim, width=, base model
     scaling_dims: list[tuple[int, str, int]] = field(default_factory=list)  # (size, expression, parameter axes)
+    blocks: list[str] = field(default_factory=list)  # residual blocks found (with base_depth), in graph order
     capture_seconds: float | None = None
     frozen: bool = False
     lint: list[str] = field(default_factory=list)  # warnings found after the plan was made (optimizer, first step)
@@ -341,12 +361,15 @@ class Plan(Mapping):
 
     @property
     def width_mult(self) -> float:
+        """m = width / base_width."""
         return self.width / self.base_width
 
     def by_role(self, role: str) -> list[str]:
+        """Names of the parameters with this role."""
         return [n for n, p in self.params.items() if p.role == role]
 
     def summary(self) -> dict[str, int]:
+        """How many parameters have each role."""
         out = {r: 0 for r in ROLES}
         for p in self.params.values():
             out[p.role] += 1
@@ -356,9 +379,7 @@ class Plan(Mapping):
     def rules(self):
         """Per parameter, what the policy derives (cached until a fact changes)."""
         if self.__dict__.get("_rules_cache") is None:
-            from .policy import derive
-
-            self.__dict__["_rules_cache"] = derive(self)
+            self.__dict__["_rules_cache"] = _policy().derive(self)
         return self.__dict__["_rules_cache"]
 
     def invalidate(self) -> None:
@@ -368,16 +389,12 @@ class Plan(Mapping):
     @property
     def forward(self):
         """The forward multipliers the policy derives from the sites (:class:`muplify.policy.ForwardMultiplier`)."""
-        from .policy import forward_multipliers
-
-        return forward_multipliers(self)
+        return _policy().forward_multipliers(self)
 
     @property
     def warnings(self) -> list[str]:
         """μP lint: what in this model or configuration is known to break μTransfer, each with what to do."""
-        from .policy import lint
-
-        return lint(self) + list(self.lint)
+        return _policy().lint(self) + list(self.lint)
 
     @contextlib.contextmanager
     def _editable(self):
@@ -432,14 +449,13 @@ class Plan(Mapping):
 
     # printing ----------------------------------------------------------------------------------------------------
     def __str__(self) -> str:
-        from .policy import describe
-
-        return describe(self)
+        return _policy().describe(self)
 
     __repr__ = __str__
 
     # serialisation -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The facts as plain JSON-able data (format ``muplify-plan/2``); derived values are not stored."""
         def enc_param(p: ParamPlan) -> dict:
             d = {f.name: getattr(p, f.name) for f in fields(p)}
             d["fan_in"], d["fan_out"] = str(p.fan_in), str(p.fan_out)
@@ -460,6 +476,7 @@ class Plan(Mapping):
             "width_symbol": str(self.width_symbol),
             "width_source": self.width_source,
             "scaling_dims": [list(d) for d in self.scaling_dims],
+            "blocks": list(self.blocks),
             "options": asdict(self.options),
             "hp": self.hp.to_dict(),
             "notes": self.notes,
@@ -471,6 +488,7 @@ class Plan(Mapping):
         }
 
     def to_json(self, path: str | None = None) -> str:
+        """The plan as human-readable JSON; written to ``path`` when given.  Re-apply with ``muplify(model, plan=path)``."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=True)
         if path is not None:
             with open(path, "w") as fh:
@@ -479,6 +497,7 @@ class Plan(Mapping):
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Plan":
+        """A plan from :meth:`to_dict`'s data; PlanError for anything else."""
         if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
             fmt = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise PlanError(f"not a muplify plan (format {fmt!r}); expected {PLAN_FORMAT!r} (save one with "
@@ -511,10 +530,11 @@ class Plan(Mapping):
         return cls(d["base_width"], d["width"], params, [dec_site(s) for s in d.get("sites", [])], attention,
                    Options(**d["options"]), HyperParams.from_dict(d.get("hp")), list(d.get("notes", [])), sym,
                    d.get("model_class", ""), d.get("width_source", ""),
-                   [tuple(x) for x in d.get("scaling_dims", [])])
+                   [tuple(x) for x in d.get("scaling_dims", [])], list(d.get("blocks", [])))
 
     @classmethod
     def from_json(cls, path_or_text: str) -> "Plan":
+        """A plan from a JSON file path or JSON text (:meth:`to_json`)."""
         text = path_or_text
         if not path_or_text.lstrip().startswith("{"):
             try:

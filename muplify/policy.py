@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import OptimizerRuleError, PlanError
-from .plan import ROLES, FoldTarget, ParamPlan, Plan, Site
+from .plan import FoldTarget, ParamPlan, Plan, Site
 
 __all__ = ["ParamRules", "ForwardMultiplier", "OptimizerFamily", "FAMILIES", "OPTIMIZER_FAMILIES", "register_family",
            "register_rule", "family_for", "derive", "forward_multipliers", "param_rules", "lint", "describe",
@@ -78,6 +78,8 @@ class OptimizerFamily:
         return None
 
     def width_lr(self, p: ParamPlan, plan: Plan, options: Mapping[str, Any]) -> float:
+        """The learning-rate multiplier of ``p`` relative to the base model (1 at base width), given the
+        optimizer's options (``adjust_lr_fn`` for Muon, ...)."""
         raise NotImplementedError
 
     def warnings(self, options: Mapping[str, Any]) -> list[str]:
@@ -486,9 +488,12 @@ def describe(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def known_roles() -> tuple[str, ...]:
-    return ROLES
+def _register() -> None:
+    import sys
+
+    from . import plan as _plan
+
+    _plan.POLICY = sys.modules[__name__]
 
 
-def families_table(names: Iterable[str] | None = None) -> list[tuple[str, str]]:
-    return [(f.name, f.description) for f in FAMILIES.values() if names is None or f.name in names]
+_register()

@@ -211,6 +211,7 @@ class SiteContext:
     chosen_use: dict[str, Use]  # parameter -> the use that decided its role
     leaf_modules: set[str]
     base_width: int
+    axis_exprs: dict[str, list]  # parameter -> per-axis expression in w (which axes grow)
     find_branches: bool = False  # residual branches are looked for only when depth scaling is asked for
     blocks: list[str] = field(default_factory=list)  # set by the branch finder: the residual blocks found
     fold: _FoldCtx = field(init=False)
@@ -308,8 +309,8 @@ def _embeddings(ctx: SiteContext) -> list[Site]:
         for u in pd.uses:
             if u.kind not in ("matmul", "conv", "embedding"):
                 continue
-            fi = _prod(pd.axis_exprs, u.fan_in_axes)
-            fo = _prod(pd.axis_exprs, u.fan_out_axes)
+            fi = _prod(ctx.axis_exprs[name], u.fan_in_axes)
+            fo = _prod(ctx.axis_exprs[name], u.fan_out_axes)
             if fi.has(w) or not fo.has(w):
                 continue
             mod = module_of(u.node)
@@ -466,14 +467,15 @@ def _branch_module(term: fx.Node, add: fx.Node) -> str | None:
 
 
 def _block_key(add: fx.Node, module: str | None) -> str:
-    """Which block a residual add belongs to: the innermost enclosing module indexed in a container
-    (``blocks.3``, ``model.layers.3``, ``layer2.1``), else the module holding the add, else the branch's."""
-    for path in reversed(_scope(add)):
+    """Which block a residual add belongs to: the outermost enclosing module indexed in a container
+    (``blocks.3``, ``model.layers.3``, ``layer2.1``; T5's ``block.3`` rather than its sublayer ``block.3.layer.1``),
+    else the module holding the add, else the branch's."""
+    for path in _scope(add):
         if path.rpartition(".")[2].isdigit():
             return path
     if module:
         parts = module.split(".")
-        for i in range(len(parts) - 1, -1, -1):
+        for i in range(len(parts)):
             if parts[i].isdigit():
                 return ".".join(parts[: i + 1])
     scope = _scope(add)
@@ -579,5 +581,5 @@ def _branches(ctx: SiteContext) -> list:
                 ctx.params[names[ph]].in_branch = True
         fold = fold_targets(br.term, ctx.fold)
         out.append(Site("branch", br.module or "", "output", "", None, fold))
-    ctx.blocks = sorted({br.block for br in branches})
+    ctx.blocks = list(dict.fromkeys(br.block for br in branches))  # graph order
     return out

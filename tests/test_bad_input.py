@@ -143,7 +143,7 @@ def test_base_width_not_a_positive_int(bw):
 
 
 def test_base_width_missing():
-    raises_untouched(_mlp(), MuplifyError, r"needs base_width= \(or plan=\)")
+    raises_untouched(_mlp(), MuplifyError, r"needs base_width= \(or base=<the model at the base width>, or plan=\)")
 
 
 def test_not_a_module():

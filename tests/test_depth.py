@@ -232,3 +232,37 @@ def test_residual_stream_stays_flat_in_depth_only_with_completep():
         grow = stream_size(16) / stream_size(2)
         flat = stream_size(16, base_depth=2) / stream_size(2, base_depth=2)
     assert grow > 2.0 and flat < 1.5, (grow, flat)
+
+
+def test_encoder_decoder_counts_blocks_not_sublayers():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                             num_heads=2, d_kv=16))
+    x, _ = _batch()
+    mu = muplify(t5, base_width=32, base_depth=2, example_inputs=(x,), example_kwargs={"decoder_input_ids": x})
+    # 2 encoder blocks (attention, MLP) + 2 decoder blocks (self-attention, cross-attention, MLP)
+    assert mu.plan.options.depth == 4 and len(_branches(mu)) == 2 * 2 + 2 * 3
+    assert any("config declares 2 layers" in n for n in mu.plan.notes)
+
+
+# ------------------------------------------------------------------------------------------------ coordinate check
+def _llama(L):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=L,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                        max_position_embeddings=32, tie_word_embeddings=False))
+
+
+@pytest.mark.parametrize("make", [lambda L: GPT(vocab_size=256, d_model=64, n_layer=L, head_dim=16, block_size=16),
+                                  _llama], ids=["gpt", "hf_llama"])
+def test_depth_coordinate_check_passes_with_completep_only(make):
+    from muplify import coord_check
+
+    res = coord_check(make, axis="depth", depths=[2, 4, 8, 16], progress=False)
+    assert res.passed("completep"), res.table()
+    assert not res.passed("mup")
+    assert "<last block>" in res.failures("mup")  # the residual stream grows with depth without CompleteP
+    s = res.slopes["completep"]["<last block>"]
+    assert all(abs(v) < res.tol for v in s)

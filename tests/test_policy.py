@@ -457,3 +457,38 @@ def test_lint_plain_optimizer_at_first_step():
         good.step()
         other = torch.optim.AdamW(NoNorm(64).parameters(), lr=1e-3)  # not a muplified model: silent
         other.step()
+
+
+def test_combined_optimizer_orthogonalises_each_matrix_once(monkeypatch):
+    import torch.optim._muon as muon_mod
+
+    calls = []
+    orig = muon_mod._zeropower_via_newtonschulz
+    monkeypatch.setattr(muon_mod, "_zeropower_via_newtonschulz", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    mu = muplify(_gpt(WIDE), base_width=BASE)
+    opt = mu.optimizer(torch.optim.Muon, lr=0.02, fallback=(torch.optim.AdamW, {"lr": 1e-3}))
+    x, y = _batch()
+    F.cross_entropy(mu(x).flatten(0, 1), y.flatten()).backward()
+    opt.step()
+    assert len(calls) == sum(len(g["params"]) for g in opt.param_groups if g["mup_family"] == "muon") == 8
+
+
+# ------------------------------------------------------------------------------------------------ coordinate checks
+_CC_CASES = {
+    "hp": dict(muplify_kwargs={"hp": {"output_mult": 2.0, "attn_mult": 0.5, "embed_mult": 2.0,
+                                      "lr_mult": {"input": 2.0, "hidden": 0.5}}}),
+    "muon": dict(optimizer=torch.optim.Muon, lr=0.02,
+                 optimizer_kwargs={"fallback": (torch.optim.AdamW, {"lr": 3e-3})}),
+    "adafactor": dict(optimizer=torch.optim.Adafactor, lr=1e-2),
+    "sgd": dict(optimizer=torch.optim.SGD, lr=0.3),
+}
+
+
+@pytest.mark.parametrize("case", list(_CC_CASES))
+def test_coordinate_check_flat_with_hp_and_every_family(case):
+    from muplify import coord_check
+
+    res = coord_check(lambda w: GPT(vocab_size=256, d_model=w, n_layer=2, head_dim=16, block_size=16),
+                      progress=False, **_CC_CASES[case])
+    assert res.passed("mup"), res.table()
+    assert not res.passed("sp")

@@ -792,6 +792,7 @@ class TuneResult:
     spec: dict = field(default_factory=dict)  # what the sweep was made for (study attribute muplify.tune)
 
     def counts(self) -> dict[str, int]:
+        """Trials per state (complete, pruned, failed, lost, running, waiting)."""
         out = {s: 0 for s in get_args(TrialStateName)}
         for t in self.trials:
             out[t.state] += 1
@@ -810,11 +811,13 @@ class TuneResult:
                 self.study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
 
     def to_dict(self) -> dict:
+        """Plain JSON-able data: the study and storage, proxy width, search space, best, counts and every trial."""
         return {"format": "muplify-tune-result/1", "study": getattr(self.study, "study_name", None),
                 "storage": self.storage, "width": self.width, "space": space_to_dict(self.space),
                 "best": self.best, "counts": self.counts(), "trials": [asdict(t) for t in self.trials]}
 
     def to_json(self, path: str | None = None) -> str:
+        """:meth:`to_dict` as JSON text, also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
             _makedirs_for(path)

@@ -26,14 +26,22 @@ class CLIFactory:
     """``module:callable`` -> ``width -> nn.Module``, picklable (worker processes import the module themselves)."""
 
     spec: str  # module:callable
-    width_arg: str | None  # keyword the width is passed as (None: guessed from the signature)
+    width_arg: str  # keyword the width is passed as
     extra: dict = field(default_factory=dict)  # more keyword arguments of the callable
 
-    def __call__(self, width: int):
-        from muplify.cli import load_object, make_factory
+    @classmethod
+    def resolve(cls, spec: str, width_arg: str | None, extra: dict) -> "CLIFactory":
+        """Check the arguments and find the width argument once (``muplify.cli``'s rules), not in every trial."""
+        from muplify.cli import detect_width_arg, load_object, make_factory
 
-        factory, _ = make_factory(load_object(self.spec), self.width_arg, self.extra)
-        return factory(width)
+        fn = load_object(spec)
+        make_factory(fn, spec, width_arg, extra)  # a CLIError names what to change on the command line
+        return cls(spec, width_arg or detect_width_arg(fn, spec, extra).name, dict(extra))
+
+    def __call__(self, width: int):
+        from muplify.cli import load_object
+
+        return load_object(self.spec)(**{self.width_arg: width}, **self.extra)
 
 
 def _space(items: list[str] | None) -> dict:
@@ -61,8 +69,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from .tune import TuneError, tune
 
     try:
-        load_object(a.factory)  # fail here, in one line, rather than in the first trial
-        factory = CLIFactory(a.factory, a.width_arg, parse_kv(a.arg))
+        factory = CLIFactory.resolve(a.factory, a.width_arg, parse_kv(a.arg))  # fails here, not in every trial
         objective = load_object(a.objective)
         result = tune(factory, a.width, objective, a.optimizer, trials=a.trials, space=_space(a.space),
                       defaults=not a.no_default_space, sampler=a.sampler,
@@ -131,7 +138,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
         if proxy is not None and base != proxy:
             raise TuneError(f"{a.hp} was tuned at width {proxy}, but --base-width is {base}: the base width must be "
                             "the proxy width the hyperparameters were tuned at")
-        factory, _ = make_factory(load_object(a.factory), a.width_arg, parse_kv(a.arg))
+        factory, _ = make_factory(load_object(a.factory), a.factory, a.width_arg, parse_kv(a.arg))
         torch.manual_seed(0)
         mu = muplify(factory(a.width), base_width=base, hp=best["hp"],
                      **{**dict(best.get("muplify") or {}), **parse_kv(a.muplify_arg)})
@@ -155,10 +162,14 @@ def add_commands(subparsers: Any) -> None:
 
     def factory_args(sp):
         sp.add_argument("factory", help="module:callable building the model from a width")
-        sp.add_argument("--width-arg", default=None, help="keyword the width is passed as (default: guessed)")
+        sp.add_argument("--width-arg", default=None,
+                        help="keyword the width is passed as (default: the integer argument whose change scales the "
+                             "hidden weights)")
         sp.add_argument("--arg", action="append", metavar="KEY=VALUE", help="extra keyword argument of the factory")
         sp.add_argument("--muplify-arg", action="append", metavar="KEY=VALUE",
                         help="extra keyword argument of muplify(), e.g. readout_zero_init=True")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
 
     tu = subparsers.add_parser(
         "tune", help="tune μP hyperparameters on a proxy (Optuna); writes the best as JSON",

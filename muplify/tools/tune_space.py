@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import MuplifyError
 from ..plan import GAIN, HP_PER_ROLE, HP_SCALARS, ROLES, Plan
 
-__all__ = ["LogUniform", "Uniform", "IntRange", "Choice", "Fixed", "Dist", "DISTS", "parse_dist", "check_key",
+__all__ = ["Entry", "LogUniform", "Uniform", "IntRange", "Choice", "Fixed", "Dist", "DISTS", "parse_dist", "check_key",
            "assemble", "default_space", "plan_roles", "space_to_dict", "space_from_dict", "searched", "TuneError",
            "MULT", "INIT", "LR_RANGES", "HP_ACTS_ON", "is_number", "encode_point"]
 
@@ -33,8 +33,32 @@ class TuneError(MuplifyError, ValueError):
 _PRIMITIVE = (type(None), bool, int, float, str)
 
 
+class Entry:
+    """What every search-space entry does (the subclasses are the entries)."""
+
+    def suggest(self, trial, name: str) -> Any:
+        """Draw this entry's value for ``trial`` (an ``optuna.Trial``) under the parameter name ``name``."""
+        raise NotImplementedError
+
+    def grid(self) -> list:
+        """The values ``sampler="grid"`` visits (as Optuna stores them)."""
+        raise NotImplementedError
+
+    def center(self) -> Any:
+        """A representative value: what the checks before a sweep build the proxy with."""
+        raise NotImplementedError
+
+    def encode(self, v: Any) -> Any:
+        """A value -> the parameter Optuna stores for it (``enqueue=`` points); TuneError when out of range."""
+        raise NotImplementedError
+
+    def decode(self, raw: Any) -> Any:
+        """The parameter Optuna stored -> the value."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class LogUniform:
+class LogUniform(Entry):
     """A positive value, uniform in log space over [lo, hi].  Under ``sampler="grid"``: lo, lo·step, lo·step², …
     up to hi (powers of two by default, the usual μP sweep grid)."""
 
@@ -66,7 +90,7 @@ class LogUniform:
 
 
 @dataclass(frozen=True)
-class Uniform:
+class Uniform(Entry):
     """A value uniform over [lo, hi] (e.g. a warmup fraction).  Under ``sampler="grid"``: grid_points evenly
     spaced values."""
 
@@ -99,7 +123,7 @@ class Uniform:
 
 
 @dataclass(frozen=True)
-class IntRange:
+class IntRange(Entry):
     """An integer in [lo, hi] (e.g. warmup steps); ``log=True`` samples it in log space."""
 
     lo: int
@@ -132,7 +156,7 @@ class IntRange:
 
 
 @dataclass(frozen=True)
-class Choice:
+class Choice(Entry):
     """One of a list of values (JSON-able: numbers, strings, booleans, None, lists such as Adam betas)."""
 
     values: tuple  # the candidates; lists and tuples are stored by their JSON text in the study
@@ -152,7 +176,8 @@ class Choice:
             raise TuneError(f"Choice has duplicate values: {list(vals)}")
 
     def tokens(self) -> list:
-        # Optuna's categorical values must be primitives: lists/tuples travel as their JSON text
+        """The values as Optuna stores them: lists and tuples as their JSON text (categorical values must be
+        primitives)."""
         return [v if isinstance(v, _PRIMITIVE) else json.dumps(v) for v in self.values]
 
     def suggest(self, trial, name: str) -> Any:
@@ -178,7 +203,7 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Fixed:
+class Fixed(Entry):
     """A value that is not searched (it is still recorded in ``result.best``)."""
 
     value: Any  # JSON-able
