@@ -161,6 +161,8 @@ def test_space_entries_parse_and_validate(tmp_path, monkeypatch):
     for space, match in (({"hp.attn": Fixed(1.0)}, "bad search-space key"),
                          ({"hp.attn_mult": LogUniform(0.5, 2)}, "no attention op"),
                          ({"hp.lr_mult.gain": MULT}, "no parameter of this model has role 'gain'"),
+                         ({"hp.lr_mult.input+gain": MULT}, "no parameter of this model has role 'gain'"),
+                         ({"hp.lr_mult.input+nope": MULT}, "bad search-space key"),
                          ({"optimizer.momentum": Fixed(0.9)}, "takes no option 'momentum'"),
                          ({"objective.nope": Fixed(1)}, "objective must take")):
         with pytest.raises(TuneError, match=match):
@@ -207,10 +209,12 @@ def test_trials_complete_and_best_is_the_argmin(tmp_path):
 
 def test_best_round_trips_through_json_and_reproduces_the_trial(tmp_path):
     space = {"optimizer.weight_decay": Choice([0.0, 0.1]), "optimizer.betas": Choice([(0.9, 0.95), (0.8, 0.99)]),
-             "objective.warmup": IntRange(0, 4), "hp.output_mult": LogUniform(0.5, 2.0)}
+             "objective.warmup": IntRange(0, 4), "hp.output_mult": LogUniform(0.5, 2.0),
+             "hp.lr_mult.input+output+vector": LogUniform(0.5, 4.0)}  # one factor for every non-hidden role
     result = T.tune(make_model, WIDTH, objective, torch.optim.AdamW, trials=4, space=space, pruner=None,
                     storage=sqlite(tmp_path), progress=False)
     best = json.loads(json.dumps(result.best))
+    assert len(set(best["hp"]["lr_mult"].values())) == 1 and set(best["hp"]["lr_mult"]) == {"input", "output", "vector"}
     assert set(best["optimizer"]) == {"weight_decay", "betas"} and "warmup" in best["objective"]
     # the transfer as a user writes it, at the proxy width with the trial's seed: exactly the trial's value
     torch.manual_seed(best["seed"])
@@ -426,7 +430,8 @@ def test_cli_tune_then_transfer(tmp_path, capsys):
         assert (tmp_path / stem).exists(), r.stdout
     assert "optuna-dashboard sqlite:///" in r.stdout
     # transfer in this process (the tune above already ran the CLI in a fresh interpreter)
-    assert main(["transfer", "test_tune:make_model", "--width", "64", "--base-width", str(WIDTH), "--hp", str(out)]) == 0
+    argv = ["transfer", "test_tune:make_model", "--width", "64", "--base-width", str(WIDTH), "--hp", str(out)]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"width w = 64, base_width = {WIDTH}" in printed and "hp: {" in printed
     assert f"mu.optimizer(AdamW, lr={best['lr']!r}, weight_decay=" in printed

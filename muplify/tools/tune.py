@@ -645,9 +645,10 @@ def _check_space(space, plan, make_model, width, objective, optimizer, seed, mkw
         name, _, role = rest.partition(".")
         if head == "hp" and name in HP_ACTS_ON and not HP_ACTS_ON[name][0](plan):
             raise TuneError(f"space key {key!r}: {HP_ACTS_ON[name][1]}, so it would change nothing; drop it")
-        if head == "hp" and role and role not in roles:
-            raise TuneError(f"space key {key!r}: no parameter of this model has role {role!r} (roles present: "
-                            f"{', '.join(roles)})")
+        for r in role.split("+") if head == "hp" and role else ():
+            if r not in roles:
+                raise TuneError(f"space key {key!r}: no parameter of this model has role {r!r} (roles present: "
+                                f"{', '.join(roles)})")
     cfg = assemble({k: d.center() for k, d in space.items()})
     try:
         plan.replace(hp=HyperParams.from_dict(cfg["hp"])).rules()
@@ -926,7 +927,7 @@ def _makedirs_for(path: str) -> None:
 def _leaf(config: Mapping, key: str) -> Any:
     cur: Any = config
     for part in key.split("."):
-        cur = cur[part]
+        cur = cur[part.split("+")[0]]  # "input+output" share one value
     return cur
 
 

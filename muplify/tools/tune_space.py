@@ -1,12 +1,13 @@
 """The search space of :func:`muplify.tune`: typed entries (``LogUniform``, ``Uniform``, ``IntRange``, ``Choice``,
 ``Fixed``), flat keys naming one leaf of a trial's configuration (``"lr"``, ``"hp.lr_mult.input"``,
-``"optimizer.weight_decay"``, ``"objective.warmup"``) and the default space read from a proxy's plan.
+``"optimizer.weight_decay"``, ``"objective.warmup"``; ``"hp.lr_mult.input+output"`` gives several roles one sampled
+value) and the default space read from a proxy's plan.
 
     >>> from muplify.tools.tune_space import parse_dist, assemble
     >>> parse_dist("LogUniform(1e-4, 1e-1)")
     LogUniform(lo=0.0001, hi=0.1, grid_step=2.0)
-    >>> assemble({"lr": 1e-3, "hp.lr_mult.input": 4.0, "optimizer.weight_decay": 0.1})
-    {'lr': 0.001, 'hp': {'lr_mult': {'input': 4.0}}, 'optimizer': {'weight_decay': 0.1}, 'objective': {}}
+    >>> assemble({"lr": 1e-3, "hp.lr_mult.input+output": 4.0, "optimizer.weight_decay": 0.1})
+    {'lr': 0.001, 'hp': {'lr_mult': {'input': 4.0, 'output': 4.0}}, 'optimizer': {'weight_decay': 0.1}, 'objective': {}}
 """
 from __future__ import annotations
 
@@ -293,19 +294,22 @@ SECTIONS = ("lr", "hp", "optimizer", "objective")
 
 
 def check_key(key: str) -> None:
+    """TuneError unless ``key`` names a leaf of a trial's configuration (see the module docstring)."""
     head, _, rest = key.partition(".")
     ok = False
     if head == "lr":
         ok = rest == ""
     elif head == "hp":
-        name, _, role = rest.partition(".")
-        ok = (name in HP_SCALARS and not role) or (name in HP_PER_ROLE and role in ROLES + (GAIN,))
+        name, _, roles = rest.partition(".")
+        ok = (name in HP_SCALARS and not roles) or (
+            name in HP_PER_ROLE and bool(roles) and all(r in ROLES + (GAIN,) for r in roles.split("+")))
     elif head in ("optimizer", "objective"):
         ok = rest.isidentifier() and not (head == "optimizer" and rest == "lr")
     if not ok:
         raise TuneError(
             f"bad search-space key {key!r}; keys are 'lr', 'hp.output_mult', 'hp.attn_mult', 'hp.embed_mult', "
-            f"'hp.lr_mult.<role>', 'hp.init_mult.<role>' (roles {', '.join(ROLES + (GAIN,))}), "
+            f"'hp.lr_mult.<role>', 'hp.init_mult.<role>' (roles {', '.join(ROLES + (GAIN,))}; "
+            "'hp.lr_mult.input+output' gives several roles one value), "
             "'optimizer.<option>' (e.g. optimizer.weight_decay) or 'objective.<keyword of your objective>'")
 
 
@@ -317,9 +321,10 @@ def assemble(values: Mapping[str, Any]) -> dict:
         if head == "lr":
             cfg["lr"] = v
         elif head == "hp":
-            name, _, role = rest.partition(".")
-            if role:
-                cfg["hp"].setdefault(name, {})[role] = v
+            name, _, roles = rest.partition(".")
+            if roles:
+                for role in roles.split("+"):  # "input+output": one value for several roles
+                    cfg["hp"].setdefault(name, {})[role] = v
             else:
                 cfg["hp"][name] = v
         else:
