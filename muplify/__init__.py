@@ -17,6 +17,14 @@ __all__ = [
     "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "Site", "Options", "HyperParams",
     "ForwardMultiplier", "OptimizerFamily", "CombinedOptimizer", "register_rule", "register_family", "coord_check",
     "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError",
+    "tune",
 ]
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    if name == "tune":  # imported lazily: pulls in optuna
+        from .tools.tune import tune
+
+        return tune
+    raise AttributeError(f"module 'muplify' has no attribute {name!r}")

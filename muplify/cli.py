@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default="muplify-out", help="directory for the plot and JSON")
     de.add_argument("--quick", action="store_true", help="smaller widths, one seed (seconds)")
     de.set_defaults(func=cmd_demo)
+    from muplify.tools.tune_cli import add_commands  # tune, transfer
+    add_commands(sub)
     return p
 
 
