@@ -153,3 +153,43 @@ def test_optimizer_overhead_quick(tmp_path):
     muon = next(r for r in res["rows"] if r["family"].startswith("muon"))
     assert muon["ns_calls_per_step"] == muon["muon_matrices"] > 0  # Newton-Schulz once per matrix
     assert all(r["ratio"] > 0 for r in res["rows"]) and "| family |" in p.stdout
+
+
+def test_mutransfer_quick(tmp_path):
+    pytest.importorskip("optuna")
+    p = _run("mutransfer.py", tmp_path, timeout=150)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert {"meta", "runs", "summary"} <= set(res)
+    runs = list(res["runs"].values())
+    assert {r["config"]["arm"] for r in runs} == {"mutransfer", "lr_only", "sp"}
+    assert all(r["status"] in ("ok", "diverged") for r in runs), [r.get("error") for r in runs]
+    preset = res["meta"]["preset"]
+    proxy, targets, seeds = preset["proxy"], preset["targets"], preset["seeds"]
+    s = res["summary"]
+    # every arm at every width (SP: the targets only) over all seeds
+    assert set(s["loss"]) == {"mutransfer", "lr_only", "sp"}
+    for arm in ("mutransfer", "lr_only"):
+        assert sorted(int(w) for w in s["loss"][arm]) == [proxy, *targets]
+    assert sorted(int(w) for w in s["loss"]["sp"]) == targets
+    assert all(len(v["values"]) == seeds for arm in s["loss"].values() for v in arm.values())
+    # the μTransfer runs carry the tuned hp; the lr-only runs none
+    assert all(r["config"]["hp"] for r in runs if r["config"]["arm"] == "mutransfer")
+    assert all(r["config"]["hp"] == {} for r in runs if r["config"]["arm"] == "lr_only")
+    assert s["tuned"]["mutransfer"]["counts"]["complete"] >= 1 and s["tuned"]["mutransfer"]["steps"] > 0
+    # compute fractions: SP's sweep costs at least its grid's size in target runs; the proxy sweeps are cheaper
+    for w in targets:
+        row = s["compute"]["per_target"][str(w)]
+        assert row["sp"]["flops_frac"] >= preset["sp_points"] - 1e-9
+        assert 0 < row["mutransfer"]["flops_frac"] < row["sp"]["flops_frac"]
+        assert 0 < row["lr_only"]["flops_frac"]
+    assert set(s["targets"]) == {"mutransfer_le_sp_at_target", "mutransfer_monotone_in_width",
+                                 "mutransfer_compute_small"}
+    assert all(t["status"] in ("PASS", "FAIL") for t in s["targets"].values())
+    for png in ("mutransfer.png", "tune_params.png", "tune_lr_only.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "tune.db").exists() and "| μTransfer |" in p.stdout
+    # a re-run resumes: the sweeps are complete and no final run is repeated
+    before = {k: r["seconds"] for k, r in res["runs"].items()}
+    _run("mutransfer.py", tmp_path, "--no-plot", timeout=90)
+    after = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert {k: r["seconds"] for k, r in after.items()} == before
