@@ -520,7 +520,7 @@ def main(argv=None) -> int:
         for k, v in errors.items():
             print(f"  {k}: {v}")
     if not args.no_plot:
-        png = out / "lr_transfer.png"
+        png = out / ("depth_transfer.png" if depth else "lr_transfer.png")
         head = (f"byte-level GPT, width {args.width}, CompleteP base depth {base_depth}" if depth else
                 f"byte-level GPT, {args.n_layer} layers, μP base width {base_width}")
         plot(losses, widths, lrs, summary, png, f"{head}, {args.optimizer}, {steps} steps, batch {batch_size}x{seq_len}, "
