@@ -16,12 +16,13 @@ Layouts known to :func:`param_layout` (``in``/``out`` = axes holding fan-in / fa
 ``nn.Linear`` (out, in); ``nn.Bilinear`` (out, in1, in2); ``nn.Embedding``/``EmbeddingBag`` (num_embeddings=fan_in,
 dim=fan_out); HF ``Conv1D`` (in, out); ``ConvNd`` (out, in/groups, *kernel) and ``ConvTransposeNd``
 (in, out/groups, *kernel) -- kernel axes are fan-in but never grow; ``nn.MultiheadAttention`` ``*_proj_weight``
-(out, in); RNN/LSTM/GRU ``weight_*`` (out, in); HF expert stacks ``(E, out, in)``
-(``(E, in, out)`` when the experts module says ``is_transposed``), HF routers' raw ``(E, in)`` weight and per-expert
-bias stacks ``(E, out)`` (elementwise); weight norm: the direction (``weight_v``, parametrization ``original1``)
-has the layout of the weight it parametrizes, the magnitude (``weight_g``, ``original0``) is elementwise; HF SSM
-mixers' ``A_log``/``D``/``dt_bias`` are elementwise; a module class may document its raw Parameters in a
-``_layouts`` dict (attribute -> (in_axes, out_axes), or None for elementwise / used as data).  Elementwise: every
+(out, in); RNN/LSTM/GRU ``weight_*`` (out, in); HF expert stacks ``(E, out, in)`` (``(E, in, out)`` when the experts
+module says ``is_transposed``), HF routers' raw ``(E, in)`` weight, per-expert bias stacks ``(E, out)`` (rows read by
+expert index, like an embedding table) and timm ``relative_position_bias_table`` (positions, heads); weight norm: the
+direction (``weight_v``, parametrization ``original1``) has the layout of the weight it parametrizes, the magnitude
+(``weight_g``, ``original0``) is elementwise; HF SSM mixers' ``A_log``/``D``/``dt_bias`` are elementwise; a module
+class may document its raw Parameters in a ``_layouts`` dict (attribute -> (in_axes, out_axes), or None for
+elementwise / used as data).  Elementwise: every
 0-/1-D parameter (biases, norm gains, scalars) and any parameter of an unknown owner whose first axis is 1
 (broadcast-shaped, e.g. timm ``cls_token`` (1, 1, D), ``pos_embed`` (1, N, D)).  Anything else raises
 ``ValueError`` rather than guess.
@@ -171,8 +172,8 @@ def param_layout(module: nn.Module, attr: str, param: torch.Tensor) -> Layout:
             return ((1,), (2,)) if getattr(module, "is_transposed", False) else ((2,), (1,))
         if nd == 2 and attr == "weight":  # HF routers: a raw (E, in) matrix used as F.linear(h, weight)
             return (1,), (0,)
-        if nd == 2:  # per-expert bias stacks (E, out)
-            return None
+        if nd == 2:  # per-expert bias stacks (E, out), read by expert index like an embedding table
+            return (0,), (1,)
     if attr == "relative_position_bias_table":  # timm Swin-style (relative positions, heads), read by index
         return (0,), (1,)
     if _is_weight_norm_magnitude(module, attr):
