@@ -108,7 +108,8 @@ def _config_width(config, prefix: str = "config") -> tuple[int | None, str]:
 
 def _config_sizes(d: dict, prefix: str, out: dict[int, list[str]]) -> None:
     for k, v in d.items():
-        if k.endswith(("_id", "_ids")) or k.startswith("_"):
+        k = str(k)  # id2label-style dicts have int keys
+        if k.endswith(("_id", "_ids", "2id", "2label")) or k.startswith("_"):
             continue
         name = f"{prefix}.{k}"
         if _is_int(v) and v > 1:
@@ -422,7 +423,9 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwarg
     out_node = next(n for n in graph.nodes if n.op == "output")
     user_out_names = set(sig.user_outputs)
     user_outputs = [a for a in out_node.args[0] if isinstance(a, fx.Node) and a.name in user_out_names]
-    unused = [ns[0] for ph, ns in param_names.items() if not placeholders[ph].users]
+    # a tied parameter may get one placeholder per name, only one of them used: unused means no placeholder used
+    used = {ns[0] for ph, ns in param_names.items() if placeholders[ph].users}
+    unused = list(dict.fromkeys(ns[0] for ns in param_names.values() if ns[0] not in used))
     return Capture(graph, param_names, buffer_nodes, user_inputs, user_outputs, seconds, unused, ep.graph_module,
                    model_hints(model), _output_names(ep, user_outputs))
 

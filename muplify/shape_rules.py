@@ -273,7 +273,9 @@ def pointwise(g: DimGraph, node: fx.Node) -> None:
     *_ops("cumprod.default", "logcumsumexp.default", "cummax.default", "cummin.default", "_safe_softmax.default",
           "bernoulli.p", "bernoulli.default", "uniform_.default", "normal_.default", "exponential_.default",
           "native_dropout.default", "feature_dropout.default", "alpha_dropout.default", "hardtanh_.default",
-          "relu_.default", "silu_.default", "gelu_.default", "sigmoid_.default", "tanh_.default"),
+          "relu_.default", "silu_.default", "gelu_.default", "sigmoid_.default", "tanh_.default",
+          "hardswish.default", "hardsigmoid.default", "hardtanh.default", "mish.default", "softplus.default",
+          "elu.default", "leaky_relu.default", "celu.default", "selu.default", "log_sigmoid.default", "bernoulli.float", "bernoulli_.float", "bernoulli_.Tensor"),
 )
 def _same_shape(g: DimGraph, node: fx.Node) -> None:
     src = node.args[0]
@@ -307,7 +309,8 @@ def _masked(g: DimGraph, node: fx.Node) -> None:
 
 
 @rule(aten.__and__.Tensor, aten.__or__.Tensor, aten.__xor__.Tensor, aten.logical_and.default,
-      aten.logical_or.default)
+      aten.logical_or.default, *_ops("floor_divide.default", "floor_divide.Scalar", "remainder.Tensor",
+                                     "remainder.Scalar", "bitwise_and.Tensor", "bitwise_or.Tensor"))
 def _logical(g: DimGraph, node: fx.Node) -> None:
     pointwise(g, node)
 
@@ -410,7 +413,7 @@ def _permute(g: DimGraph, node: fx.Node) -> None:
     g.derive(node, src, perm)
 
 
-@rule(aten.expand.default, aten.expand_as.default, aten.repeat.default)
+@rule(aten.expand.default, aten.expand_as.default, aten.repeat.default, *_ops("broadcast_to.default"))
 def _expand(g: DimGraph, node: fx.Node) -> None:
     src = node.args[0]
     di, do = g.dims(src), g.dims(node)
@@ -1267,8 +1270,19 @@ VIEW_LIKE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
              aten._to_copy.default, aten.type_as.default, aten.dropout.default}
 
 
+def _rule_for(target):
+    fn = RULES.get(target) or RULES.get(str(target))
+    if fn is None and isinstance(target, torch._ops.OpOverload):
+        packet = target.overloadpacket.__name__
+        if packet.endswith("_") and not packet.endswith("__"):  # in-place: the out-of-place op's rule
+            functional = getattr(getattr(aten, packet[:-1], None), target._overloadname, None)
+            if functional is not None:
+                fn = RULES.get(functional) or (pointwise if _is_pointwise(functional) else None)
+    return fn
+
+
 def apply_rule(g: DimGraph, node: fx.Node, recurse: Callable[[fx.Node], None]) -> None:
-    fn = RULES.get(node.target) or RULES.get(str(node.target))
+    fn = _rule_for(node.target)
     if fn is not None:
         before = {p: len(us) for p, us in g.uses.items()}
         fn(g, node)

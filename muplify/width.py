@@ -95,7 +95,13 @@ class WidthAnalysis:
 
     def dim_expr(self, d: int) -> sympy.Expr:
         """The expression of any dim of the graph (parameter axis or not)."""
-        return _dim_expr(self.dim_graph, self.finite_roots, self.width_size, d)
+        return _dim_expr(self.dim_graph, self.finite_roots, self.width_size, d, self._composed)
+
+    @property
+    def _composed(self) -> dict[int, sympy.Expr]:
+        if "_composed_exprs" not in self.__dict__:
+            self.__dict__["_composed_exprs"] = _composed_exprs(self.dim_graph, self.finite_roots, self.width_size)
+        return self.__dict__["_composed_exprs"]
 
     def is_infinite(self, name: str, axes) -> bool:
         exprs = self.params[name].axis_exprs
@@ -112,10 +118,31 @@ class WidthAnalysis:
                 for n, p in self.params.items() for a in range(len(p.shape))}
 
 
-def _dim_expr(g: DimGraph, finite: dict[int, str], width_size: int, d: int) -> sympy.Expr:
+def _dim_expr(g: DimGraph, finite: dict[int, str], width_size: int, d: int,
+              composed: dict[int, sympy.Expr] | None = None) -> sympy.Expr:
     if g.size[d] <= 1 or g.find(d) in finite:
         return sympy.Integer(max(g.size[d], 1))
+    if composed and g.find(d) in composed:
+        return composed[g.find(d)]
     return sympy.Rational(g.size[d], width_size) * W
+
+
+def _composed_exprs(g: DimGraph, finite: dict[int, str], width_size: int) -> dict[int, sympy.Expr]:
+    """Exact expressions for scaling dims made of finite and scaling parts: a fused projection's output
+    ``w/16 + 32`` (dt_rank + 2 * d_state), rather than its size as a multiple of the width."""
+    out: dict[int, sympy.Expr] = {}
+    for kind, o, parts in g.relations:
+        ro = g.find(o)
+        if kind not in ("sum", "prod") or ro in finite or ro in out:
+            continue
+        rparts = [g.find(p) for p in parts]
+        if all(p not in finite for p in rparts):
+            continue  # only scaling parts: the plain multiple of the width says the same
+        exprs = [_dim_expr(g, finite, width_size, p) for p in rparts]
+        e = sympy.Add(*exprs) if kind == "sum" else sympy.Mul(*exprs)
+        if e.has(W) and e.subs(W, width_size) == g.size[ro]:
+            out[ro] = sympy.expand(e)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- the graph
@@ -223,6 +250,7 @@ class _Flow:
     # root -> [(param, fan-in roots of that producing use, whether its input depends on the model's inputs)]
     producers: dict[int, list[tuple[str, set[int], bool]]]
     related: set[int]  # roots in a product/sum/multiple relation (heads x head_dim, splits of a fused output)
+    readers: dict[int, list[set[int]]]  # root -> fan-out roots of every layer that reads it
 
 
 def _input_dependent(graph: fx.Graph, cap: Capture) -> set[str]:
@@ -244,7 +272,7 @@ def _nodes_in(x) -> list[fx.Node]:
 
 
 def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow:
-    consumed, produced, producers = set(), set(), {}
+    consumed, produced, producers, readers = set(), set(), {}, {}
     for ph, uses in g.uses.items():
         for u in uses:
             if u.kind not in _CONTRACTING:
@@ -253,6 +281,8 @@ def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow
             fout = _use_roots(g, param_axes, ph, u.fan_out_axes)
             if u.kind != "embedding":  # an embedding's fan-in is indexed, not read as features
                 consumed |= fin
+                for r in fin:
+                    readers.setdefault(r, []).append(fout)
             produced |= fout
             for r in fout:
                 producers.setdefault(r, []).append((ph, fin if u.kind != "embedding" else set(), u.node.name in dep))
@@ -268,7 +298,7 @@ def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow
             if kind == "scale" and rparts & consumed and ro not in consumed:
                 consumed.add(ro)
                 changed = True
-    return _Flow(consumed, produced, producers, related)
+    return _Flow(consumed, produced, producers, related, readers)
 
 
 def _hard_and_conventions(S: _Solver, g: DimGraph, cap: Capture, head_scaling: str) -> None:
@@ -424,10 +454,12 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
                     guesses[r] = (f"dim of size {g.size[r]} is computed from the inputs by input layers and the "
                                   f"config states it apart from the width ({attrs}): taken as fixed")
                     changed = True
-    if hints.head_hidden_size is not None:
+    if hints.head_hidden_size is not None:  # a head read only by the readout
         for r in list(counts):
             r = g.find(r)
-            if g.size[r] == hints.head_hidden_size and g.size[r] != wsize and S.mark(
+            read_by_readouts = flow.readers.get(r) and all(all(o in S.finite for o in outs)
+                                                           for outs in flow.readers[r])
+            if g.size[r] == hints.head_hidden_size and g.size[r] != wsize and read_by_readouts and S.mark(
                     r, f"timm head_hidden_size={g.size[r]} (a head of its own size)", GUESS):
                 guesses[r] = (f"dim of size {g.size[r]} = the model's head_hidden_size (apart from num_features): "
                               "taken as fixed")
@@ -457,7 +489,8 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
         raise WidthError(f"width must be a positive int (the size of the width dimension), got {width!r}")
     g = DimGraph()
     _run_rules(g, cap.graph, gm if gm is not None else cap.graph_module, cap)
-    param_axes = {ph: g.node_dims[ph] for ph in cap.param_names}
+    placeholders = _one_placeholder_per_param(g, cap)
+    param_axes = {ph: g.node_dims[ph] for ph in placeholders}
 
     forced: set[int] = set()
     if width is not None:
@@ -466,7 +499,7 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
     S, root, source, guesses, notes = _solve(g, cap, param_axes, head_scaling, width, forced)
     finite = S.finite
     if root is None:
-        shapes = {ns[0]: tuple(g.size[d] for d in param_axes[ph]) for ph, ns in cap.param_names.items()}
+        shapes = {ns[0]: tuple(g.size[d] for d in param_axes[ph]) for ph, ns in placeholders.items()}
         raise WidthError(
             "no width dimension found: every parameter dimension is tied to the model's inputs or outputs, a kernel, "
             f"or a head_dim. Parameter shapes: {_short(shapes)}. If the model has a hidden size that should scale, "
@@ -484,10 +517,20 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
     for u, per, _c, _groups in g.grouped_convs:  # a fixed group width: each output channel is a small filter
         if g.size[per] <= 1 or g.find(per) in finite:
             u.kind, u.fan_in_axes, u.detail = "elementwise", (), "grouped_conv"
+    for ph, uses in g.uses.items():  # a table fed whole as data (rows of fixed count x scaling features)
+        dims = param_axes.get(ph, [])
+        for u in uses:
+            if u.detail != "data":
+                continue
+            rows = tuple(a for a in u.fan_out_axes if g.size[dims[a]] > 1 and g.find(dims[a]) in finite)
+            feats = tuple(a for a in u.fan_out_axes if g.size[dims[a]] > 1 and g.find(dims[a]) not in finite)
+            if rows and feats:
+                u.kind, u.fan_in_axes, u.fan_out_axes = "embedding", rows, feats
 
-    expr = lambda d: _dim_expr(g, finite, width_size, d)  # noqa: E731
+    composed = _composed_exprs(g, finite, width_size)
+    expr = lambda d: _dim_expr(g, finite, width_size, d, composed)  # noqa: E731
     params: dict[str, ParamDims] = {}
-    for ph, names in cap.param_names.items():
+    for ph, names in placeholders.items():
         dims = param_axes[ph]
         uses = g.uses.get(ph, [])
         why = [finite.get(g.find(d), "") if g.size[d] > 1 else "size 1" for d in dims]
@@ -497,7 +540,7 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
         pd.decided_by = _decided_by(pd, cap, g, guesses)
         params[names[0]] = pd
 
-    scaling = _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses)
+    scaling = _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, composed)
     candidates = sorted(((g.size[r], c) for r, c in counts.items()), key=lambda t: -t[1])
     if g.unknown_ops:
         notes.append("ops without a shape rule (their dims are unconstrained): " +
@@ -506,6 +549,23 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
                        finite, source, root, scaling, dict(S.kind), guesses)
     _warn(wa, width)
     return wa
+
+
+def _one_placeholder_per_param(g: DimGraph, cap: Capture) -> dict[str, list[str]]:
+    """A tied parameter can come as one placeholder per name: keep one, with every use and unified axes."""
+    groups: dict[str, list[str]] = {}
+    for ph, names in cap.param_names.items():
+        groups.setdefault(names[0], []).append(ph)
+    keep: dict[str, list[str]] = {}
+    for canon, phs in groups.items():
+        main = max(phs, key=lambda p: len(g.uses.get(p, [])))
+        for other in phs:
+            if other != main:
+                for a, b in zip(g.node_dims.get(other) or [], g.node_dims[main]):
+                    g.eq(a, b)
+                g.uses.setdefault(main, []).extend(g.uses.pop(other, []))
+        keep[main] = cap.param_names[main]
+    return keep
 
 
 def _decided_by(pd: ParamDims, cap: Capture, g: DimGraph, guesses: dict[int, str]) -> str:
@@ -519,17 +579,18 @@ def _decided_by(pd: ParamDims, cap: Capture, g: DimGraph, guesses: dict[int, str
     return "guess: " + "; ".join(why) if why else "graph"
 
 
-def _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses) -> list[ScalingDim]:
+def _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, composed) -> list[ScalingDim]:
     examples: dict[int, list[str]] = {}
     for ph, dims in param_axes.items():
         for a, d in enumerate(dims):
             r = g.find(d)
             if r in counts and len(examples.setdefault(r, [])) < 3:
-                examples[r].append(f"{cap.param_names[ph][0]}[{a}]")
+                examples[r].append(f"{cap.param_names[ph][0]}[{a}]")  # noqa: PERF401
     out = []
     for r in sorted(counts, key=lambda r: (r != root, -counts[r], g.size[r])):
         why = "width" if r == root else guesses.get(r, "")
-        out.append(ScalingDim(r, g.size[r], _dim_expr(g, {}, width_size, r), counts[r], examples.get(r, []), why))
+        out.append(ScalingDim(r, g.size[r], _dim_expr(g, {}, width_size, r, composed), counts[r],
+                              examples.get(r, []), why))
     return out
 
 
