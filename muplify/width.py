@@ -376,10 +376,10 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
     _group_widths(S, g, guesses, cap.hints.sizes)
     flow = _flow(g, param_axes, _input_dependent(cap.graph, cap))
 
-    out_roots: dict[int, str] = {}
+    out_roots: dict[int, list[str]] = {}
     for n in cap.user_outputs:
         for r in _roots(g, g.node_dims.get(n.name)):
-            out_roots.setdefault(r, cap.output_names.get(n.name) or n.name)
+            out_roots.setdefault(r, []).append(cap.output_names.get(n.name) or n.name)
     terminal = {r for r in set(out_roots) | {g.find(d) for d in g.selected}
                 if r not in S.finite and r not in flow.consumed and g.size[r] > 1}
 
@@ -396,25 +396,30 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
             notes.append(f"the model states its width as {hints.width_source}={hints.width}, but no scaling "
                          "dimension has that size; the width is the dimension most parameter axes use")
         root = _pick_width(g, counts, None)
-        if root is None:  # only readout-like dims left: the most-used of those
-            root = _pick_width(g, _count_axes(g, cap, param_axes, S.finite), None)
     if root is None:
         return S, None, source, guesses, notes
     S.forced.add(root)
     wsize = g.size[root]
 
-    # readout-like dims: produced, never read by a layer, reaching an output or a routing selection
+    # readout-like dims: produced, never read by a layer, reaching an output or a routing selection.  An output the
+    # model names as a feature (hidden states, pooled features) of the width's size scales; named logits/loss, or
+    # any other size, are readouts; an unnamed output of the width's size is taken as a readout, marked as a guess
     selected = {g.find(d): why for d, why in g.selected.items()}
     for r in sorted(terminal):
         if r in S.finite or r in S.forced:
             continue
-        if r in selected and r not in out_roots:
+        names = out_roots.get(r, [])
+        shown = ", ".join(f"'{n}'" for n in names[:2])
+        kinds = {_output_kind(n) for n in names}
+        if not names:
             S.mark(r, f"{selected[r]} and read by no layer (a router's choice axis)", READOUT)
-        elif g.size[r] == wsize:
-            guesses[r] = (f"dim of size {g.size[r]} reaching output '{out_roots.get(r, '?')}' is read by no layer "
-                          f"but has the width's size: taken to scale (a feature output); pass width= to choose")
-        else:
-            S.mark(r, f"reaches model output '{out_roots.get(r, '?')}' and no layer reads it (readout-like)", READOUT)
+        elif "readout" in kinds or g.size[r] != wsize:
+            S.mark(r, f"reaches model output {shown} and no layer reads it (readout-like)", READOUT)
+        elif "feature" in kinds:
+            continue  # a feature output of the width's size: it scales
+        elif S.mark(r, f"reaches model output {shown} and no layer reads it (readout-like)", READOUT):
+            guesses[r] = (f"output {shown} has the width's size ({g.size[r]}) and no layer reads it: taken as a "
+                          "readout (fixed); pass width= to make it scale")
     S.propagate()
 
     # dims of an activation x activation product outside attention (an SSM state): fixed, like head_dim
@@ -465,6 +470,21 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
                               "taken as fixed")
     S.propagate()
     return S, root, source, guesses, notes
+
+
+_READOUT_NAMES = ("logit", "loss", "score", "prediction")
+_FEATURE_NAMES = ("hidden", "pooler", "embed", "feature", "state")
+
+
+def _output_kind(path: str) -> str:
+    """What a model's own name for an output says it is: the last key of its path ("logits",
+    "text_model_output.pooler_output")."""
+    last = path.rsplit(".", 1)[-1].lower()
+    if any(k in last for k in _READOUT_NAMES):
+        return "readout"
+    if any(k in last for k in _FEATURE_NAMES):
+        return "feature"
+    return ""
 
 
 def _forced_for(g: DimGraph, param_axes: dict[str, list[int]], width: int, S: _Solver) -> set[int]:
@@ -594,6 +614,18 @@ def _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, compose
     return out
 
 
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside muplify, so that a warning points at the user's call."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    f, level = sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(here):
+        f, level = f.f_back, level + 1
+    return level
+
+
 def _warn(wa: WidthAnalysis, width: int | None) -> None:
     if width is None and wa.width_source == "most-used":
         others = sorted({s.size for s in wa.scaling_dims if s.size != wa.width_size})
@@ -601,14 +633,14 @@ def _warn(wa: WidthAnalysis, width: int | None) -> None:
             warnings.warn(
                 f"muplify took width={wa.width_size} (the dimension most parameter axes use); dimensions of sizes "
                 f"{others} scale too, as multiples of it. If the width you mean is another one, pass width=<its "
-                "size>; the plan lists every scaling dimension.", UserWarning, stacklevel=2)
+                "size>; the plan lists every scaling dimension.", UserWarning, stacklevel=_user_stacklevel())
     guessed = wa.guessed_params()
     if guessed:
         names = list(guessed)
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         first = guessed[names[0]].removeprefix("guess: ")
         warnings.warn(f"muplify guessed the role of {len(names)} parameter(s): {shown} (e.g. {first}). Check them in "
-                      "the plan, or override.", UserWarning, stacklevel=2)
+                      "the plan, or override.", UserWarning, stacklevel=_user_stacklevel())
 
 
 def _short(d: dict, n: int = 8) -> str:

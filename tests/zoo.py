@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["ZooEntry", "ZOO", "ZOO_NAMES", "build", "widths_for", "ensure_torchvision", "HEAD_DIM", "VOCAB", "SEQ",
+__all__ = ["ZooEntry", "ZOO", "ZOO_NAMES", "CORE_NAMES", "build", "widths_for", "ensure_torchvision", "HEAD_DIM", "VOCAB", "SEQ",
            "BATCH"]
 
 Built = tuple[nn.Module, tuple, dict]
@@ -1015,6 +1015,9 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
 ]}
 
 ZOO_NAMES: list[str] = list(ZOO)
+# the original eleven: the heavier per-model tests (training, torch.compile) run on these; tests/test_zoo_wide.py runs
+# the whole zoo
+CORE_NAMES: list[str] = ZOO_NAMES[:ZOO_NAMES.index("timm_resnet") + 1]
 
 
 def build(name: str, width: int | None = None) -> Built:
