@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import logging
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -327,22 +329,30 @@ class _Collect(logging.Handler):
 
 
 @contextlib.contextmanager
-def _quiet_torch_logs():
-    """torch logs long graph dumps while an export fails; keep them for ``CaptureError.details`` instead."""
+def _quiet_torch_output():
+    """A failing export logs warnings and prints the partial graph (hundreds of lines) to stderr: keep them for
+    ``CaptureError.details``.  What a successful capture writes (the model's own prints, warnings) is passed on."""
     handler = _Collect()
     loggers = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch._export",
                                                "torch.export", "torch._dynamo", "torch._functorch")]
-    saved = [(lg, lg.propagate, lg.level) for lg in loggers]
+    saved = [(lg, lg.propagate, list(lg.handlers)) for lg in loggers]
     for lg in loggers:
-        lg.addHandler(handler)
+        lg.handlers = [handler]  # torch attaches its own stream handlers to these loggers
         lg.propagate = False
+    out, err = io.StringIO(), io.StringIO()
+    ok = False
     try:
-        yield handler
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield handler
+        ok = True
     finally:
-        for lg, prop, lvl in saved:
-            lg.removeHandler(handler)
+        for lg, prop, handlers in saved:
+            lg.handlers = handlers
             lg.propagate = prop
-            lg.setLevel(lvl)
+        handler.lines += [s for s in (out.getvalue(), err.getvalue()) if s]
+        if ok:
+            sys.stdout.write(out.getvalue())
+            sys.stderr.write(err.getvalue())
 
 
 def _first_line(e: BaseException) -> str:
@@ -388,7 +398,7 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwarg
     try:
         # capture in the current mode: eval mode can switch nn.TransformerEncoderLayer to a fused fast path
         # that hides how each weight is used
-        with _quiet_torch_logs() as logs, _capture_patches(), _module_stack_tracker(stack, names):
+        with _quiet_torch_output() as logs, _capture_patches(), _module_stack_tracker(stack, names):
             ep = torch.export.export(model, example_inputs, example_kwargs, strict=False)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         tb = traceback.format_exc()
@@ -397,7 +407,7 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwarg
             mod = stack[-1]
             cls = next((types[i] for i, n in names.items() if n == mod), "")
             where = f" inside module '{mod}'" + (f" ({cls})" if cls else "")
-        details = tb + ("\n".join(["", "torch logs:"] + logs.lines) if logs.lines else "")
+        details = tb + ("\n".join(["", "torch logs and output:"] + logs.lines) if logs.lines else "")
         msg = (f"could not capture {type(model).__name__} with torch.export{where}: {type(e).__name__}: "
                f"{_first_line(e)}\nWhat to try: {_hint_for(e, tb)}\n"
                "(torch's full error is on err.details; set MUPLIFY_DEBUG=1 to print it here)")

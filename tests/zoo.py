@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["ZooEntry", "ZOO", "ZOO_NAMES", "CORE_NAMES", "build", "widths_for", "ensure_torchvision", "HEAD_DIM", "VOCAB", "SEQ",
+__all__ = ["ZooEntry", "ZOO", "ZOO_NAMES", "CORE_NAMES", "build", "declared_width", "widths_for", "ensure_torchvision", "HEAD_DIM", "VOCAB", "SEQ",
            "BATCH"]
 
 Built = tuple[nn.Module, tuple, dict]
@@ -839,6 +839,7 @@ class ZooEntry:
     # which attribute of the model holds its width: "config.<attr>" (transformers), a timm attribute, or "" when
     # the model has none (muplify then takes the dimension most parameter axes use)
     width_attr: str = ""
+    bare: bool = True  # muplify(model, base_width=...) can build the example inputs itself
 
 
 ZOO: dict[str, ZooEntry] = {e.name: e for e in [
@@ -1001,7 +1002,8 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("gru_lm", build_gru_lm, 32, 1, "torch",
              "Embedding(128, w) -> 2-layer bidirectional nn.GRU(w, w) -> Linear(2w, 128)"),
     ZooEntry("functional_readout", build_functional_readout, 32, 1, "custom",
-             "raw Parameters: E[idx] (128, w), F.linear MLP w -> 4w -> w, RMS gain w, readout h @ W.T (128, w)"),
+             "raw Parameters: E[idx] (128, w), F.linear MLP w -> 4w -> w, RMS gain w, readout h @ W.T (128, w); no "
+             "submodule to infer example inputs from (bare=False)", bare=False),
     ZooEntry("weight_norm", build_weight_norm, 32, 1, "custom",
              "Conv1d 8 -> w -> w with parametrizations.weight_norm, Linear(w, 10) with utils.weight_norm"),
     ZooEntry("relpos_mask_token", build_relpos_mask_token, 32, HEAD_DIM, "custom",
@@ -1024,6 +1026,21 @@ def build(name: str, width: int | None = None) -> Built:
     """Build zoo model ``name`` at ``width`` (default: its base width)."""
     entry = ZOO[name]
     return entry.build(entry.base_width if width is None else width)
+
+
+def declared_width(name: str, model: nn.Module) -> int:
+    """The width ``model`` (a build of zoo entry ``name``) states through its ``width_attr``; the builder's width
+    for entries without one."""
+    attr = ZOO[name].width_attr
+    if not attr:
+        raise ValueError(f"zoo entry {name} declares no width attribute")
+    obj = model
+    for part in attr.split("."):
+        key, _, index = part.partition("[")
+        obj = obj[key] if isinstance(obj, dict) else getattr(obj, key)
+        if index:
+            obj = obj[int(index.rstrip("]"))]
+    return int(obj)
 
 
 def widths_for(name: str) -> tuple[int, int]:
