@@ -49,29 +49,32 @@ def analysis_of(name: str, size: int, width: int | None = None):
 
 # ------------------------------------------------------------------------------------------------ 1. fixed dims
 def _select(op: str, logits: torch.Tensor) -> torch.Tensor:
-    """A per-row weight computed from ``logits`` (B, n) by one selection / counting / indexing op."""
+    """A per-row weight computed from ``logits`` (B, n) by one selection / counting / indexing op (the counting and
+    indexing ones take constant indices, so that only the op itself ties the axis)."""
     n = logits.shape[-1]
-    top = logits.argmax(-1)
+    idx = torch.arange(logits.shape[0], device=logits.device) % n
     if op == "topk":
         return logits.topk(2, dim=-1).values
     if op == "sort":
         return logits.sort(-1).values[:, -1:]
     if op == "argsort":
-        return logits.gather(1, logits.argsort(-1)[:, -1:])
+        return logits.argsort(-1)[:, -1:].float()
     if op == "argmax":
+        return logits.argmax(-1, keepdim=True).float()
+    if op == "max":
         return logits.max(-1, keepdim=True).values
     if op == "select":
         return logits[:, 0] * logits[:, 1]
     if op == "one_hot":
-        return F.one_hot(top, n) * logits
+        return F.one_hot(idx, n) * logits
     if op == "histc":
-        return logits * torch.histc(top.float(), bins=n, min=0, max=n - 1)
+        return logits * torch.histc(idx.float(), bins=n, min=0, max=n - 1)
     if op == "scatter":
-        return torch.zeros_like(logits).scatter(1, top[:, None], 1.0) * logits
+        return torch.zeros_like(logits).scatter(1, idx[:, None], 1.0) * logits
     if op == "index_add":
-        return torch.zeros_like(logits).index_add(1, torch.tensor([0, 1]), logits[:, :2])
+        return torch.zeros_like(logits).index_add(1, torch.tensor([0, 1]), torch.ones_like(logits[:, :2])) * logits
     if op == "gather":
-        return logits.gather(1, top[:, None])
+        return logits.gather(1, idx[:, None])
     raise ValueError(op)
 
 
@@ -88,7 +91,7 @@ class Probe(nn.Module):
         return self.out(h) * _select(self.op, self.proj(h)).sum(-1, keepdim=True)
 
 
-@pytest.mark.parametrize("op", ["topk", "sort", "argsort", "argmax", "select", "one_hot", "histc", "scatter",
+@pytest.mark.parametrize("op", ["topk", "sort", "argsort", "argmax", "max", "select", "one_hot", "histc", "scatter",
                                 "index_add", "gather"])
 def test_selected_counted_or_indexed_axis_is_fixed(op):
     mu = quiet_muplify(Probe(op), base_width=32, example_inputs=(X8,))
@@ -201,15 +204,20 @@ def test_feature_outputs_keep_the_width():
     ("hf_t5", "encoder.block.0.layer.1.DenseReluDense.wo.weight", "shared.weight"),
     ("hf_clip", "text_model.encoder.layers.0.mlp.fc2.weight", "text_projection.weight"),
     ("hf_whisper", "model.encoder.layers.0.fc2.weight", "model.decoder.embed_tokens.weight"),
+    ("hf_wav2vec2", "wav2vec2.encoder.layers.0.feed_forward.output_dense.weight", "lm_head.weight"),
 ])
-def test_named_feature_outputs_do_not_freeze_d_model(name, hidden, output):
+def test_named_feature_outputs_do_not_freeze_d_model(name, hidden, output, monkeypatch):
     """T5/Whisper return encoder_last_hidden_state, CLIP last_hidden_state and pooler_output: d_model scales; the
-    logits (and CLIP's fixed projection_dim) stay readouts."""
+    logits (and CLIP's fixed projection_dim) stay readouts, from graph evidence."""
     base, wide = widths_for(name)
     model, _, _ = build(name, wide)
+    seen = []
+    real = core.analyse
+    monkeypatch.setattr(core, "analyse", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     plan = quiet_muplify(model, base_width=base).plan
     assert plan.width == wide
     assert plan[hidden].role == "hidden" and plan[output].role == "output"
+    assert seen[0].params[output].decided_by == "graph"
 
 
 class TwoLayer(nn.Module):
