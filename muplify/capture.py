@@ -108,7 +108,7 @@ def _config_width(config, prefix: str = "config") -> tuple[int | None, str]:
     return None, ""
 
 
-def _config_sizes(d: dict, prefix: str, out: dict[int, list[str]]) -> None:
+def _config_sizes(d: dict, prefix: str, out: dict[int, list[str]], width_attr: str) -> None:
     for k, v in d.items():
         k = str(k)  # id2label-style dicts have int keys
         if k.endswith(("_id", "_ids", "2id", "2label")) or k.startswith("_"):
@@ -117,11 +117,13 @@ def _config_sizes(d: dict, prefix: str, out: dict[int, list[str]]) -> None:
         if _is_int(v) and v > 1:
             out.setdefault(v, []).append(name)
         elif isinstance(v, (list, tuple)) and v and all(_is_int(x) for x in v):
+            if width_attr.startswith(name + "["):
+                continue  # per-stage widths (hidden_sizes): the width's siblings scale with it
             for i, x in enumerate(v):
                 if x > 1:
                     out.setdefault(x, []).append(f"{name}[{i}]")
         elif isinstance(v, dict):
-            _config_sizes(v, name, out)
+            _config_sizes(v, name, out, width_attr)
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -136,7 +138,7 @@ def model_hints(model: nn.Module) -> ModelHints:
     if config is not None and hasattr(config, "to_dict"):
         hints.width, hints.width_source = _config_width(config)
         try:
-            _config_sizes(config.to_dict(), "config", hints.sizes)
+            _config_sizes(config.to_dict(), "config", hints.sizes, hints.width_source)
         except Exception:  # noqa: BLE001 - a config that cannot serialise gives no extra sizes
             pass
     elif _is_timm(model):
@@ -224,6 +226,8 @@ def _hf_example_inputs(model: nn.Module, dev) -> tuple[tuple, dict] | None:
     if main not in builders:
         return None
     kwargs: dict = {main: builders[main]()}
+    if main == "input_ids" and "attention_mask" in params:  # some families index it without a None check
+        kwargs["attention_mask"] = torch.ones_like(kwargs[main])
     if main == "input_ids" and "pixel_values" in params and hasattr(config, "vision_config"):
         kwargs["pixel_values"] = _pixels(config, dev)  # dual encoders (CLIP, SigLIP)
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:

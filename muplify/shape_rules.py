@@ -746,6 +746,8 @@ def _conv(g: DimGraph, node: fx.Node) -> None:
         g.eq(dx[0], do[0])
     for k in range(2, len(dw)):
         g.finite(dw[k], "kernel size")
+    if groups > 1 and g.size[dw[in_ax]] == 1:  # depthwise: each output channel filters one input channel
+        g.scale(do[c_axis], dx[c_axis])
     for k in range(c_axis + 1, len(dx)):  # output positions are an affine function of the input positions
         if k < len(do):
             g.scale(do[k], dx[k])

@@ -374,6 +374,9 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
     S = _Solver(g, set(forced))
     _hard_and_conventions(S, g, cap, head_scaling)
     _group_widths(S, g, guesses, cap.hints.sizes)
+    for u, per, _c, _groups in g.grouped_convs:  # a fixed group width: each output channel is a small filter
+        if g.size[per] <= 1 or g.find(per) in S.finite:
+            u.kind, u.fan_in_axes, u.detail = "elementwise", (), "grouped_conv"
     flow = _flow(g, param_axes, _input_dependent(cap.graph, cap))
 
     out_roots: dict[int, list[str]] = {}
@@ -534,9 +537,6 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
             notes.append(f"width dims {top} are used equally often; chose the smallest ({top[0]}); pass width= to "
                          "choose")
 
-    for u, per, _c, _groups in g.grouped_convs:  # a fixed group width: each output channel is a small filter
-        if g.size[per] <= 1 or g.find(per) in finite:
-            u.kind, u.fan_in_axes, u.detail = "elementwise", (), "grouped_conv"
     for ph, uses in g.uses.items():  # a table fed whole as data (rows of fixed count x scaling features)
         dims = param_axes.get(ph, [])
         for u in uses:
@@ -550,9 +550,15 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
     composed = _composed_exprs(g, finite, width_size)
     expr = lambda d: _dim_expr(g, finite, width_size, d, composed)  # noqa: E731
     params: dict[str, ParamDims] = {}
+    ph_nodes = {n.name: n for n in cap.graph.nodes if n.op == "placeholder"}
     for ph, names in placeholders.items():
         dims = param_axes[ph]
         uses = g.uses.get(ph, [])
+        if not uses and len(dims) > 1 and g.size[dims[0]] == 1 and ph in ph_nodes:
+            # unused and broadcast-shaped (a mask token (1, d), a cls token): the shape guess is "vector", marked as
+            # a guess by decided_by; any other unused parameter gets the plan's shape guess
+            uses = [Use("elementwise", ph_nodes[ph], -1, (), tuple(a for a, d in enumerate(dims) if g.size[d] > 1),
+                        "shape guess: unused, broadcast-shaped")]
         why = [finite.get(g.find(d), "") if g.size[d] > 1 else "size 1" for d in dims]
         why = [w or ("width" if g.find(d) == root else f"scales (size {g.size[d]})") for w, d in zip(why, dims)]
         pd = ParamDims(names[0], names, tuple(g.size[d] for d in dims), [expr(d) for d in dims], uses, ph,
@@ -589,7 +595,7 @@ def _one_placeholder_per_param(g: DimGraph, cap: Capture) -> dict[str, list[str]
 
 
 def _decided_by(pd: ParamDims, cap: Capture, g: DimGraph, guesses: dict[int, str]) -> str:
-    if pd.name in cap.unused_params or not pd.uses:
+    if pd.name in cap.unused_params or not pd.uses or all(u.detail.startswith("shape guess") for u in pd.uses):
         return "guess: not used by the captured forward (pass example inputs that use it); role from its shape"
     known = [u for u in pd.uses if u.kind != "unknown"]
     if not known:
