@@ -784,7 +784,7 @@ def _index_select(g: DimGraph, node: fx.Node) -> None:
             g.eq(di[i], do[i])
     g.finite(di[axis], "indexed by integer inputs")
     if g.is_param_derived(src):
-        g.use(node, 0, "embedding", (axis,), tuple(i for i in range(len(di)) if i != axis))
+        _lookup(g, node, src, (axis,), [None if i == axis else i for i in range(len(di))])
 
 
 @rule(aten.index.Tensor)
@@ -806,8 +806,19 @@ def _index(g: DimGraph, node: fx.Node) -> None:
         for t in range(tail):
             g.eq(di[len(di) - 1 - t], do[len(do) - 1 - t])
         if g.is_param_derived(src):
-            g.use(node, 0, "embedding", tuple(range(lead, lead + n_idx)),
-                  tuple(i for i in range(len(di)) if not lead <= i < lead + n_idx))
+            n_out_idx = len(do) - lead - tail  # the index tensors' broadcast axes
+            amap = list(range(lead)) + [None] * n_out_idx + list(range(lead + n_idx, len(di)))
+            _lookup(g, node, src, tuple(range(lead, lead + n_idx)), amap)
+
+
+def _lookup(g: DimGraph, node: fx.Node, src, indexed: tuple[int, ...], axis_map: list) -> None:
+    """Rows of a parameter read by integer indices.  Rows that are vectors make it an embedding table (fan-in: the
+    indexed axes); rows that are matrices make it a stack of weights (experts gathered per token), whose later
+    matmul says the fans: the result is a view of the parameter."""
+    if _ndim(g, src) - len(indexed) >= 2:
+        g.derive(node, src, axis_map)
+    else:
+        g.use(node, 0, "embedding", indexed, tuple(i for i in range(_ndim(g, src)) if i not in indexed))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

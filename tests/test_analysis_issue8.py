@@ -499,3 +499,24 @@ def test_headline_call_uses_the_analysis_fields(monkeypatch):
     plan = quiet_muplify(model, base_width=32).plan
     assert plan.width == seen[0].width_size == 64 and seen[0].width_source == "config.hidden_size"
     assert isinstance(seen[0].scaling_dims[0].expr, sympy.Expr)
+
+
+def test_expert_stacks_gathered_per_token_are_hidden(monkeypatch):
+    """transformers' batched_mm experts: gate_up_proj[expert_ids] (a matrix per token) then torch.bmm."""
+    import transformers
+
+    def make(w):
+        return transformers.MixtralForCausalLM(transformers.MixtralConfig(
+            vocab_size=128, hidden_size=w, intermediate_size=2 * w, num_hidden_layers=1, num_attention_heads=w // 16,
+            num_key_value_heads=w // 32, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+            max_position_embeddings=32, experts_implementation="batched_mm"))
+
+    oracle = oracle_roles(make, 32, 64)
+    seen = []
+    real = core.analyse
+    monkeypatch.setattr(core, "analyse", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    mu = quiet_muplify(make(64), base_width=32)
+    assert {n: mu.plan[n].role for n in oracle} == oracle
+    stack = seen[0].params["model.layers.0.mlp.experts.gate_up_proj"]
+    assert stack.axis_exprs[0] == 4 and stack.decided_by == "graph"
+    assert mu.plan["model.layers.0.mlp.experts.gate_up_proj"].role == "hidden"
