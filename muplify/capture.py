@@ -47,8 +47,9 @@ class ModelHints:
 
     width: int | None = None  # the model's declared width
     width_source: str = ""  # e.g. "config.hidden_size", "config.text_config.hidden_size", "timm embed_dim"
-    sizes: dict[int, list[str]] = field(default_factory=dict)  # other declared sizes: value -> attribute names
+    sizes: dict[int, list[str]] = field(default_factory=dict)  # other declared channel sizes: value -> attributes
     head_hidden_size: int | None = None  # timm: features of a conv/linear head after pooling, if not num_features
+    group_counts: set[int] = field(default_factory=set)  # values of config attributes naming a number of groups
 
 
 @dataclass
@@ -108,22 +109,33 @@ def _config_width(config, prefix: str = "config") -> tuple[int | None, str]:
     return None, ""
 
 
-def _config_sizes(d: dict, prefix: str, out: dict[int, list[str]], width_attr: str) -> None:
+# a config attribute names a channel size if its name says so and is not the size of something else
+_CHANNEL_WORDS = ("size", "dim", "embed", "hidden", "channel", "width", "rank", "feature")
+_OTHER_WORDS = ("image", "patch", "vocab", "position", "window", "kernel", "stride", "layer", "head", "label", "bucket",
+                "seq", "length", "token", "group", "expert", "chunk", "batch", "num_", "max_", "min_")
+
+
+def _config_sizes(d: dict, prefix: str, out: dict[int, list[str]], width_attr: str, width: int | None,
+                  groups: set[int]) -> None:
     for k, v in d.items():
         k = str(k)  # id2label-style dicts have int keys
-        if k.endswith(("_id", "_ids", "2id", "2label")) or k.startswith("_"):
+        if isinstance(v, dict):
+            _config_sizes(v, f"{prefix}.{k}", out, width_attr, width, groups)
+            continue
+        low = k.lower()
+        if "group" in low and _is_int(v) and v > 1:
+            groups.add(v)
+        if k.startswith("_") or not any(w in low for w in _CHANNEL_WORDS) or any(w in low for w in _OTHER_WORDS):
             continue
         name = f"{prefix}.{k}"
         if _is_int(v) and v > 1:
             out.setdefault(v, []).append(name)
         elif isinstance(v, (list, tuple)) and v and all(_is_int(x) for x in v):
-            if width_attr.startswith(name + "["):
-                continue  # per-stage widths (hidden_sizes): the width's siblings scale with it
+            if width_attr.startswith(name + "[") or width in v:
+                continue  # per-stage widths (hidden_sizes, a list holding the width): siblings that scale with it
             for i, x in enumerate(v):
                 if x > 1:
                     out.setdefault(x, []).append(f"{name}[{i}]")
-        elif isinstance(v, dict):
-            _config_sizes(v, name, out, width_attr)
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -138,7 +150,8 @@ def model_hints(model: nn.Module) -> ModelHints:
     if config is not None and hasattr(config, "to_dict"):
         hints.width, hints.width_source = _config_width(config)
         try:
-            _config_sizes(config.to_dict(), "config", hints.sizes, hints.width_source)
+            _config_sizes(config.to_dict(), "config", hints.sizes, hints.width_source, hints.width,
+                          hints.group_counts)
         except Exception:  # noqa: BLE001 - a config that cannot serialise gives no extra sizes
             pass
     elif _is_timm(model):

@@ -71,6 +71,7 @@ class DimGraph:
     # grouped convs: (use, per-group input-channel dim, input-channel dim of the activation, groups)
     grouped_convs: list = field(default_factory=list)
     item_origins: dict[tuple[str, int], list] = field(default_factory=dict)  # (tuple node, index) -> origins
+    slices: dict[int, int] = field(default_factory=dict)  # dim of a slice's output -> the sliced dim
     # (node, dim) contracted between two activations outside attention (an SSM state, a contrastive embedding)
     act_contractions: list = field(default_factory=list)
 
@@ -437,6 +438,8 @@ def _slice(g: DimGraph, node: fx.Node) -> None:
         return
     for i, (a, b) in enumerate(zip(di, do)):
         g.eq(a, b)  # only unifies axes the slice leaves whole (eq ignores different sizes)
+        if g.size[a] != g.size[b] and g.size[b] > 0:
+            g.slices[b] = a
     g.derive(node, src, list(range(len(do))))
 
 
@@ -527,7 +530,22 @@ def _cat(g: DimGraph, node: fx.Node) -> None:
                 g.eq(dp[k], do[k])
         sizes.append(dp[axis])
     g.sum(do[axis], sizes)
+    _reassembled(g, do[axis], sizes)
     _combine_params(g, node, node.args[0], lambda dp: list(range(len(dp))))
+
+
+def _reassembled(g: DimGraph, out: int, parts: list[int]) -> None:
+    """cat of slices that tile one axis (partial rotary: x[..., :r] rotated, x[..., r:] kept) is that axis again."""
+    if len(parts) < 2:
+        return
+    by_root: dict[int, set[int]] = {}
+    for s, src in g.slices.items():  # slices of several tensors can share a root (q and k rotated by one cos)
+        by_root.setdefault(g.find(s), set()).add(g.find(src))
+    common = set.intersection(*(by_root.get(g.find(p), set()) for p in parts))
+    total = sum(g.size[p] for p in parts)
+    for src in common:
+        if g.size[src] == total:
+            g.eq(out, src)
 
 
 def _combine_params(g: DimGraph, node: fx.Node, parts, axis_map_of) -> None:

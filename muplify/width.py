@@ -322,10 +322,10 @@ def _hard_and_conventions(S: _Solver, g: DimGraph, cap: Capture, head_scaling: s
     S.propagate()
 
 
-def _group_widths(S: _Solver, g: DimGraph, guesses: dict[int, str], declared: dict[int, list[str]]) -> None:
+def _group_widths(S: _Solver, g: DimGraph, guesses: dict[int, str], declared: set[int]) -> None:
     """Grouped convs: with channel counts that differ, a per-group width shared by all of them is fixed (RegNet's
     group width) and a shared group count means the group width scales (ResNeXt's cardinality).  One channel count
-    only: the group width is taken as fixed, marked as a guess."""
+    only: a group count the config declares is fixed, else the group width is taken as fixed, marked as a guess."""
     convs = [(u, per, g.size[per], g.size[c], groups) for u, per, c, groups in g.grouped_convs if g.size[per] > 1]
     if not convs:
         return
@@ -335,7 +335,7 @@ def _group_widths(S: _Solver, g: DimGraph, guesses: dict[int, str], declared: di
     if len(channels) > 1 and len(widths) == 1:
         for _, per, s, _, _ in convs:
             S.mark(per, f"group width {s} shared by grouped convs of {sorted(channels)} channels", CONVENTION)
-    elif len(channels) > 1 and len(counts) == 1 or counts <= set(declared):
+    elif len(channels) > 1 and len(counts) == 1 or counts <= declared:
         return  # a fixed group count (cardinality): the group width scales
     else:
         for _, per, s, c, gr in convs:
@@ -373,7 +373,7 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
     notes: list[str] = []
     S = _Solver(g, set(forced))
     _hard_and_conventions(S, g, cap, head_scaling)
-    _group_widths(S, g, guesses, cap.hints.sizes)
+    _group_widths(S, g, guesses, cap.hints.group_counts)
     for u, per, _c, _groups in g.grouped_convs:  # a fixed group width: each output channel is a small filter
         if g.size[per] <= 1 or g.find(per) in S.finite:
             u.kind, u.fan_in_axes, u.detail = "elementwise", (), "grouped_conv"

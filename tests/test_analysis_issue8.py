@@ -520,3 +520,37 @@ def test_expert_stacks_gathered_per_token_are_hidden(monkeypatch):
     stack = seen[0].params["model.layers.0.mlp.experts.gate_up_proj"]
     assert stack.axis_exprs[0] == 4 and stack.decided_by == "graph"
     assert mu.plan["model.layers.0.mlp.experts.gate_up_proj"].role == "hidden"
+
+
+class PartialRotaryQNorm(nn.Module):
+    """Attention with a per-head q/k RMSNorm (head_dim 16, fixed) and rotary on 4 of the 16 channels: the rotated
+    and the passed slices are concatenated back, which must be the head_dim again."""
+
+    def __init__(self, d: int = 64):
+        super().__init__()
+        self.h = d // 16
+        self.embed, self.q, self.k, self.v, self.o = (nn.Embedding(100, d), nn.Linear(d, d), nn.Linear(d, d),
+                                                      nn.Linear(d, d), nn.Linear(d, d))
+        self.q_norm, self.k_norm = nn.RMSNorm(16), nn.RMSNorm(16)
+        self.readout = nn.Linear(d, 100)
+
+    def rotate(self, x):
+        rot, rest = x[..., :4], x[..., 4:]
+        rot = torch.cat([-rot[..., 2:], rot[..., :2]], dim=-1)
+        return torch.cat([rot, rest], dim=-1)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        B, T, _ = x.shape
+        q = self.rotate(self.q_norm(self.q(x).view(B, T, self.h, 16)).transpose(1, 2))
+        k = self.rotate(self.k_norm(self.k(x).view(B, T, self.h, 16)).transpose(1, 2))
+        v = self.v(x).view(B, T, self.h, 16).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+        return self.readout(x + self.o(y))
+
+
+def test_partial_rotary_slices_reassemble_the_head_dim():
+    oracle = oracle_roles(PartialRotaryQNorm, 32, 64)
+    mu = quiet_muplify(PartialRotaryQNorm(64), base_width=32)
+    assert {n: mu.plan[n].role for n in oracle} == oracle
+    assert mu.plan["q_norm.weight"].role == "fixed" and mu.plan["k_norm.weight"].role == "fixed"
