@@ -1,16 +1,22 @@
 """Per-op dimension rules: how each ATen op relates the dimensions of its inputs and outputs.
 
 Every tensor axis in the captured graph is a *dim*.  A rule says, for one op, which dims are equal (``eq``), which
-are products or sums of others (``prod``/``sum``, from reshape, cat, split), which are finite by construction
-(``finite``: kernel sizes, class dims indexed by a target), and how a parameter operand is *used* (``use``: which
-axes are contracted = fan_in, which survive into the output = fan_out).  Supporting a new op is one function:
+are products or sums of others (``prod``/``sum``, from reshape, cat, split) or fixed multiples (``scale``: an RNN's
+gate axis, a conv's output positions), which are finite by construction (``finite``: kernel sizes, axes indexed,
+counted or written by integers, the stack axis of a weight used as independent matrices), which are merely
+*selected* along (``selected``: topk/sort/argmax; finite only if no layer reads them), and how a parameter operand is
+*used* (``use``: which axes are contracted = fan_in, which survive into the output = fan_out).  A parameter that an op
+reads as data rather than as a weight (a learned table fed to a norm) gets an elementwise use with detail "data";
+views of a parameter (transposes, slices, ``W[e]``, weight norm's direction, cat/stack of parameters) carry its origin
+so that the op using the view records the use.  Supporting a new op is one function:
 
     @rule(torch.ops.aten.my_op.default)
     def _my_op(g: DimGraph, node: fx.Node) -> None:
         g.eq_axes(node.args[0], node)            # e.g. shape-preserving
 
-Ops tagged ``pointwise`` by ATen need no rule.  Ops with no rule leave their output dims unconstrained and are
-listed in the plan's notes.
+Ops tagged ``pointwise`` by ATen need no rule; an in-place op uses its out-of-place op's rule; a custom op can be
+registered by its name (``RULES["ns.op.default"] = fn``).  Ops with no rule leave their output dims unconstrained,
+are listed in the plan's notes, and a parameter used only by them is a marked guess.
 """
 from __future__ import annotations
 

@@ -5,10 +5,14 @@
     >>> out = model(*args, **kwargs)
 
 Each builder is ``build(width) -> (model, example_inputs, example_kwargs)``: random init, no downloads (HF models come
-from config objects, timm models from ``pretrained=False``), CPU-sized (widths 16..64, resnet stages up to 8w, 2 layers,
-vocab 128, batch 2, sequence 8, images 32x32).  ``width`` is the model's natural hidden size; unless an entry says
-otherwise the head dimension is fixed at 16 and the number of heads grows with width (muplify's default
-``head_scaling="heads"``).
+from config objects, timm models from ``pretrained=False``), CPU-sized (widths 16..64, resnet stages up to 8w, 1-2
+layers, vocab 128, batch 2, sequence 8, images 32x32).  ``width`` is the model's natural hidden size; unless an entry
+says otherwise the head dimension is fixed at 16 and the number of heads grows with width (muplify's default
+``head_scaling="heads"``).  Each entry says what scales (``scales``) and which attribute of the model holds its width
+(``width_attr``: "config.hidden_size", timm's "embed_dim", ...; empty for models without one, whose width muplify
+takes as the most-used dimension); :func:`declared_width` reads it.  ``CORE_NAMES`` are the original eleven, on which
+the heavier per-model tests run; tests/test_zoo_wide.py runs the whole zoo (issue 8: decoder-only, MoE, SSM/hybrid,
+encoders, encoder-decoders, dual encoders, speech, timm ViTs/CNNs, torch.nn with masks, RNNs, hand-written patterns).
 Dropout is 0 everywhere so forwards are deterministic; models are left in train mode, as constructed.
 
 Example inputs are drawn from a fixed-seed CPU generator and moved to ``torch.get_default_device()``, so building
