@@ -282,7 +282,8 @@ def pointwise(g: DimGraph, node: fx.Node) -> None:
           "native_dropout.default", "feature_dropout.default", "alpha_dropout.default", "hardtanh_.default",
           "relu_.default", "silu_.default", "gelu_.default", "sigmoid_.default", "tanh_.default",
           "hardswish.default", "hardsigmoid.default", "hardtanh.default", "mish.default", "softplus.default",
-          "elu.default", "leaky_relu.default", "celu.default", "selu.default", "log_sigmoid.default", "bernoulli.float", "bernoulli_.float", "bernoulli_.Tensor"),
+          "elu.default", "leaky_relu.default", "celu.default", "selu.default", "log_sigmoid.default",
+          "bernoulli.float", "bernoulli_.float", "bernoulli_.Tensor"),
 )
 def _same_shape(g: DimGraph, node: fx.Node) -> None:
     src = node.args[0]

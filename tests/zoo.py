@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["ZooEntry", "ZOO", "ZOO_NAMES", "CORE_NAMES", "build", "declared_width", "widths_for", "ensure_torchvision", "HEAD_DIM", "VOCAB", "SEQ",
-           "BATCH"]
+__all__ = ["ZooEntry", "ZOO", "ZOO_NAMES", "CORE_NAMES", "build", "declared_width", "widths_for", "ensure_torchvision",
+           "HEAD_DIM", "VOCAB", "SEQ", "BATCH"]
 
 Built = tuple[nn.Module, tuple, dict]
 
