@@ -1,10 +1,11 @@
-"""Shared helpers for the muplify benchmarks (data, environment info, resumable result files, timing).
+"""Shared helpers for the muplify benchmarks (environment info, resumable result files, timing).
+
+The data and the training loop come from the library: ``muplify.tools.corpus`` and ``muplify.tools.train``.
 
 Only the standard library, torch and numpy are needed here; matplotlib/tqdm are imported by the scripts that use them.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -12,7 +13,6 @@ import platform
 import re
 import statistics
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -76,62 +76,6 @@ def import_muplify():
         return muplify, None
     except Exception as e:  # ImportError while the core is being written, or anything it raises on import
         return None, f"{type(e).__name__}: {e}"
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# data: byte-level text from the running interpreter's standard library
-# ----------------------------------------------------------------------------------------------------------------------
-_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
-
-
-class ByteCorpus:
-    """The stdlib's ``.py``/``.txt`` files as bytes (vocab 256), split into train/validation *by file*.
-
-    A file goes to validation when the first 8 hex digits of sha1(relative path) / 2**32 < ``val_fraction``, so the
-    split is deterministic and independent of the file system's listing order.  Files are concatenated in sorted order
-    with a 0 byte between them.  Windows of ``seq_len + 1`` bytes are sampled uniformly with a seeded generator.
-    """
-
-    def __init__(self, root: str | None = None, val_fraction: float = 0.1, exts=(".py", ".txt")):
-        self.root = Path(root or sysconfig.get_paths()["stdlib"])
-        train, val = [], []
-        self.n_files = {"train": 0, "val": 0}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-            for fn in sorted(filenames):
-                if not fn.endswith(exts):
-                    continue
-                path = Path(dirpath) / fn
-                rel = path.relative_to(self.root).as_posix()
-                try:
-                    data = path.read_bytes()
-                except OSError:
-                    continue
-                if not data:
-                    continue
-                h = int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) / 2**32
-                split = "val" if h < val_fraction else "train"
-                (val if split == "val" else train).append(data)
-                self.n_files[split] += 1
-        if not train or not val:
-            raise RuntimeError(f"no text found under {self.root}")
-        self.train = torch.frombuffer(bytearray(b"\0".join(train)), dtype=torch.uint8)
-        self.val = torch.frombuffer(bytearray(b"\0".join(val)), dtype=torch.uint8)
-
-    def describe(self) -> dict:
-        return {
-            "root": str(self.root),
-            "files": dict(self.n_files),
-            "bytes": {"train": int(self.train.numel()), "val": int(self.val.numel())},
-            "val_sha1": hashlib.sha1(self.val.numpy().tobytes()).hexdigest()[:16],
-        }
-
-    def batch(self, split: str, gen: torch.Generator, batch_size: int, seq_len: int):
-        data = self.train if split == "train" else self.val
-        starts = torch.randint(0, data.numel() - seq_len - 1, (batch_size,), generator=gen)
-        idx = starts[:, None] + torch.arange(seq_len + 1)[None, :]
-        chunk = data[idx].long()
-        return chunk[:, :-1], chunk[:, 1:]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -29,11 +29,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ByteCorpus, ResultStore, env_info, finite_or_none, import_muplify, set_threads  # noqa: E402
+from common import ResultStore, env_info, finite_or_none, import_muplify, set_threads  # noqa: E402
 
 from muplify.models import GPT  # noqa: E402
+from muplify.tools.corpus import ByteCorpus, stdlib_corpus  # noqa: E402
+from muplify.tools.train import TrainOptions, lr_factor, train  # noqa: E402
 
 UNIFORM_LOSS = math.log(256)  # loss of the uniform byte predictor: the "capped" loss for diverged runs in plots
+
+# --axis depth: widths are replaced by layer counts at a fixed width (benchmarks/depth_transfer.py)
+DEPTH_PRESETS = {
+    "full": dict(depths=[2, 4, 8, 16], lrs=[-11, -10, -9, -8, -7, -6, -5], steps=300, seeds=2, batch_size=8,
+                 seq_len=64, eval_batches=8, out="out/depth_transfer"),
+    "quick": dict(depths=[2, 4], lrs=[-9, -8, -7], steps=30, seeds=1, batch_size=4, seq_len=32, eval_batches=2,
+                  out="out/depth_transfer_quick"),
+}
 
 PRESETS = {
     # Sized for ~40 minutes on 2 CPU cores (measured fwd+bwd+AdamW step at batch 16, seq 128, 2 layers:
@@ -76,14 +86,21 @@ def parse_lr(tok: str) -> float:
 # ----------------------------------------------------------------------------------------------------------------------
 # one run
 # ----------------------------------------------------------------------------------------------------------------------
-def lr_factor(step: int, steps: int, warmup: int, schedule: str, final_frac: float = 0.1) -> float:
-    """Linear warmup to 1, then constant or cosine decay to ``final_frac`` (a LambdaLR factor: per-group ratios stay)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+def _optimizer(cfg: dict, model, lr: float, mu: bool):
+    """AdamW, or Muon on the hidden matrices with an AdamW fallback (SP: the same split, no μP rules)."""
+    adamw = dict(weight_decay=cfg["weight_decay"], betas=(0.9, 0.95))
+    if cfg.get("optimizer") != "muon":
+        return model.optimizer(torch.optim.AdamW, lr=lr, **adamw) if mu else \
+            torch.optim.AdamW(model.parameters(), lr=lr, **adamw)
+    fallback = (torch.optim.AdamW, dict(lr=2.0 ** cfg["fallback_log2_lr"], **adamw))
+    if mu:
+        return model.optimizer(torch.optim.Muon, lr=lr, weight_decay=cfg["weight_decay"], fallback=fallback)
+    from muplify.optim import CombinedOptimizer
+
+    hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith(("wte", "wpe", "lm_head"))]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() == 2 and not n.startswith(("wte", "wpe", "lm_head")))]
+    return CombinedOptimizer([torch.optim.Muon(hidden, lr=lr, weight_decay=cfg["weight_decay"]),
+                              fallback[0](rest, **fallback[1])])
 
 
 def make_model_and_opt(cfg: dict, muplify_fn):
@@ -91,17 +108,17 @@ def make_model_and_opt(cfg: dict, muplify_fn):
     model = GPT(vocab_size=256, d_model=cfg["width"], n_layer=cfg["n_layer"], head_dim=32, block_size=cfg["seq_len"],
                 attn="sdpa", tie_weights=cfg["tie_weights"], init="gpt2")
     lr = 2.0 ** cfg["log2_lr"]
-    opt_kwargs = dict(lr=lr, weight_decay=cfg["weight_decay"], betas=(0.9, 0.95))
     info: dict = {}
     if cfg["param"] == "sp":
-        opt = torch.optim.AdamW(model.parameters(), **opt_kwargs)
+        opt = _optimizer(cfg, model, lr, mu=False)
     else:
         example = (torch.randint(0, 256, (2, cfg["seq_len"])),)
+        depth = {"base_depth": cfg["base_depth"]} if cfg["param"] == "completep" else {}
         t0 = time.perf_counter()
         model = muplify_fn(model, base_width=cfg["base_width"], example_inputs=example,
-                           readout_zero_init=cfg["readout_zero_init"], query_zero_init=cfg["query_zero_init"])
+                           readout_zero_init=cfg["readout_zero_init"], query_zero_init=cfg["query_zero_init"], **depth)
         info["muplify_seconds"] = time.perf_counter() - t0
-        opt = model.optimizer(torch.optim.AdamW, **opt_kwargs)
+        opt = _optimizer(cfg, model, lr, mu=True)
         try:
             roles: dict = {}
             for _, pp in model.plan.items():
@@ -119,77 +136,45 @@ def make_model_and_opt(cfg: dict, muplify_fn):
     return model, opt, info
 
 
-@torch.no_grad()
-def evaluate(model, eval_batches) -> float:
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for x, y in eval_batches:
-        _, loss = model(x, y)
-        total += float(loss)
-    model.train(was_training)
-    return total / len(eval_batches)
+def train_options(cfg: dict) -> TrainOptions:
+    return TrainOptions(steps=cfg["steps"], warmup_steps=cfg["warmup"], schedule=cfg["schedule"],
+                        grad_clip=cfg["grad_clip"] or None, seed=None)
 
 
 def run_one(cfg: dict, corpus: ByteCorpus, eval_batches, muplify_fn) -> dict:
     t_start = time.perf_counter()
     model, opt, info = make_model_and_opt(cfg, muplify_fn)
-    steps, warmup = cfg["steps"], cfg["warmup"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup, cfg["schedule"]))
+    options = train_options(cfg)
     # probe the learning rates the optimizer actually uses inside step() (after muplify's own pre-hook, which
     # multiplies group["lr"] by group["lr_mult"] for the duration of the step)
     seen: dict = {}
     opt.register_step_pre_hook(lambda o, a, k: seen.__setitem__("lrs", [g["lr"] for g in o.param_groups]))
-    gen = torch.Generator().manual_seed(1000 + cfg["seed"])  # same batches for every width / lr / param at a seed
-    log_every = max(1, steps // 20)
-    curve, diverged, last = [], False, float("nan")
-    model.train()
-    t_train = time.perf_counter()
-    done = 0
-    for step in range(steps):
-        x, y = corpus.batch("train", gen, cfg["batch_size"], cfg["seq_len"])
-        _, loss = model(x, y)
-        last = float(loss)
-        if not math.isfinite(last):
-            diverged = True
-            curve.append([step, None])
-            break
-        loss.backward()
-        if cfg["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        done += 1
-        if step % log_every == 0 or step == steps - 1:
-            curve.append([step, last])
-    train_s = time.perf_counter() - t_train
+    # the same batches for every width / lr / param at a seed
+    batches = corpus.batches("train", cfg["batch_size"], cfg["seq_len"], seed=1000 + cfg["seed"])
+    res = train(model, opt, batches, options, val_batches=eval_batches)
     # the μP per-group ratios must survive the scheduler: at the last step, every group's effective lr must be
     # base lr x schedule factor x its μP multiplier
     ratios_ok = None
-    if done > 0 and "lrs" in seen:
-        f = lr_factor(done - 1, steps, warmup, cfg["schedule"]) * 2.0 ** cfg["log2_lr"]
-        ratios_ok = all(math.isclose(eff, f * g.get("lr_mult", 1.0), rel_tol=1e-6)
+    if res.steps_done > 0 and "lrs" in seen:
+        f = lr_factor(res.steps_done - 1, options)
+        ratios_ok = all(math.isclose(eff, f * g.get("initial_lr", g["lr"]) * g.get("lr_mult", 1.0), rel_tol=1e-6)
                         for eff, g in zip(seen["lrs"], opt.param_groups))
-    val = float("nan") if diverged else evaluate(model, eval_batches)
-    if not math.isfinite(val):
-        diverged = True
     return {
-        "status": "diverged" if diverged else "ok",
-        "val_loss": finite_or_none(val),
-        "train_loss_last": finite_or_none(last),
-        "diverged": diverged,
-        "steps_done": done,
-        "train_curve": curve,
+        "status": "diverged" if res.diverged else "ok",
+        "val_loss": finite_or_none(res.val_loss),
+        "train_loss_last": finite_or_none(res.train_loss),
+        "diverged": res.diverged,
+        "steps_done": res.steps_done,
+        "train_curve": [[step, finite_or_none(loss)] for step, loss in res.curve],
         "seconds": time.perf_counter() - t_start,
-        "ms_per_step": 1e3 * train_s / max(1, done + int(diverged)),
+        "ms_per_step": res.ms_per_step,
         "schedule_ratios_preserved": ratios_ok,
         **info,
     }
 
 
 def safe_run(cfg: dict, corpus, eval_batches, muplify_fn, import_error) -> dict:
-    if cfg["param"] == "mup" and muplify_fn is None:
+    if cfg["param"] != "sp" and muplify_fn is None:
         return {"status": "error", "error": f"import: {import_error}"}
     try:
         return run_one(cfg, corpus, eval_batches, muplify_fn)
@@ -200,12 +185,15 @@ def safe_run(cfg: dict, corpus, eval_batches, muplify_fn, import_error) -> dict:
 _POOL: dict = {}
 
 
+def validation_batches(corpus: ByteCorpus, n: int, batch_size: int, seq_len: int) -> list:
+    """The fixed held-out batches every run is evaluated on."""
+    return corpus.fixed_batches("val", n, batch_size, seq_len, seed=12345)
+
+
 def _pool_init(threads: int, batch_size: int, seq_len: int, eval_batches_n: int) -> None:
     set_threads(threads)
-    corpus = ByteCorpus()
-    eval_gen = torch.Generator().manual_seed(12345)
-    _POOL.update(corpus=corpus, eval_batches=[corpus.batch("val", eval_gen, batch_size, seq_len)
-                                              for _ in range(eval_batches_n)])
+    corpus = stdlib_corpus()
+    _POOL.update(corpus=corpus, eval_batches=validation_batches(corpus, eval_batches_n, batch_size, seq_len))
     _POOL["muplify_fn"], _POOL["import_error"] = import_muplify()
 
 
@@ -216,12 +204,22 @@ def _pool_run(cfg: dict):
 # ----------------------------------------------------------------------------------------------------------------------
 # analysis
 # ----------------------------------------------------------------------------------------------------------------------
+LABELS = {"sp": "SP", "mup": "μP", "completep": "μP+CompleteP"}
+TITLES = {"sp": "SP: plain model", "mup": "μP: muplify + mu.optimizer",
+          "completep": "μP+CompleteP: muplify(base_depth=) + mu.optimizer"}
+
+
+def size_key(cfg: dict) -> str:
+    """What the sweep varies: the width, or (``axis="depth"``) the number of layers."""
+    return "n_layer" if cfg.get("axis") == "depth" else "width"
+
+
 def collect(store: ResultStore, cfgs: list[dict]):
-    """losses[param][width][log2_lr] = mean val loss over seeds (inf if any seed diverged; None if incomplete)."""
+    """losses[param][size][log2_lr] = mean val loss over seeds (inf if any seed diverged; None if incomplete)."""
     per: dict = {}
     for cfg in cfgs:
         rec = store.get(cfg)
-        slot = per.setdefault(cfg["param"], {}).setdefault(cfg["width"], {}).setdefault(cfg["log2_lr"], [])
+        slot = per.setdefault(cfg["param"], {}).setdefault(cfg[size_key(cfg)], {}).setdefault(cfg["log2_lr"], [])
         if rec is None or rec.get("status") not in ("ok", "diverged"):
             slot.append(None)
         else:
@@ -235,7 +233,9 @@ def collect(store: ResultStore, cfgs: list[dict]):
     return losses
 
 
-def analyze(losses: dict, widths: list[int], lrs: list[float], base_width: int) -> dict:
+def analyze(losses: dict, widths: list[int], lrs: list[float], base_width: int, axis: str = "width") -> dict:
+    """Optima per size, how far they move, whether the best loss improves with size, and the targets: along width
+    μP's optimum stays (≤ 1 grid step) while SP's moves (≥ 2); along depth the same for μP+CompleteP vs μP."""
     summary: dict = {"params": {}, "targets": {}}
     lo_w, hi_w = min(widths), max(widths)
     for p, by_w in losses.items():
@@ -263,37 +263,39 @@ def analyze(losses: dict, widths: list[int], lrs: list[float], base_width: int) 
     def target(name, ok, detail):
         summary["targets"][name] = {"status": "N/A" if ok is None else ("PASS" if ok else "FAIL"), "detail": detail}
 
-    mup, sp = summary["params"].get("mup", {}), summary["params"].get("sp", {})
-    s = mup.get("shift_total_steps")
-    target("mup_optimum_shift_le_1", None if s is None else abs(s) <= 1,
-           f"μP optimum moves {s} grid steps from width {lo_w} to {hi_w} (target: |shift| <= 1)")
-    s = sp.get("shift_total_steps")
-    target("sp_optimum_shift_ge_2", None if s is None else abs(s) >= 2,
-           f"SP optimum moves {s} grid steps from width {lo_w} to {hi_w} (target: |shift| >= 2)")
-    complete = mup and len(mup.get("best", {})) == len(widths)
-    target("mup_best_loss_monotone", mup.get("best_loss_monotone") if complete else None,
-           "μP best validation loss " + " > ".join(
-               f"{mup['best'][w]['val_loss']:.4f}@{w}" for w in widths if w in mup.get("best", {}))
-           + " (target: strictly decreasing with width)")
-    # base-width identity: μP at width == base_width should train exactly like SP
-    if base_width in widths and "sp" in losses and "mup" in losses:
+    stay, move = ("completep", "mup") if axis == "depth" else ("mup", "sp")
+    good, bad = summary["params"].get(stay, {}), summary["params"].get(move, {})
+    s = good.get("shift_total_steps")
+    target(f"{stay}_optimum_shift_le_1", None if s is None else abs(s) <= 1,
+           f"{LABELS[stay]} optimum moves {s} grid steps from {axis} {lo_w} to {hi_w} (target: |shift| <= 1)")
+    s = bad.get("shift_total_steps")
+    target(f"{move}_optimum_shift_ge_2", None if s is None else abs(s) >= 2,
+           f"{LABELS[move]} optimum moves {s} grid steps from {axis} {lo_w} to {hi_w} (target: |shift| >= 2)")
+    complete = good and len(good.get("best", {})) == len(widths)
+    target(f"{stay}_best_loss_monotone", good.get("best_loss_monotone") if complete else None,
+           f"{LABELS[stay]} best validation loss " + " > ".join(
+               f"{good['best'][w]['val_loss']:.4f}@{w}" for w in widths if w in good.get("best", {}))
+           + f" (target: strictly decreasing with {axis})")
+    # identity at the base size: μP at base width trains exactly like SP (CompleteP at base depth like μP)
+    if base_width in widths and move in losses and stay in losses:
         diffs = []
         for lr in lrs:
-            a, b = losses["sp"].get(base_width, {}).get(lr), losses["mup"].get(base_width, {}).get(lr)
+            a, b = losses[move].get(base_width, {}).get(lr), losses[stay].get(base_width, {}).get(lr)
             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
                 diffs.append(abs(a - b))
         summary["base_width_max_abs_diff"] = max(diffs) if diffs else None
     return summary
 
 
-def format_table(losses: dict, widths, lrs, summary) -> str:
+def format_table(losses: dict, widths, lrs, summary, axis: str = "width") -> str:
     out = []
-    for p in ("sp", "mup"):
+    tag = "L" if axis == "depth" else "w"
+    for p in LABELS:
         if p not in losses:
             continue
         best = summary["params"].get(p, {}).get("best", {})
-        out.append(f"\n{'SP (plain AdamW)' if p == 'sp' else 'μP (muplify + mu.optimizer)'}: validation loss")
-        out.append("log2(lr) | " + " | ".join(f"w={w:>5}" for w in widths))
+        out.append(f"\n{TITLES[p]}: validation loss")
+        out.append("log2(lr) | " + " | ".join(f"{tag}={w:>5}" for w in widths))
         out.append("-" * (9 + 10 * len(widths)))
         for i, lr in enumerate(lrs):
             cells = []
@@ -303,23 +305,23 @@ def format_table(losses: dict, widths, lrs, summary) -> str:
                 cells.append(c + ("*" if best.get(w, {}).get("index") == i else " "))
             out.append(f"{lr:8g} | " + " | ".join(f"{c:>8}" for c in cells))
         ps = summary["params"].get(p, {})
-        out.append("argmin log2(lr): " + ", ".join(f"w={w}: {best[w]['log2_lr']:g}" for w in widths if w in best))
+        out.append("argmin log2(lr): " + ", ".join(f"{tag}={w}: {best[w]['log2_lr']:g}" for w in widths if w in best))
         if ps.get("shift_steps"):
             out.append("optimum shift (grid steps): " + ", ".join(f"{k}: {v:+d}" for k, v in ps["shift_steps"].items())
                        + (f"; total {ps['shift_total_steps']:+d}" if "shift_total_steps" in ps else ""))
-        out.append(f"best loss monotonically improves with width: {ps.get('best_loss_monotone')}")
+        out.append(f"best loss monotonically improves with {axis}: {ps.get('best_loss_monotone')}")
         if ps.get("edge_optimum"):
             out.append(f"WARNING: optimum at the edge of the grid for widths {ps['edge_optimum']} (not bracketed)")
     return "\n".join(out)
 
 
-def plot(losses: dict, widths, lrs, summary, path: Path, title: str) -> None:
+def plot(losses: dict, widths, lrs, summary, path: Path, title: str, axis: str = "width") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in ("sp", "mup") if p in losses]
+    panels = [p for p in LABELS if p in losses]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.5), sharey=True, squeeze=False)
     finite = [v for p in panels for w in widths for v in losses[p].get(w, {}).values()
               if v is not None and math.isfinite(v)]
@@ -332,13 +334,13 @@ def plot(losses: dict, widths, lrs, summary, path: Path, title: str) -> None:
             row = losses[p].get(w, {})
             xs = [lr for lr in lrs if row.get(lr) is not None]
             ys = [min(row[lr], cap) for lr in xs]
-            ax.plot(xs, ys, "-o", color=color, label=f"width {w}", ms=4)
+            ax.plot(xs, ys, "-o", color=color, label=f"{axis} {w}", ms=4)
             div = [lr for lr in xs if row[lr] == math.inf]
             ax.plot(div, [cap] * len(div), "x", color=color, ms=8)
             b = summary["params"].get(p, {}).get("best", {}).get(w)
             if b:
                 ax.plot([b["log2_lr"]], [b["val_loss"]], "*", color=color, ms=14, mec="k")
-        ax.set_title("SP: plain model + AdamW" if p == "sp" else "μP: muplify + mu.optimizer(AdamW)")
+        ax.set_title(TITLES[p], fontsize=9)
         ax.set_xlabel("log2(learning rate)")
         ax.grid(alpha=0.3)
         ax.set_ylim(lo - 0.05 * (cap - lo + 1e-3), cap + 0.05 * (cap - lo + 1e-3))
@@ -361,7 +363,16 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     ap.add_argument("--out", type=str)
-    ap.add_argument("--params", nargs="+", choices=["sp", "mup"], default=["sp", "mup"])
+    ap.add_argument("--params", nargs="+", choices=list(LABELS), default=None,
+                    help="default: sp mup (width), mup completep (depth)")
+    ap.add_argument("--axis", choices=["width", "depth"], default="width",
+                    help="depth: sweep the number of layers at a fixed --width (width-only μP vs μP+CompleteP)")
+    ap.add_argument("--depths", type=int, nargs="+", help="with --axis depth: the layer counts")
+    ap.add_argument("--width", type=int, default=64, help="with --axis depth: the fixed width (= μP base width)")
+    ap.add_argument("--base-depth", type=int, help="with --axis depth: CompleteP's base depth (default: smallest)")
+    ap.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                    help="muon: torch.optim.Muon on the hidden matrices (lr from the grid) + AdamW fallback")
+    ap.add_argument("--fallback-lr", type=float, default=-8.0, help="log2 lr of Muon's AdamW fallback")
     ap.add_argument("--base-width", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--seq-len", type=int)
@@ -382,12 +393,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
     args = ap.parse_args(argv)
 
-    preset = PRESETS["quick" if args.quick else "full"]
-    widths = sorted(args.widths or preset["widths"])
+    preset = dict(PRESETS["quick" if args.quick else "full"])
+    if args.axis == "depth":
+        preset.update(DEPTH_PRESETS["quick" if args.quick else "full"])
+    params = args.params or (["mup", "completep"] if args.axis == "depth" else ["sp", "mup"])
+    args.params = params
+    depth = args.axis == "depth"
+    widths = sorted((args.depths or preset["depths"]) if depth else (args.widths or preset["widths"]))
     lrs = sorted(parse_lr(t) for t in args.lrs) if args.lrs else [float(x) for x in preset["lrs"]]
     steps = args.steps or preset["steps"]
     n_seeds = args.seeds or preset["seeds"]
-    base_width = args.base_width or preset["base_width"]
+    base_width = args.width if depth else (args.base_width or preset["base_width"])
+    base_depth = args.base_depth or widths[0]
     batch_size = args.batch_size or preset["batch_size"]
     seq_len = args.seq_len or preset["seq_len"]
     eval_batches_n = args.eval_batches or preset["eval_batches"]
@@ -401,23 +418,30 @@ def main(argv=None) -> int:
     if import_error:
         print(f"μP path unavailable: `from muplify import muplify` failed: {import_error}")
 
-    corpus = ByteCorpus()
-    eval_gen = torch.Generator().manual_seed(12345)
-    eval_batches = [corpus.batch("val", eval_gen, batch_size, seq_len) for _ in range(eval_batches_n)]
+    corpus = stdlib_corpus()
+    eval_batches = validation_batches(corpus, eval_batches_n, batch_size, seq_len)
 
     common = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, n_layer=args.n_layer,
                   warmup=max(1, round(args.warmup_frac * steps)), schedule=args.schedule,
                   weight_decay=args.weight_decay, grad_clip=args.grad_clip, tie_weights=args.tie_weights,
-                  eval_batches=eval_batches_n, optimizer="AdamW(betas=0.9,0.95)", data="stdlib-bytes-v1")
+                  eval_batches=eval_batches_n, data="stdlib-bytes-v1")
+    if args.optimizer == "muon":
+        common.update(optimizer="muon", fallback_log2_lr=args.fallback_lr)
+    else:
+        common["optimizer"] = "AdamW(betas=0.9,0.95)"
+    if depth:
+        common.update(axis="depth", width=args.width)
     cfgs = []
     for seed in range(n_seeds):
         for w in widths:
             for lr in lrs:
                 for p in args.params:
-                    cfg = dict(common, param=p, width=w, log2_lr=lr, seed=seed)
-                    if p == "mup":
+                    cfg = dict(common, param=p, log2_lr=lr, seed=seed, **({"n_layer": w} if depth else {"width": w}))
+                    if p != "sp":
                         cfg.update(base_width=base_width, readout_zero_init=args.readout_zero_init,
                                    query_zero_init=args.query_zero_init)
+                    if p == "completep":
+                        cfg["base_depth"] = base_depth
                     cfgs.append(cfg)
 
     store = ResultStore(out / "results.json")
@@ -427,15 +451,16 @@ def main(argv=None) -> int:
     if not args.dry_run:
         store.save()
     todo = [c for c in cfgs if (store.get(c) or {}).get("status") not in ("ok", "diverged")]
-    est = lambda c: c["steps"] * est_step_seconds(c["width"], batch_size, seq_len, args.n_layer)  # noqa: E731
+    est = lambda c: c["steps"] * est_step_seconds(c["width"], batch_size, seq_len, c["n_layer"])  # noqa: E731
     est_total = sum(est(c) for c in todo)
-    print(f"lr transfer: widths {widths}, log2(lr) {[f'{x:g}' for x in lrs]}, {steps} steps, {n_seeds} seed(s), "
-          f"params {args.params}, batch {batch_size}x{seq_len}, {args.n_layer} layers, {threads} threads")
+    what = f"depths {widths} at width {args.width}" if depth else f"widths {widths}, {args.n_layer} layers"
+    print(f"lr transfer: {what}, log2(lr) {[f'{x:g}' for x in lrs]}, {steps} steps, {n_seeds} seed(s), "
+          f"params {args.params}, {args.optimizer}, batch {batch_size}x{seq_len}, {threads} threads")
     print(f"{len(cfgs)} runs, {len(cfgs) - len(todo)} already done in {out / 'results.json'}; "
           f"estimated {est_total / 60:.1f} min for the rest (2-core CPU reference timings)")
 
     if args.dry_run:
-        per_w = {w: sum(est(c) for c in todo if c["width"] == w) for w in widths}
+        per_w = {w: sum(est(c) for c in todo if c[size_key(c)] == w) for w in widths}
         print("estimated minutes per width: " + ", ".join(f"{w}: {v / 60:.1f}" for w, v in per_w.items()))
         return 0
 
@@ -456,14 +481,14 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(todo), desc="runs", unit="run", dynamic_ncols=True)
     try:
         for cfg, rec in results:
-            tag = f"{cfg['param']:>3} w={cfg['width']:<4} lr=2^{cfg['log2_lr']:g} seed={cfg['seed']}"
+            tag = f"{cfg['param']:>3} {size_key(cfg)}={cfg[size_key(cfg)]:<4} lr=2^{cfg['log2_lr']:g} seed={cfg['seed']}"
             store.put(cfg, rec)
             spent_est += est(cfg)
             bar.update(1)
             if rec["status"] == "error":
                 if not errors:
                     tqdm.write(f"ERROR {tag}:\n{rec.get('traceback', rec['error'])}")
-                errors.setdefault(f"{cfg['param']} w={cfg['width']}", rec["error"])
+                errors.setdefault(f"{cfg['param']} {size_key(cfg)}={cfg[size_key(cfg)]}", rec["error"])
                 continue
             elapsed = time.perf_counter() - t0
             eta = (est_total - spent_est) * elapsed / max(spent_est, 1e-9)
@@ -476,15 +501,16 @@ def main(argv=None) -> int:
             pool.terminate()
 
     losses = collect(store, cfgs)
-    summary = analyze(losses, widths, lrs, base_width)
+    summary = analyze(losses, widths, lrs, base_width if not depth else base_depth, args.axis)
     summary["errors"] = errors
     summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
     store.data["summary"] = summary
     store.save()
 
-    print(format_table(losses, widths, lrs, summary))
+    print(format_table(losses, widths, lrs, summary, args.axis))
     if summary.get("base_width_max_abs_diff") is not None:
-        print(f"\nbase-width identity: max |loss_SP - loss_μP| at width {base_width}: "
+        print(f"\nidentity at the base {args.axis}: max |loss difference| between the arms at {args.axis} "
+              f"{base_depth if depth else base_width}: "
               f"{summary['base_width_max_abs_diff']:.2e} (expected ~0)")
     print("\nTargets" + (" (quick mode: too small to be meaningful)" if args.quick else "") + ":")
     for name, t in summary["targets"].items():
@@ -495,9 +521,10 @@ def main(argv=None) -> int:
             print(f"  {k}: {v}")
     if not args.no_plot:
         png = out / "lr_transfer.png"
-        plot(losses, widths, lrs, summary, png,
-             f"byte-level GPT, {args.n_layer} layers, {steps} steps, batch {batch_size}x{seq_len}, "
-             f"{n_seeds} seed(s), μP base width {base_width}")
+        head = (f"byte-level GPT, width {args.width}, CompleteP base depth {base_depth}" if depth else
+                f"byte-level GPT, {args.n_layer} layers, μP base width {base_width}")
+        plot(losses, widths, lrs, summary, png, f"{head}, {args.optimizer}, {steps} steps, batch {batch_size}x{seq_len}, "
+             f"{n_seeds} seed(s)", args.axis)
         print(f"\nplot: {png}")
     print(f"results: {out / 'results.json'}  ({summary['wall_seconds_this_invocation']:.0f} s)")
     return 0

@@ -53,7 +53,7 @@ def run_one(name: str) -> dict:
     guessed = wa.guessed_params()
     return dict(model=name, family=entry.family, width=wide, base_width=base, bare_call=entry.bare,
                 n_params=sum(p.numel() for p in mu.parameters()), n_tensors=len(mu.plan),
-                muplify_s=round(total, 3), capture_s=mu.plan.options["capture_seconds"], roles=mu.plan.summary(),
+                muplify_s=round(total, 3), capture_s=mu.plan.capture_seconds, roles=mu.plan.summary(),
                 decided_by={"graph": len(wa.params) - len(guessed), "guess": len(guessed)},
                 guesses={n: why for n, why in guessed.items()},
                 plan_width=mu.plan.width, width_source=wa.width_source, declared_width_attr=entry.width_attr,

@@ -7,7 +7,7 @@ Every rank builds the model on the meta device (no parameter memory) and muplifi
 fake tensors.  Rank 0 alone materialises the initial μP weights (the same call on a CPU model) and broadcasts them
 into the shards, so the run equals one process on the whole batch up to fp32 rounding (tests/test_distributed.py
 checks it).  To initialise a model too large for one host, replace that step by ``mu.mup_init()`` on the sharded
-model (README: "Distributed training").
+model (docs/distributed.md).
 """
 from __future__ import annotations
 

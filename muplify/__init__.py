@@ -3,23 +3,28 @@
     mu = muplify(model, base_width=256)
     opt = mu.optimizer(torch.optim.AdamW, lr=3e-3)
 
-Pipeline: capture (torch.export) -> width analysis (sympy) -> plan -> rewrite (hooks, init) -> optimizer.
+Pipeline: capture (torch.export) -> width analysis (sympy) -> classify (the plan's facts) -> policy (the μP rules)
+-> rewrite (hooks, init) -> optimizer.
 """
 from .core import MuplifiedModule, analyze, is_muplified, muplify
 from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, WidthError
-from .optim import register_rule
-from .plan import ForwardMultiplier, ParamPlan, Plan
+from .optim import CombinedOptimizer, register_family, register_rule
+from .plan import HyperParams, Options, ParamPlan, Plan, Site
+from .policy import ForwardMultiplier, OptimizerFamily
+from .tools.coord_check import coord_check
 
 __all__ = [
-    "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "ForwardMultiplier",
-    "register_rule", "coord_check", "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError",
+    "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "Site", "Options", "HyperParams",
+    "ForwardMultiplier", "OptimizerFamily", "CombinedOptimizer", "register_rule", "register_family", "coord_check",
+    "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError",
+    "tune",
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name == "coord_check":  # imported lazily: pulls in matplotlib
-        from .coord_check import coord_check
+    if name == "tune":  # imported lazily: pulls in optuna
+        from .tools.tune import tune
 
-        return coord_check
-    raise AttributeError(name)
+        return tune
+    raise AttributeError(f"module 'muplify' has no attribute {name!r}")

@@ -1,22 +1,23 @@
 """Command line: ``python -m muplify {coord-check, plan, demo}``.
 
-    python -m muplify coord-check muplify.models:GPT --widths 64 128 256 --steps 4 --out muplify-out/gpt
-    python -m muplify coord-check mypkg.model:make_model --batch mypkg.data:batch --optimizer AdamW --lr 1e-2
+    python -m muplify coord-check muplify.models:GPT --widths 64 128 256 --out muplify-out/gpt
+    python -m muplify coord-check mypkg.model:make_model --batch mypkg.data:batch --optimizer AdamW --lr 3e-3
     python -m muplify plan muplify.models:GPT --width 512 --base-width 128
     python -m muplify demo --quick
 
-FACTORY is ``module:callable`` (``module:Class.method`` works too); it is called with the width, either as the keyword
-named by ``--width-arg`` or, by default, as the first of its keyword parameters named ``width``, ``d_model``,
-``n_embd``, ``hidden_size``, ``hidden_dim``, ``embed_dim``, ``dim`` (so ``muplify.models:GPT``/``MLP``/``CNN`` work
-as they are), else positionally.  ``--arg key=value`` adds keyword arguments (values parsed as Python literals).
+FACTORY is ``module:callable`` (``module:Class.method`` works too).  The width goes to the argument named by
+``--width-arg``; without it, muplify finds the argument that sets the model's width: it builds the model on the meta
+device at two values of each integer argument and keeps the one whose change scales the hidden weight matrices (both
+dims grow).  When no argument or more than one does, it stops and lists them.  ``--arg key=value`` adds keyword
+arguments (values parsed as Python literals).
 
 ``--batch module:callable`` gives the forward inputs: it is called as ``fn()`` or ``fn(step)`` and returns a tuple
-of positional args, a dict of keyword args, a tensor or a :class:`muplify.coord_check.Batch`.  Without it a small
-random batch is made from the model's first layer (token ids for an embedding, ``randn`` for a Linear/Conv; HF
-models get ``input_ids`` and, when their forward takes them, ``labels``).
+of positional args, a dict of keyword args, a tensor or a :class:`muplify.tools.batch.Batch`.  Without it, a language
+model (token ids into an embedding) reads the built-in text corpus with next-token labels, and other models get a
+small random batch made from their first layer, with cross-entropy against random labels.
 
-Exit status of ``coord-check``: 0 when μP passes (or, with ``--params sp``, when SP passes), 1 when it fails,
-2 on usage errors.
+Exit status: 0 when μP passes (with ``--params sp``: when SP passes), 1 when it fails, 2 on any error, reported
+in one line (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -27,16 +28,19 @@ import inspect
 import os
 import sys
 import time
-from typing import Any, Callable
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-WIDTH_NAMES = ("width", "d_model", "n_embd", "hidden_size", "hidden_dim", "embed_dim", "dim")
+PROBE_VALUE = 64  # the value an integer argument without a default gets while probing which argument is the width
 
 
 class CLIError(Exception):
-    pass
+    """A usage error: the message says what to change on the command line."""
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -56,6 +60,8 @@ def load_object(spec: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError as e:
             raise CLIError(f"{mod_name!r} has no attribute {attr!r}") from e
+    if not callable(obj):
+        raise CLIError(f"{spec} is a {type(obj).__name__}, not a callable that builds a model")
     return obj
 
 
@@ -72,93 +78,151 @@ def parse_kv(items: list[str] | None) -> dict:
     return out
 
 
-def make_factory(fn: Callable, width_arg: str | None = None, extra: dict | None = None) -> tuple[Callable, str]:
-    """Wrap ``fn`` into ``width -> nn.Module``; returns it and a description of how the width is passed."""
+def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _named(params: dict[str, inspect.Parameter]) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in params.items() if p.kind in kinds]
+
+
+def check_args(fn: Callable, spec: str, extra: dict, width_arg: str | None) -> None:
+    """Refuse ``--arg`` / ``--width-arg`` names the factory does not take (unless it takes ``**kwargs``)."""
+    params = _parameters(fn)
+    if not params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = _named(params)
+    unknown = [k for k in [*extra, *([width_arg] if width_arg else [])] if k not in names]
+    if unknown:
+        raise CLIError(f"{spec} has no argument {', '.join(map(repr, unknown))}; its arguments are: "
+                       f"{', '.join(names) or '(none)'}")
+
+
+@dataclass
+class WidthArg:
+    name: str  # the keyword the width is passed as
+    how: str  # how it was chosen, for the message
+
+
+def _shapes(fn: Callable, kwargs: dict) -> dict[str, tuple[int, ...]] | None:
+    try:
+        with torch.device("meta"):
+            model = fn(**kwargs)
+    except Exception:  # noqa: BLE001 - a value this argument cannot take: not the width
+        return None
+    if not isinstance(model, nn.Module):
+        return None
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def detect_width_arg(fn: Callable, spec: str, extra: dict) -> WidthArg:
+    """The integer argument whose doubling doubles both dims of hidden weight matrices (built on the meta device);
+    a CLIError listing the arguments when none or several do."""
+    params = _parameters(fn)
+    names = _named(params)
+    required = {n: PROBE_VALUE for n in names if params[n].default is inspect.Parameter.empty and n not in extra}
+    candidates = [n for n in names if n not in extra and (
+        n in required or (isinstance(params[n].default, int) and not isinstance(params[n].default, bool)))]
+    scores: dict[str, int] = {}
+    for name in candidates:
+        v = required.get(name, params[name].default)
+        if not v or v < 1:
+            continue
+        small = _shapes(fn, {**required, **extra, name: v})
+        large = _shapes(fn, {**required, **extra, name: 2 * v})
+        if small is None or large is None:
+            continue
+        # a hidden matrix: at least two of its dims double with the argument (vocabulary, layer counts: none)
+        scores[name] = sum(1 for k, s in small.items() if k in large and len(s) == len(large[k])
+                           and sum(b == 2 * a for a, b in zip(s, large[k])) >= 2)
+    ranked = sorted((s, n) for n, s in scores.items() if s > 0)
+    listing = ", ".join(f"{n} ({params[n].default if n not in required else 'required'})" for n in names) or "(none)"
+    if not ranked:
+        raise CLIError(f"cannot tell which argument of {spec} sets the width: doubling none of its integer arguments "
+                       f"doubles a hidden weight matrix. Pass --width-arg NAME; its arguments are: {listing}")
+    if len(ranked) > 1 and ranked[-1][0] == ranked[-2][0]:
+        tied = [n for s, n in ranked if s == ranked[-1][0]]
+        raise CLIError(f"several arguments of {spec} scale the hidden weights alike ({', '.join(tied)}); pass "
+                       f"--width-arg NAME; its arguments are: {listing}")
+    score, name = ranked[-1]
+    return WidthArg(name, f"as {name}= (doubling it doubles {score} hidden weight matrices)")
+
+
+def make_factory(fn: Callable, spec: str, width_arg: str | None = None,
+                 extra: dict | None = None) -> tuple[Callable[[int], nn.Module], str]:
+    """Wrap ``fn`` into ``width -> nn.Module``; returns it and how the width is passed."""
     extra = dict(extra or {})
-    if width_arg is None:
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            params = {}
-        kw_ok = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        for name in WIDTH_NAMES:
-            if name in params and params[name].kind in kw_ok and name not in extra:
-                width_arg = name
-                break
-    if width_arg is None:
-        return (lambda w: fn(w, **extra)), "as the first positional argument"
-    return (lambda w: fn(**{width_arg: w}, **extra)), f"as {width_arg}="
+    check_args(fn, spec, extra, width_arg)
+    chosen = WidthArg(width_arg, f"as {width_arg}= (--width-arg)") if width_arg else detect_width_arg(fn, spec, extra)
+    params = _parameters(fn)
+    missing = [n for n in _named(params) if params[n].default is inspect.Parameter.empty
+               and n != chosen.name and n not in extra]
+    if missing:
+        raise CLIError(f"{spec} needs {', '.join(missing)} besides the width ({chosen.name}); pass "
+                       + " ".join(f"--arg {n}=..." for n in missing))
+    return (lambda w: fn(**{chosen.name: w}, **extra)), chosen.how
 
 
-def example_batch(model: nn.Module, batch_size: int = 4, seq_len: int = 16) -> tuple[tuple, dict]:
-    """A small random forward call ``(args, kwargs)`` for common model families (deterministic: seed 0)."""
+def example_batch(model: nn.Module, batch_size: int = 4) -> tuple[tuple, dict]:
+    """A small random forward call ``(args, kwargs)`` for a model that does not read token ids (seed 0): HF and timm
+    models through the core's guesser, others from their first Linear / Conv layer."""
+    from muplify.capture import default_example_inputs
+
     g = torch.Generator().manual_seed(0)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    config = getattr(model, "config", None)
-    main_input = getattr(model, "main_input_name", None)
-    if config is not None and main_input is not None:  # HF transformers
-        kwargs: dict = {}
-        try:
-            fwd_params = inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            fwd_params = {}
-        if getattr(config, "use_cache", None) is not None and "use_cache" in fwd_params:
-            kwargs["use_cache"] = False
-        if main_input == "input_ids":
-            vocab = getattr(config, "vocab_size", None) or 2
-            n_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-            T = min(seq_len, n_pos) if n_pos else seq_len
-            ids = torch.randint(0, vocab, (batch_size, T), generator=g).to(dev)
-            kwargs["input_ids"] = ids
-            if "labels" in fwd_params:
-                kwargs["labels"] = ids
-            return (), kwargs
-        if main_input == "pixel_values":
-            size = getattr(config, "image_size", 32)
-            size = size if isinstance(size, int) else size[0]
-            x = torch.randn(batch_size, getattr(config, "num_channels", 3), size, size, generator=g).to(dev)
-            return (x,), kwargs
-    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    for mod in model.modules():
-        if isinstance(mod, nn.Embedding):
-            T = min([seq_len] + [e.num_embeddings for e in embeddings if e is not mod])
-            return (torch.randint(0, mod.num_embeddings, (batch_size, T), generator=g).to(dev),), {}
-        if isinstance(mod, nn.Linear):
-            return (torch.randn(2 * batch_size, mod.in_features, generator=g).to(dev),), {}
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            n = mod.weight.dim() - 2
-            size = {1: 64, 2: 16, 3: 8}[n]
-            return (torch.randn(batch_size, mod.in_channels, *([size] * n), generator=g).to(dev),), {}
-    try:  # the core's guesser knows more families (timm, nn.Transformer layers)
-        from muplify.capture import default_example_inputs
-
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if getattr(model, "main_input_name", None) is None and first is not None:
+        if isinstance(first, nn.Linear):
+            return (torch.randn(2 * batch_size, first.in_features, generator=g).to(dev),), {}
+        n = first.weight.dim() - 2
+        size = {1: 64, 2: 16, 3: 8}[n]
+        return (torch.randn(batch_size, first.in_channels, *([size] * n), generator=g).to(dev),), {}
+    try:
         return default_example_inputs(model)
     except Exception as e:  # noqa: BLE001
-        raise CLIError(f"cannot guess a batch for {type(model).__name__}: pass --batch module:callable ({e})")
+        raise CLIError(f"cannot guess a batch for {type(model).__name__}: pass --batch module:callable ({e})") from e
 
 
 # ----------------------------------------------------------------------------------------------------- commands
 def cmd_coord_check(a: argparse.Namespace) -> int:
-    from muplify.coord_check import Batch, coord_check
+    from muplify.tools.batch import Batch
+    from muplify.tools.coord_check import coord_check, language_model_vocab
 
+    depth = a.axis == "depth"
+    widths = sorted(set(a.depths if depth else a.widths))
+    if len(widths) < 2:
+        raise CLIError(f"--{a.axis}s needs at least two different {a.axis}s, got {' '.join(map(str, widths))}")
     fn = load_object(a.factory)
-    factory, how = make_factory(fn, a.width_arg, parse_kv(a.arg))
-    widths = sorted(set(a.widths))
+    if depth:
+        if not a.depth_arg:
+            raise CLIError("--axis depth needs --depth-arg NAME: the constructor argument holding the number of "
+                           "residual blocks (e.g. n_layer, num_hidden_layers)")
+        extra = parse_kv(a.arg)
+        check_args(fn, a.factory, extra, a.depth_arg)
+        factory, how = (lambda L: fn(**{a.depth_arg: L}, **extra)), f"as {a.depth_arg}="
+    else:
+        factory, how = make_factory(fn, a.factory, a.width_arg, parse_kv(a.arg))
+    batch: Any = None
     if a.batch:
-        batch: Any = load_object(a.batch)
+        batch = load_object(a.batch)
     else:
         torch.manual_seed(0)
-        args, kwargs = example_batch(factory(widths[0]), a.batch_size, a.seq_len)
-        batch = Batch(args, kwargs)
-    params = tuple(a.params)
+        model = factory(widths[0])
+        if language_model_vocab(model) is None:
+            args, kwargs = example_batch(model, a.batch_size)
+            batch = Batch(args, kwargs)
+    params = tuple(a.params or (("mup", "completep") if depth else ("sp", "mup")))
     if not a.quiet:
-        print(f"coord-check {a.factory} (width passed {how}) widths {widths}, {a.optimizer} lr {a.lr}, "
+        print(f"coord-check {a.factory} ({a.axis} passed {how}) {a.axis}s {widths}, {a.optimizer} lr {a.lr}, "
               f"{a.steps} steps, {a.seeds} seeds: {', '.join(params)}", file=sys.stderr)
     t0 = time.perf_counter()
     res = coord_check(factory, batch, widths=widths, optimizer=a.optimizer, lr=a.lr, steps=a.steps, seeds=a.seeds,
                       base_width=a.base_width, muplify_kwargs=parse_kv(a.muplify_arg), parametrizations=params,
-                      tol=a.tol, device=a.device, progress=not a.quiet)
-    elapsed = time.perf_counter() - t0
+                      tol=a.tol, device=a.device, progress=False if a.quiet else None, axis=a.axis)
     print(res.table())
     if a.out:
         stem = a.name or a.factory.replace(":", ".").split(".")[-1].lower()
@@ -166,24 +230,24 @@ def cmd_coord_check(a: argparse.Namespace) -> int:
         js = res.to_json(os.path.join(a.out, f"coord_check_{stem}.json"))
         print(f"plot: {png}\njson: {js}")
     if not a.quiet:
-        print(f"({elapsed:.1f}s)", file=sys.stderr)
-    judged = "mup" if "mup" in params else params[0]
+        print(f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+    judged = next((p for p in ("completep", "mup") if p in params), params[0])
     return 0 if res.passed(judged) else 1
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from muplify import muplify
+    from muplify.tools.batch import as_batch
 
     fn = load_object(a.factory)
-    factory, _ = make_factory(fn, a.width_arg, parse_kv(a.arg))
+    factory, how = make_factory(fn, a.factory, a.width_arg, parse_kv(a.arg))
+    print(f"plan of {a.factory} at width {a.width} (passed {how}), base_width {a.base_width}", file=sys.stderr)
     torch.manual_seed(0)
     model = factory(a.width)
     kw = parse_kv(a.muplify_arg)
     if a.batch:
-        from muplify.coord_check import _as_batch
-
         obj = load_object(a.batch)
-        b = _as_batch(obj() if callable(obj) else obj)
+        b = as_batch(obj() if callable(obj) else obj)
         kw.setdefault("example_inputs", b.args)
         if b.kwargs:
             kw.setdefault("example_kwargs", b.kwargs)
@@ -193,45 +257,54 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from muplify.demo import run_demo
+    from muplify.tools.demo import run_demo
 
     res = run_demo(out=a.out, quick=a.quick)
     return 0 if res.passed("mup") else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from muplify.tools.coord_check import DEFAULT_LR, DEFAULT_STEPS, DEFAULT_TOL, DEFAULT_WIDTHS
+
     p = argparse.ArgumentParser(prog="python -m muplify", description="automatic μP for PyTorch models")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="{coord-check,plan,demo}")
 
     def factory_args(sp):
         sp.add_argument("factory", help="module:callable building the model from a width")
         sp.add_argument("--width-arg", default=None,
-                        help=f"keyword the width is passed as (default: first of {', '.join(WIDTH_NAMES)} in the "
-                             "signature, else positional)")
+                        help="keyword the width is passed as (default: the integer argument whose change scales the "
+                             "hidden weights, found on the meta device)")
         sp.add_argument("--arg", action="append", metavar="KEY=VALUE", help="extra keyword argument of the factory")
         sp.add_argument("--muplify-arg", action="append", metavar="KEY=VALUE",
                         help="extra keyword argument of muplify(), e.g. readout_zero_init=True")
         sp.add_argument("--batch", default=None, metavar="MODULE:CALLABLE",
                         help="callable returning the forward args (tuple), kwargs (dict) or a Batch")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
 
     cc = sub.add_parser("coord-check", help="coordinate check SP vs μP; exit 0 when μP passes",
                         description="Train the model for a few steps at several widths and check that every "
-                                    "activation's size stays constant in width (μP) - see muplify.coord_check.")
+                                    "activation's size stays constant in width (μP) - see muplify.tools.coord_check.")
     factory_args(cc)
-    cc.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512])
-    cc.add_argument("--steps", type=int, default=4)
+    cc.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS))
+    cc.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     cc.add_argument("--seeds", type=int, default=2)
-    cc.add_argument("--lr", type=float, default=1e-2)
+    cc.add_argument("--lr", type=float, default=DEFAULT_LR)
     cc.add_argument("--optimizer", default="AdamW", help="name in torch.optim (default AdamW)")
     cc.add_argument("--base-width", type=int, default=None, help="μP base width (default: smallest width)")
-    cc.add_argument("--params", nargs="+", choices=["sp", "mup"], default=["sp", "mup"])
-    cc.add_argument("--tol", type=float, default=None, help="pass threshold on |slope| (default log(1.2)/log(2))")
-    cc.add_argument("--batch-size", type=int, default=4, help="size of the guessed batch")
-    cc.add_argument("--seq-len", type=int, default=16, help="sequence length of the guessed batch")
+    cc.add_argument("--params", nargs="+", choices=["sp", "mup", "completep"], default=None,
+                    help="default: sp mup (width), mup completep (depth)")
+    cc.add_argument("--axis", choices=["width", "depth"], default="width",
+                    help="depth: vary the number of residual blocks at a fixed width (CompleteP)")
+    cc.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16])
+    cc.add_argument("--depth-arg", default=None, help="with --axis depth: the constructor argument of the depth")
+    cc.add_argument("--tol", type=float, default=DEFAULT_TOL, help="pass threshold on |slope| (log(1.2)/log(2))")
+    cc.add_argument("--batch-size", type=int, default=4, help="size of the guessed batch of a non-language model")
     cc.add_argument("--device", default=None)
     cc.add_argument("--out", default="muplify-out", help="directory for the plot and JSON ('' to skip)")
     cc.add_argument("--name", default=None, help="file stem of the outputs")
-    cc.add_argument("--quiet", action="store_true")
+    cc.add_argument("--quiet", action="store_true", help="no progress bar and no header on stderr")
     cc.set_defaults(func=cmd_coord_check)
 
     pl = sub.add_parser("plan", help="print the μP plan of a model")
@@ -242,20 +315,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="muplify the built-in GPT and run its coordinate check")
     de.add_argument("--out", default="muplify-out", help="directory for the plot and JSON")
-    de.add_argument("--quick", action="store_true", help="smaller widths, fewer steps and seeds (seconds)")
+    de.add_argument("--quick", action="store_true", help="smaller widths, one seed (seconds)")
     de.set_defaults(func=cmd_demo)
+    from muplify.tools.tune_cli import add_commands  # tune, transfer
+    add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    if getattr(a, "tol", None) is None and hasattr(a, "tol"):
-        from muplify.coord_check import DEFAULT_TOL
-
-        a.tol = DEFAULT_TOL
+    a = build_parser().parse_args(argv)
     try:
         return a.func(a)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error becomes one line; --debug shows where it came from
+        if getattr(a, "debug", False):
+            traceback.print_exc()
+            return 2
+        lines = str(e).strip().splitlines() or [""]
+        kind = "" if isinstance(e, CLIError) else f"{type(e).__name__}: "
+        more = f" [{len(lines) - 1} more lines]" if len(lines) > 1 else ""
+        hint = "" if isinstance(e, CLIError) else " (--debug shows the traceback)"
+        print(f"error: {kind}{lines[0]}{more}{hint}", file=sys.stderr)
         return 2

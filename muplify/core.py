@@ -11,17 +11,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+import warnings
+
 from . import rewrite
 from .capture import capture
-from .errors import MuplifyError, PlanError
-from .optim import make_optimizer
-from .plan import Plan, build_plan
+from .classify import build_plan, detect_init_rules
+from .errors import MuplifyError, PlanError, WidthError
+from .optim import make_optimizer, watch_plain_optimizers
+from .plan import HyperParams, Options, Plan
 from .width import analyse
 
 __all__ = ["muplify", "analyze", "MuplifiedModule", "is_muplified"]
@@ -44,11 +48,18 @@ class MuplifiedModule:
 
     @property
     def plan(self) -> Plan:
+        """The applied plan (read-only): the facts, and what the μP policy derives from them (``print(mu.plan)``)."""
         return self.__dict__["_mup_plan"]
 
-    def optimizer(self, optimizer_class: type, params=None, *, rule: str | None = None, **kwargs: Any):
-        """An ordinary ``optimizer_class`` instance with μP param groups (see :mod:`muplify.optim`)."""
-        return make_optimizer(self, self.plan, optimizer_class, params, rule=rule, **kwargs)
+    def optimizer(self, optimizer_class: type | str, params=None, *, rule: str | None = None,
+                  fallback: tuple | None = None, **kwargs: Any):
+        """An ordinary ``optimizer_class`` instance (a class or its name in ``torch.optim``) with μP param groups.
+
+        ``rule=``: the μP family of an optimizer muplify does not know ('adam', 'sgd', 'sign', ...).
+        ``fallback=(cls, kwargs)``: for optimizers that take only some parameters (``torch.optim.Muon``: hidden
+        matrices), the optimizer of the others; the result is one :class:`muplify.optim.CombinedOptimizer`.
+        See :mod:`muplify.optim`."""
+        return make_optimizer(self, self.plan, optimizer_class, params, rule=rule, fallback=fallback, **kwargs)
 
     def to_standard(self) -> nn.Module:
         """A plain copy of the model (original class, no hooks) computing the same function: every forward
@@ -74,8 +85,6 @@ class MuplifiedModule:
         the rule detection uses global statistics.  The μP rescaling then follows the plan's init policy,
         re-detected from the fresh values (``rule=`` forces 'fan_in' or 'fixed').
         """
-        from .initialization import decide
-
         retie(self, self.plan)
         with torch.no_grad():
             if init_fn is not None:
@@ -83,15 +92,16 @@ class MuplifiedModule:
             else:
                 _construction_init(self, self.plan)
         plan = self.plan
-        named = dict(self.named_parameters())
-        policy = rule or plan.options.get("init", "auto")
-        for n, p in plan.params.items():
-            t = named.get(n)
-            if t is None or t.is_meta:
-                continue
-            p.init_rule, p.init_scale = decide(p, t, plan, policy)
-            if p.init_extra == 0.0:
-                p.init_rule += " -> zero (readout_zero_init)"
+        if rule is not None and rule not in ("auto", "fan_in", "fan_out", "fixed"):
+            raise MuplifyError(f"rule must be 'auto', 'fan_in', 'fan_out' or 'fixed', got {rule!r}")
+        with plan._editable():
+            options = plan.options
+            if rule is not None:
+                object.__setattr__(plan, "options", dataclasses.replace(options, init=rule))
+            try:
+                detect_init_rules(plan, self)
+            finally:
+                object.__setattr__(plan, "options", options)
         rewrite.apply_init(self, plan)
 
     def to_empty(self, *, device, recurse: bool = True):
@@ -212,10 +222,24 @@ def _save_pretrained_as_original(self, *args, **kwargs):
 
 
 def is_muplified(model: nn.Module) -> bool:
-    return isinstance(model, MuplifiedModule)
+    """Whether ``model`` (or the module inside its ``torch.compile`` wrapper) is muplified."""
+    return isinstance(model, MuplifiedModule) or isinstance(getattr(model, "_orig_mod", None), MuplifiedModule)
 
 
-def _check_args(model, base_width, init, head_scaling, weight_decay) -> None:
+def _unwrap(model):
+    """muplify the module inside a ``torch.compile`` wrapper (attribute access on the wrapper reaches it); refuse
+    distributed wrappers, whose hooks and buckets were set up for the original parameters."""
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        return model._orig_mod
+    if isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__ in (
+            "FullyShardedDataParallel", "DataParallel"):
+        raise MuplifyError(f"muplify() got a {type(model).__name__} wrapper: muplify the module before wrapping it "
+                           f"(mu = muplify(model, ...); wrapped = {type(model).__name__}(mu)); fully_shard() may come "
+                           "before or after")
+    return model
+
+
+def _check_args(model, base_width, options: Options) -> None:
     if not isinstance(model, nn.Module):
         raise MuplifyError(f"muplify() takes an nn.Module, got {type(model).__name__}")
     if is_muplified(model):
@@ -223,63 +247,163 @@ def _check_args(model, base_width, init, head_scaling, weight_decay) -> None:
     if not isinstance(base_width, int) or isinstance(base_width, bool) or base_width <= 0:
         raise MuplifyError(f"base_width must be a positive int (the width the hyperparameters were tuned at), "
                            f"got {base_width!r}")
-    if init not in ("auto", "fan_in", "fan_out", "fixed", None):
-        raise MuplifyError(f"init must be 'auto', 'fan_in', 'fan_out', 'fixed' or None, got {init!r}")
-    if head_scaling not in ("heads", "head_dim"):
-        raise MuplifyError(f"head_scaling must be 'heads' (head_dim fixed, heads grow) or 'head_dim', got "
-                           f"{head_scaling!r}")
-    if weight_decay not in ("coupled", "scaled"):
-        raise MuplifyError(f"weight_decay must be 'coupled' or 'scaled', got {weight_decay!r}")
+    choices = {"init": ("auto", "fan_in", "fan_out", "fixed", None), "head_scaling": ("heads", "head_dim"),
+               "weight_decay": ("coupled", "scaled"), "eps": ("scaled", "fixed")}
+    explain = {"head_scaling": "'heads' (head_dim fixed, heads grow) or 'head_dim'"}
+    for key, allowed in choices.items():
+        v = getattr(options, key)
+        if v not in allowed:
+            want = explain.get(key) or " or ".join(repr(a) for a in allowed)
+            raise MuplifyError(f"{key} must be {want}, got {v!r}")
+    for key in ("base_depth", "depth"):
+        v = getattr(options, key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise MuplifyError(f"{key} must be a positive int (a number of residual blocks), got {v!r}")
+    if options.depth is not None and options.base_depth is None:
+        raise MuplifyError("depth= needs base_depth= (the depth the hyperparameters were tuned at)")
+    a = options.depth_alpha
+    if not isinstance(a, (int, float)) or isinstance(a, bool) or not (0 < a <= 1):
+        raise MuplifyError(f"depth_alpha must be in (0, 1] (1.0: CompleteP, 0.5: depth-μP), got {a!r}")
     if not any(True for _ in model.parameters()):
         raise MuplifyError(f"{type(model).__name__} has no parameters: there is nothing to parametrize")
 
 
-def analyze(model: nn.Module, base_width: int, *, width: int | None = None, example_inputs=None,
+def _base_shapes(model: nn.Module, base) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the base model (a module on any device, or a zero-argument factory, built on meta)."""
+    if not isinstance(base, nn.Module):
+        if not callable(base):
+            raise MuplifyError(f"base= takes the model built at the base width (any device, meta included) or a "
+                               f"zero-argument factory building it; got {type(base).__name__}")
+        with torch.device("meta"):
+            base = base()
+        if not isinstance(base, nn.Module):
+            raise MuplifyError(f"the base= factory returned {type(base).__name__}, not an nn.Module")
+    base = _unwrap(base)
+    mine = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    theirs = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    rank = [n for n in mine if n in theirs and len(mine[n]) != len(theirs[n])]
+    if missing or extra or rank:
+        raise MuplifyError("base= must be the same architecture at another width (same parameter names and ranks): "
+                           + "; ".join(x for x in (f"missing in the base model: {missing[:5]}" if missing else "",
+                                                   f"only in the base model: {extra[:5]}" if extra else "",
+                                                   f"rank differs: {rank[:5]}" if rank else "") if x))
+    if mine == theirs:
+        raise MuplifyError("base= has exactly the model's shapes: nothing scales (pass the model built at the width "
+                           "the hyperparameters were tuned at)")
+    return theirs
+
+
+def _base_width_from(wa, base_shapes: dict[str, tuple[int, ...]]) -> int:
+    """The base model's size of the width dim: what the axes of that size have in the base model."""
+    seen: dict[int, int] = {}
+    for name, pd in wa.params.items():
+        for n, b in zip(pd.shape, base_shapes[name]):
+            if n == wa.width_size and b != n:
+                seen[b] = seen.get(b, 0) + 1
+    if not seen:
+        raise WidthError(f"no parameter axis of the width size {wa.width_size} differs in the base model; pass "
+                         "width=<the size of the dimension that scales>")
+    return max(seen, key=seen.get)
+
+
+def analyze(model: nn.Module, base_width: int | None = None, *, width: int | None = None, example_inputs=None,
             example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
-            weight_decay: str = "coupled", readout_zero_init: bool = False, query_zero_init: bool = False) -> Plan:
-    """Stages 1-3 only: return the plan without touching the model."""
-    _check_args(model, base_width, init, head_scaling, weight_decay)
+            weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
+            query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
+            depth: int | None = None, depth_alpha: float = 1.0, base=None,
+            overrides: dict[str, dict] | None = None) -> Plan:
+    """Stages 1-3 only: return the plan (facts, with the policy's decisions as read-only views) without touching
+    the model.  Arguments as :func:`muplify`."""
+    model = _unwrap(model)
+    options = Options(head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
+                      readout_zero_init=bool(readout_zero_init), query_zero_init=bool(query_zero_init),
+                      base_depth=base_depth, depth=depth, depth_alpha=depth_alpha)
+    if base is None and base_width is None:
+        raise MuplifyError("muplify() needs base_width= (or base=<the model at the base width>, or plan=)")
+    _check_args(model, 1 if base_width is None else base_width, options)
+    hp = HyperParams.from_dict(hp)
+    base_shapes = _base_shapes(model, base) if base is not None else None
     cap = capture(model, example_inputs, example_kwargs)
     wa = analyse(cap, width=width, head_scaling=head_scaling)
-    plan = build_plan(wa, model, base_width, head_scaling=head_scaling, init=init, weight_decay=weight_decay,
-                      readout_zero_init=readout_zero_init, query_zero_init=query_zero_init)
-    plan.options["capture_seconds"] = round(cap.seconds, 3)
+    if base_shapes is not None:
+        derived = _base_width_from(wa, base_shapes)
+        if base_width is not None and base_width != derived:
+            raise MuplifyError(f"base_width={base_width} disagrees with the base model, whose width dim has size "
+                               f"{derived}; pass one of them")
+        base_width = derived
+    plan = build_plan(wa, model, base_width, options=options, hp=hp, base_shapes=base_shapes)
+    plan.capture_seconds = round(cap.seconds, 3)
+    for pattern, fields in (overrides or {}).items():
+        if not isinstance(fields, dict):
+            raise PlanError(f"overrides maps a name pattern to fields, e.g. {{'lm_head.weight': {{'role': "
+                            f"'output'}}}}; got {pattern!r}: {fields!r}")
+        plan.override(pattern, **fields)
     return plan
 
 
 def muplify(model: nn.Module, base_width: int | None = None, *, width: int | None = None, example_inputs=None,
             example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
-            weight_decay: str = "coupled", readout_zero_init: bool = False, query_zero_init: bool = False,
-            overrides: dict[str, dict] | None = None, plan: Plan | str | None = None) -> nn.Module:
+            weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
+            query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
+            depth: int | None = None, depth_alpha: float = 1.0, base=None, overrides: dict[str, dict] | None = None,
+            plan: Plan | str | dict | None = None) -> nn.Module:
     """Give ``model`` the Maximal Update Parametrization relative to ``base_width``, in place.
 
     Returns the same object, its class swapped to a subclass with :class:`MuplifiedModule` mixed in (``.plan``,
-    ``.optimizer()``, ``.to_standard()``, ``.mup_init()``).  On any error the model is left untouched.
+    ``.optimizer()``, ``.to_standard()``, ``.mup_init()``).  On any error the model is left untouched.  A
+    ``torch.compile`` wrapper is accepted: the module inside it is muplified (and the wrapper returned).
 
-    ``plan=`` (a :class:`Plan` or a path to a plan JSON file) re-applies a saved plan without re-deriving it; it
-    must match the model exactly.  ``overrides={"glob": {"role": "hidden"}}`` edits the plan before the rewrite.
+    ``hp=`` sets the μP hyperparameters a proxy sweep tunes (``output_mult``, ``attn_mult``, ``embed_mult``,
+    ``init_mult={role: x}``, ``lr_mult={role: x}``), base-anchored: at ``width == base_width`` the model equals the
+    original with those constants applied by hand.  ``eps="scaled"`` scales Adam's ε with the gradients (1/width_mult;
+    ``"fixed"`` keeps it).  ``plan=`` (a :class:`Plan`, its dict, or a path to a plan JSON file) re-applies a saved
+    plan without re-deriving it; it must match the model exactly.  ``overrides={"glob": {"role": "hidden"}}`` edits
+    the plan's facts before the rewrite.
+
+    ``base_depth=`` adds CompleteP depth scaling (Dey et al. 2025): every residual branch found in the graph is
+    multiplied by ``(base_depth/depth)**depth_alpha`` (``depth`` inferred as the number of residual blocks, or given),
+    with the matching learning-rate and ε rules; ``depth_alpha=1.0`` is CompleteP, ``0.5`` depth-μP.
+
+    ``base=`` (the model built at the base width, on any device including meta, or a zero-argument factory) is the
+    exact route: an axis scales exactly when its size differs from the base model's and every base fan is read from
+    it, so nothing about the width is guessed; ``base_width`` then follows from it.
     """
+    wrapper = model if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else None
+    model = _unwrap(model)
     if plan is not None:
         if isinstance(plan, str):
             plan = Plan.from_json(plan)
+        elif isinstance(plan, dict):
+            plan = Plan.from_dict(plan)
+        elif not isinstance(plan, Plan):
+            raise PlanError(f"plan= takes a Plan, its dict (plan.to_dict()) or a plan JSON path; got "
+                            f"{type(plan).__name__}")
         if base_width is not None and base_width != plan.base_width:
             raise PlanError(f"base_width={base_width} disagrees with the plan's base_width={plan.base_width}")
-        _check_args(model, plan.base_width, plan.options.get("init"), plan.options.get("head_scaling", "heads"),
-                    plan.options.get("weight_decay", "coupled"))
+        _check_args(model, plan.base_width, plan.options)
         rewrite.validate_plan(model, plan)
         plan = plan.copy()
+        if hp is not None:
+            plan.hp = HyperParams.from_dict(hp)
+        for pattern, fields in (overrides or {}).items():
+            plan.override(pattern, **fields)
         apply_init = False  # a saved plan records an init that already happened; load the checkpoint next
     else:
-        if base_width is None:
-            raise MuplifyError("muplify() needs base_width= (or plan=)")
         plan = analyze(model, base_width, width=width, example_inputs=example_inputs, example_kwargs=example_kwargs,
-                       head_scaling=head_scaling, init=init, weight_decay=weight_decay,
-                       readout_zero_init=readout_zero_init, query_zero_init=query_zero_init)
+                       head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
+                       readout_zero_init=readout_zero_init, query_zero_init=query_zero_init, hp=hp,
+                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, base=base, overrides=overrides)
         apply_init = True
-    for pattern, fields in (overrides or {}).items():
-        plan.override(pattern, **fields)
+    plan.rules()  # derive everything now: a missing site or an impossible request raises before any change
     # everything that can fail has run; from here on the model is modified
     rewrite.apply_plan(model, plan, init=apply_init)
     model.__class__ = _mu_class(type(model))
     model.__dict__["_mup_plan"] = plan
-    return model
+    plan.frozen = True
+    watch_plain_optimizers(model)
+    warns = plan.warnings
+    if warns:
+        warnings.warn("muplify: " + "\n  - ".join(["μP lint (also in print(mu.plan)):"] + warns), UserWarning,
+                      stacklevel=2)
+    return wrapper if wrapper is not None else model

@@ -1,10 +1,9 @@
-"""Init policy: what rule drew each weight, and how to rescale it to μP relative to the base width.
+"""Which rule drew a weight's current values: a fact read off the values, for the policy's init rule.
 
-μP (TP-V Table 8) wants, relative to the base model's init σ_base: hidden weights σ_base/√m_in, input and output
-weights σ_base (output: or zero), vector-like params unchanged.  What σ_base is depends on the user's init rule: a
-fixed-std init (GPT-2's 0.02, timm's trunc_normal .02) has σ_base = σ_now; a fan-in scaled init (PyTorch's default
-kaiming_uniform(a=√5), LeCun, Kaiming) has σ_base = σ_now·√m_in; a fan-out scaled one σ_now·√m_out.  The rule is
-read off the values: σ·√fan matching a known init constant means fan-scaled, anything else is fixed.
+A fixed-std init (GPT-2's 0.02, timm's trunc_normal .02) has σ_base = σ_now; a fan-in scaled init (PyTorch's default
+kaiming_uniform(a=√5), LeCun, Kaiming) has σ_base = σ_now·√m_in; a fan-out scaled one σ_now·√m_out
+(:func:`muplify.policy.width_init_factor`).  The rule is read off the values: σ·√fan matching a known init constant
+means fan-scaled, anything else is fixed.
 """
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["detect_rule", "init_scale", "RULES"]
+__all__ = ["detect_rule", "RULES"]
 
 RULES = ("fan_in", "fan_out", "fixed")
 
@@ -69,46 +68,3 @@ def _global_stats(t) -> tuple[int, float, float]:
     n, s1, s2 = (float(v) for v in sums.cpu())
     var = max(0.0, (s2 - s1 * s1 / n) / (n - 1)) if n > 1 else 0.0
     return int(t.numel()), math.sqrt(var), float(amax)
-
-
-def init_scale(rule: str, role: str, m_in: float, m_out: float) -> float:
-    """Factor to multiply the current values by so that they follow μP relative to the base width."""
-    if rule not in RULES or role in ("vector", "fixed"):
-        return 1.0
-    base_over_now = {"fixed": 1.0, "fan_in": math.sqrt(m_in), "fan_out": math.sqrt(m_out)}[rule]
-    target_over_base = 1.0 / math.sqrt(m_in) if role == "hidden" else 1.0  # TP-V Table 8: hidden var σ²/m_in
-    return base_over_now * target_over_base
-
-
-def _size(expr, plan) -> int:
-    sym = plan.width_symbol
-    return int(expr.subs(sym, plan.width)) if expr.has(sym) else int(expr)
-
-
-def decide(entry, t: torch.Tensor | None, plan, option: str | None) -> tuple[str, float]:
-    """The init rule of one parameter and the factor that makes its current values μP (times ``entry.init_extra``).
-
-    ``option`` is the plan's init policy: ``"auto"`` detects the rule from the values; ``"fan_in"``, ``"fan_out"``,
-    ``"fixed"`` force it; ``None`` keeps the values.  A bias is judged by its layer's fan_in (PyTorch draws it from
-    U(±1/√fan_in) of the layer), so a fan-in scaled bias is restored to its base-width scale.
-    """
-    if option is None or t is None or not (t.is_floating_point() or t.is_complex()):
-        return "keep", 1.0 * entry.init_extra  # (a non-float Parameter has no init to rescale)
-    layer = plan.params.get(entry.bias_of) if entry.bias_of else None
-    fan_in = _size(layer.fan_in if layer is not None else entry.fan_in, plan)
-    if option == "auto":
-        if layer is not None:
-            rule, _ = detect_rule(t, fan_in, ())
-        elif entry.role in ("vector", "fixed"):
-            rule, _ = detect_rule(t, 1, ())
-        else:
-            shape = tuple(t.shape)
-            conv_fan_out = t.numel() // max(1, shape[1]) if len(shape) > 2 else 1
-            rule, _ = detect_rule(t, fan_in, (_size(entry.fan_out, plan), conv_fan_out))
-    else:
-        rule = option if (entry.role not in ("vector", "fixed") or layer is not None) else "keep"
-    if layer is not None:
-        scale = math.sqrt(layer.width_mult_in) if rule == "fan_in" else 1.0
-    else:
-        scale = init_scale(rule, entry.role, entry.width_mult_in, entry.width_mult_out)
-    return rule, scale * entry.init_extra

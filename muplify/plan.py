@@ -1,106 +1,348 @@
-"""Stage 3: the plan — plain, printable data saying what μP does to each parameter.
+"""Stage 3: the plan — the *facts* muplify established about one model, plain and printable.
 
-Every later stage (rewrite, init, optimizer, export) reads only the plan.  ``print(plan)`` is a table; ``plan[name]``
-is a :class:`ParamPlan`; ``plan.override("*.c_proj.weight", role="hidden")`` changes entries before the rewrite;
-``plan.to_json()`` / ``Plan.from_json()`` round-trip it through a human-readable file.
+Per parameter: its names, shape, role, fans (sympy, in the width symbol ``w``) and base fans, layout (which stored
+axes hold fan-in / fan-out channels), its uses in the graph, how the role was decided, and the rule that drew its
+current values.  Per model: the forward-multiplier *sites* (module boundaries where the readout input, the attention
+query, an embedding output or a residual branch can be scaled), the options and the μP hyperparameters ``hp``.
 
-Rules (relative to the base model, every multiplier is 1 at base width; see shared mup-rules.md §2):
+What μP *does* with these facts (init factors, learning-rate / weight-decay / ε multipliers, forward multipliers)
+is derived by :mod:`muplify.policy`, the one place the μP rules live.  The derived values are exposed read-only on
+each entry (``plan[name].lr_mult["adam"]``, ``.init_scale``) and as ``plan.forward``; an override changes a fact and
+everything is derived again.  Once applied to a model the plan is frozen: edits raise :class:`PlanError`.
 
-=========  ========================  =====================  ==================  =====================
-role       fan_in / fan_out          Adam-like lr           SGD-like lr         forward multiplier
-=========  ========================  =====================  ==================  =====================
-input      finite / infinite         η                      η·m_out             1
-hidden     infinite / infinite       η/m_in (TP-V Table 3)  η·m_out/m_in        1
-output     infinite / finite         η                      η·m_in              1/m_in on its input
-vector     — / infinite              η                      η·m_out             1
-fixed      finite / finite           η                      η                   1
-=========  ========================  =====================  ==================  =====================
-
-Weight decay (policy "coupled", the default): the per-step decay lr·wd of every parameter is kept as at base width,
-so wd_mult = 1/lr_mult (hidden AdamW weights: wd·m_in, as the `mup` package does).  Policy "scaled": wd_mult = 1.
+    >>> from muplify import analyze
+    >>> from muplify.models import MLP
+    >>> plan = analyze(MLP(width=128), base_width=64)
+    >>> plan["net.2.weight"].role, str(plan["net.2.weight"].fan_in), plan["net.2.weight"].lr_mult["adam"]
+    ('hidden', 'w', 0.5)
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterator, Literal, get_args
 
 import sympy
 
 from .errors import PlanError
 
-__all__ = ["Plan", "ParamPlan", "ForwardMultiplier", "ROLES", "lr_mults", "role_from_fans"]
+__all__ = ["Plan", "ParamPlan", "Site", "FoldTarget", "Attention", "Options", "HyperParams", "Role", "ROLES",
+           "role_from_fans", "PLAN_FORMAT"]
 
-ROLES = ("input", "hidden", "output", "vector", "fixed")
-_VOLATILE_OPTIONS = ("capture_seconds",)  # run-to-run diagnostics: kept off the JSON so a plan file is deterministic
-FAMILIES = ("adam", "sgd")
-
-
-@dataclass
-class ForwardMultiplier:
-    module: str  # module path, as in named_modules()
-    where: str  # "input" (first positional argument) | "output" (returned tensor)
-    factor: float
-    reason: str  # "readout" | "attention"
-    param: str  # the parameter the multiplier belongs to
-    channels: tuple[int, int, int] | None = None  # (start, stop, total) of the last axis, for fused projections
+Role = Literal["input", "hidden", "output", "vector", "fixed"]
+ROLES: tuple[str, ...] = get_args(Role)
+SiteKind = Literal["readout", "query", "embedding", "branch"]
+Where = Literal["input", "output"]
+PLAN_FORMAT = "muplify-plan/2"
 
 
-@dataclass
-class ParamPlan:
-    name: str
-    aliases: list[str]
-    shape: tuple[int, ...]
-    role: str
-    fan_in: sympy.Expr
-    fan_out: sympy.Expr
-    width_mult_in: float  # m_in = fan_in(width) / fan_in(base_width)
-    width_mult_out: float
-    init_rule: str  # the rule that drew the current values: fan_in | fan_out | fixed | zero | const | deferred
-    init_scale: float  # factor the rewrite multiplies the values by (0.0: zero-init)
-    lr_mult: dict[str, float]
-    wd_mult: dict[str, float]
-    uses: list[str] = field(default_factory=list)
-    zero_channels: tuple[int, int, int] | None = None  # (axis, start, stop) zeroed by query_zero_init
-    note: str = ""
-    bias_of: str | None = None  # for a bias: the weight of its layer (its init is judged by that layer's fan_in)
-    init_extra: float = 1.0  # 0.0: zero-init (readout_zero_init); 1/m_in: Table-3 readout form
-
-
-def role_from_fans(fan_in_inf: bool, fan_out_inf: bool) -> str:
+def role_from_fans(fan_in_inf: bool, fan_out_inf: bool) -> Role:
+    """TP-V Table 3: the role of a weight from whether its fan-in / fan-out grow with width."""
     return {(False, True): "input", (True, True): "hidden", (True, False): "output", (False, False): "fixed"}[
         (fan_in_inf, fan_out_inf)]
 
 
-def lr_mults(role: str, m_in: float, m_out: float) -> dict[str, float]:
-    adam = 1.0 / m_in if role == "hidden" else 1.0  # TP-V Table 3: hidden Adam lr ∝ 1/fan_in
-    sgd = {"input": m_out, "vector": m_out, "hidden": m_out / m_in, "output": m_in, "fixed": 1.0}[role]
-    return {"adam": adam, "sgd": sgd}
+# The μP rules live in muplify.policy, a later stage; it registers itself here on import so that a plan can show
+# what the rules derive from its facts without this module importing the rules.
+POLICY = None
 
 
-def wd_mults(lr_mult: dict[str, float], policy: str) -> dict[str, float]:
-    if policy == "coupled":
-        return {k: 1.0 / v for k, v in lr_mult.items()}
-    if policy == "scaled":
-        return {k: 1.0 for k in lr_mult}
-    raise PlanError(f"weight_decay policy must be 'coupled' or 'scaled', got {policy!r}")
+def _policy():
+    if POLICY is None:
+        raise PlanError("the μP policy is not loaded: import muplify (or muplify.policy) first")
+    return POLICY
+
+
+# ------------------------------------------------------------------------------------------------ options and hp
+@dataclass(frozen=True)
+class Options:
+    """How muplify was asked to parametrize (the arguments of :func:`muplify.muplify`)."""
+
+    head_scaling: Literal["heads", "head_dim"] = "heads"  # heads: head_dim fixed, heads grow; head_dim: the reverse
+    init: Literal["auto", "fan_in", "fan_out", "fixed"] | None = "auto"  # how the current init rule is read; None: keep
+    weight_decay: Literal["coupled", "scaled"] = "coupled"  # coupled: lr·wd per step kept as at base width
+    eps: Literal["scaled", "fixed"] = "scaled"  # scaled: Adam ε follows the gradient scale (1/width_mult)
+    readout_zero_init: bool = False  # zero the readout (and its bias) at init
+    query_zero_init: bool = False  # zero the query projection (rows of a fused qkv) at init
+    base_depth: int | None = None  # CompleteP: depth the hyperparameters were tuned at (None: width-only μP)
+    depth: int | None = None  # number of residual blocks (inferred from the graph)
+    depth_alpha: float = 1.0  # CompleteP exponent: branches × (base_depth/depth)^alpha (1.0 CompleteP, 0.5 depth-μP)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style access to an option."""
+        return getattr(self, key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+HP_SCALARS = ("output_mult", "attn_mult", "embed_mult")
+HP_PER_ROLE = ("init_mult", "lr_mult")
+GAIN = "gain"  # per-role hp dicts also take "gain": the trainable norm gains (a subset of "vector")
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    """The μP hyperparameters a proxy sweep tunes (TP-V Table 1), base-anchored: at ``width == base_width`` each is
+    exactly the constant a user would write into the model by hand; at other widths it keeps that meaning."""
+
+    output_mult: float = 1.0  # α_out: multiplies the readout's input
+    attn_mult: float = 1.0  # α_attn: multiplies the attention logits (before softmax), on top of the μP scale
+    embed_mult: float = 1.0  # α_emb: multiplies the output of every input-role layer (embeddings, first layer)
+    init_mult: Mapping[str, float] = field(default_factory=dict)  # role (or "gain") -> factor on initial values
+    lr_mult: Mapping[str, float] = field(default_factory=dict)  # role (or "gain") -> factor on the learning rate
+
+    @classmethod
+    def from_dict(cls, hp: Mapping | "HyperParams" | None) -> "HyperParams":
+        """Validate plain data (``{"output_mult": 2.0, "lr_mult": {"input": 4.0}}``); bad keys, roles or values
+        raise PlanError naming the entry and what is allowed."""
+        if hp is None:
+            return cls()
+        if isinstance(hp, HyperParams):
+            return hp
+        if not isinstance(hp, Mapping):
+            raise PlanError(f"hp must be a dict like {{'output_mult': 2.0, 'lr_mult': {{'input': 4.0}}}}, got "
+                            f"{type(hp).__name__}")
+        allowed = HP_SCALARS + HP_PER_ROLE
+        bad = [k for k in hp if k not in allowed]
+        if bad:
+            raise PlanError(f"unknown hp keys {bad}; allowed: {list(allowed)}")
+        out: dict[str, Any] = {}
+        for k in HP_SCALARS:
+            if k in hp:
+                out[k] = _positive(f"hp[{k!r}]", hp[k])
+        for k in HP_PER_ROLE:
+            if k not in hp:
+                continue
+            d = hp[k]
+            if not isinstance(d, Mapping):
+                raise PlanError(f"hp[{k!r}] must map roles to factors, e.g. {{'hidden': 0.5}}; got {d!r}")
+            roles = ROLES + (GAIN,)
+            unknown = [r for r in d if r not in roles]
+            if unknown:
+                raise PlanError(f"hp[{k!r}] has unknown roles {unknown}; roles are {list(roles)}")
+            # a zero learning rate freezes a role (e.g. norm gains); a zero init is readout_zero_init's job
+            out[k] = {r: _positive(f"hp[{k!r}][{r!r}]", v, allow_zero=(k == "lr_mult")) for r, v in d.items()}
+        return cls(**out)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data; ``HyperParams.from_dict(hp.to_dict()) == hp``."""
+        return {"output_mult": self.output_mult, "attn_mult": self.attn_mult, "embed_mult": self.embed_mult,
+                "init_mult": dict(self.init_mult), "lr_mult": dict(self.lr_mult)}
+
+    def role_init(self, role: str, gain: bool = False) -> float:
+        """The init factor of a parameter with this role (a norm gain: the "gain" entry first)."""
+        return self.init_mult.get(GAIN, self.init_mult.get(role, 1.0)) if gain else self.init_mult.get(role, 1.0)
+
+    def role_lr(self, role: str, gain: bool = False) -> float:
+        """The lr factor of a parameter with this role (a norm gain: the "gain" entry first)."""
+        return self.lr_mult.get(GAIN, self.lr_mult.get(role, 1.0)) if gain else self.lr_mult.get(role, 1.0)
+
+    def is_default(self) -> bool:
+        """Whether every hyperparameter is 1 (μP as derived, nothing tuned)."""
+        return self == HyperParams()
+
+
+def _positive(what: str, v: Any, allow_zero: bool = False) -> float:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+        v > 0 or (allow_zero and v == 0))
+    if not ok:
+        need = "finite and >= 0" if allow_zero else "finite and > 0"
+        raise PlanError(f"{what} must be a number, {need}; got {v!r}")
+    return float(v)
+
+
+# ------------------------------------------------------------------------------------------------ facts
+@dataclass(frozen=True)
+class FoldTarget:
+    """Scaling ``param`` (or only ``[start:stop]`` of its ``axis``) reproduces a multiplier at a site (export)."""
+
+    param: str
+    axis: int | None = None  # None: the whole tensor
+    start: int = 0
+    stop: int = 0
+
+
+@dataclass(frozen=True)
+class Site:
+    """A module boundary whose tensor carries exactly one μP quantity, where a forward multiplier can act."""
+
+    kind: SiteKind  # readout input | attention query | embedding (input-layer) output | residual branch output
+    module: str  # module path, as in named_modules()
+    where: Where  # "input": the module's first tensor argument; "output": the tensor it returns
+    param: str  # the parameter the site belongs to ("" for a branch)
+    channels: tuple[int, int, int] | None = None  # (start, stop, total) of the last axis, for fused projections
+    fold: tuple[FoldTarget, ...] = ()  # parameters a multiplier here folds into (export); () when none can
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One attention op: its head dimension and where its query can be scaled."""
+
+    module: str  # module that calls the attention op
+    op: str  # "sdpa" | "manual"
+    head_dim: sympy.Expr  # in the width symbol: grows only under head_scaling="head_dim"
+    base_head_dim: int
+    query: Site | None  # None: no module boundary carries the query alone
+    missing: str = ""  # why the query site was not found
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which axes of the stored tensor are contracted (fan-in) and which survive (fan-out), read from its use."""
+
+    fan_in_axes: tuple[int, ...]
+    fan_out_axes: tuple[int, ...]
+
+
+_DERIVED = ("init_scale", "lr_mult", "wd_mult", "eps_mult", "zero_channels")
+
+
+@dataclass
+class ParamPlan:
+    """The facts about one parameter (tied parameters: one entry, every name in ``aliases``)."""
+
+    name: str  # canonical name: the first in named_parameters()
+    aliases: list[str]
+    shape: tuple[int, ...]
+    role: Role
+    fan_in: sympy.Expr  # in the width symbol, e.g. 4*w
+    fan_out: sympy.Expr
+    base_fan_in: int  # the same fans at the base model
+    base_fan_out: int
+    base_shape: tuple[int, ...]
+    layout: Layout | None  # None: used elementwise (biases, gains, tokens)
+    decided_by: str  # "graph" | "guess: <why>" | "override" | "dtype"
+    uses: list[str] = field(default_factory=list)
+    readout: bool = False  # an output-role weight producing the model's prediction (not e.g. a MoE router)
+    gain: bool = False  # a vector that multiplies a normalised activation (LayerNorm/RMSNorm/BatchNorm weight)
+    in_branch: bool = False  # inside a residual branch (CompleteP's depth rules apply)
+    bias_of: str | None = None  # for a bias: the weight of its layer (its init is judged by that layer's fan_in)
+    init_rule: str = "keep"  # rule that drew the current values: fan_in|fan_out|fixed|zero|const|deferred|keep
+    user_lr_mult: float = 1.0  # set by overrides: an extra factor on this parameter's lr
+    user_init_mult: float = 1.0  # set by overrides: an extra factor on this parameter's initial values
+    note: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "_plan", None)
+
+    def __setattr__(self, key, value):
+        plan = self.__dict__.get("_plan")
+        if plan is not None and plan.frozen:
+            raise PlanError(f"the plan is applied to a model and read-only (tried to set {self.name}.{key}); "
+                            "build the model again and pass overrides= to muplify(), or edit a saved plan file "
+                            "and pass plan= to a fresh model")
+        object.__setattr__(self, key, value)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_plan"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__["_plan"] = None
+
+    # facts that are plain arithmetic on other facts
+    @property
+    def width_mult_in(self) -> float:
+        """m_in = fan_in / base_fan_in."""
+        return self._size(self.fan_in) / self.base_fan_in
+
+    @property
+    def width_mult_out(self) -> float:
+        """m_out = fan_out / base_fan_out."""
+        return self._size(self.fan_out) / self.base_fan_out
+
+    def _size(self, expr: sympy.Expr) -> int:
+        plan = self.__dict__["_plan"]
+        sym = plan.width_symbol if plan is not None else sympy.Symbol("w", positive=True, integer=True)
+        return int(expr.subs(sym, plan.width)) if plan is not None and expr.has(sym) else int(expr)
+
+    @property
+    def guessed(self) -> bool:
+        """Whether the role was decided without graph evidence (named in the plan's warnings)."""
+        return self.decided_by.startswith("guess")
+
+    # what the policy derives (read-only views)
+    def _rules(self):
+        plan = self.__dict__["_plan"]
+        if plan is None:
+            raise PlanError(f"{self.name} is not part of a plan: the policy needs the plan's width and options")
+        return plan.rules()[self.name]
+
+    @property
+    def init_scale(self) -> float:
+        """Factor the rewrite multiplies the current values by (0.0: zero-init)."""
+        return self._rules().init_scale
+
+    @property
+    def lr_mult(self) -> dict[str, float]:
+        """Learning-rate multiplier per registered optimizer family."""
+        return dict(self._rules().lr_mult)
+
+    @property
+    def wd_mult(self) -> dict[str, float]:
+        """Weight-decay multiplier per registered optimizer family (coupled policy: 1 / the μP lr factor)."""
+        return dict(self._rules().wd_mult)
+
+    @property
+    def eps_mult(self) -> dict[str, float]:
+        """Multiplier of the optimizer's ε per family (1 where the family has no gradient-scale ε)."""
+        return dict(self._rules().eps_mult)
+
+    @property
+    def zero_channels(self) -> tuple[int, int, int] | None:
+        """(axis, start, stop) zeroed by query_zero_init."""
+        return self._rules().zero_channels
 
 
 @dataclass
 class Plan(Mapping):
-    """Per-parameter μP decisions plus the forward multipliers, for one model at one width."""
+    """Facts about one model at one width; what μP does with them is ``muplify.policy``'s (``plan.forward``,
+    ``plan[name].lr_mult`` ...)."""
 
     base_width: int
     width: int
     params: dict[str, ParamPlan]
-    forward: list[ForwardMultiplier]
-    options: dict
+    sites: list[Site]
+    attention: list[Attention]
+    options: Options
+    hp: HyperParams = field(default_factory=HyperParams)
     notes: list[str] = field(default_factory=list)
     width_symbol: sympy.Symbol = field(default_factory=lambda: sympy.Symbol("w", positive=True, integer=True))
     model_class: str = ""
+    width_source: str = ""  # how the width was chosen: config attribute, most-used dim, width=, base model
+    scaling_dims: list[tuple[int, str, int]] = field(default_factory=list)  # (size, expression, parameter axes)
+    blocks: list[str] = field(default_factory=list)  # residual blocks found (with base_depth), in graph order
+    capture_seconds: float | None = None
+    frozen: bool = False
+    lint: list[str] = field(default_factory=list)  # warnings found after the plan was made (optimizer, first step)
+
+    def __post_init__(self):
+        for p in self.params.values():
+            p.__dict__["_plan"] = self
+        self.__dict__["_rules_cache"] = None
+
+    def __setattr__(self, key, value):
+        if self.__dict__.get("frozen") and key not in ("frozen",):
+            raise PlanError(f"the plan is applied to a model and read-only (tried to set plan.{key}); build the "
+                            "model again and pass the change to muplify()")
+        object.__setattr__(self, key, value)
+        if key in ("params", "sites", "attention", "options", "hp", "width", "base_width"):
+            self.__dict__["_rules_cache"] = None
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_rules_cache"] = None
+        return d
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for p in self.params.values():
+            p.__dict__["_plan"] = self
 
     # Mapping interface -------------------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> ParamPlan:
@@ -119,101 +361,134 @@ class Plan(Mapping):
 
     @property
     def width_mult(self) -> float:
+        """m = width / base_width."""
         return self.width / self.base_width
 
     def by_role(self, role: str) -> list[str]:
+        """Names of the parameters with this role."""
         return [n for n, p in self.params.items() if p.role == role]
 
-    # overrides ---------------------------------------------------------------------------------------------------
-    def override(self, pattern: str, **fields) -> list[str]:
-        """Change every entry whose name (or alias) matches the glob ``pattern``; returns the names changed.
-
-        ``role=`` recomputes the lr/wd multipliers for that role; ``lr_mult=``, ``wd_mult=`` (dicts or floats),
-        ``init_scale=`` set values directly.
-        """
-        hits = [n for n, p in self.params.items() if any(fnmatch.fnmatchcase(a, pattern) for a in [n, *p.aliases])]
-        if not hits:
-            raise PlanError(f"override pattern {pattern!r} matches no parameter; names look like {list(self)[:3]}")
-        allowed = {"role", "lr_mult", "wd_mult", "init_scale", "note"}
-        bad = set(fields) - allowed
-        if bad:
-            raise PlanError(f"cannot override {sorted(bad)}; allowed fields: {sorted(allowed)}")
-        for n in hits:
-            p = self.params[n]
-            if "role" in fields:
-                role = fields["role"]
-                if role not in ROLES:
-                    raise PlanError(f"role must be one of {ROLES}, got {role!r}")
-                p.role = role
-                p.lr_mult = lr_mults(role, p.width_mult_in, p.width_mult_out)
-                p.wd_mult = wd_mults(p.lr_mult, self.options.get("weight_decay", "coupled"))
-                if role != "output":
-                    self.forward = [f for f in self.forward if not (f.param == n and f.reason == "readout")]
-            for k in ("lr_mult", "wd_mult"):
-                if k in fields:
-                    v = fields[k]
-                    setattr(p, k, {f: float(v) for f in FAMILIES} if isinstance(v, (int, float)) else dict(v))
-            if "init_scale" in fields:
-                p.init_scale = float(fields["init_scale"])
-            p.note = (p.note + "; " if p.note else "") + fields.get("note", f"overridden: {sorted(fields)}")
-        return hits
-
-    # printing ----------------------------------------------------------------------------------------------------
-    def __str__(self) -> str:
-        w = self.width_symbol
-        head = (f"muplify plan for {self.model_class or 'model'}: width {w} = {self.width}, base_width = "
-                f"{self.base_width} (width_mult {self.width_mult:g}); head_scaling={self.options.get('head_scaling')}, "
-                f"init={self.options.get('init')}, weight_decay={self.options.get('weight_decay')}")
-        rows = [("parameter", "shape", "role", "fan_in", "fan_out", "init", "adam lr", "sgd lr")]
-        for n, p in self.params.items():
-            init = p.init_rule if p.init_scale == 1.0 else f"{p.init_rule} x{p.init_scale:.3g}"
-            name = n + (f" (= {', '.join(p.aliases[1:])})" if len(p.aliases) > 1 else "")
-            rows.append((name, "x".join(map(str, p.shape)), p.role, str(p.fan_in), str(p.fan_out), init,
-                         f"x{p.lr_mult['adam']:.4g}", f"x{p.lr_mult['sgd']:.4g}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [head, ""]
-        for i, r in enumerate(rows):
-            lines.append("  ".join(c.ljust(widths[k]) for k, c in enumerate(r)).rstrip())
-            if i == 0:
-                lines.append("  ".join("-" * x for x in widths))
-        if self.forward:
-            lines += ["", "forward multipliers:"]
-            for f in self.forward:
-                ch = f" on channels [{f.channels[0]}:{f.channels[1]}] of {f.channels[2]}" if f.channels else ""
-                lines.append(f"  {f.reason:9s} x{f.factor:.4g} on the {f.where} of '{f.module}'{ch}  ({f.param})")
-        if self.notes:
-            lines += ["", "notes:"] + [f"  - {s}" for s in self.notes]
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
     def summary(self) -> dict[str, int]:
+        """How many parameters have each role."""
         out = {r: 0 for r in ROLES}
         for p in self.params.values():
             out[p.role] += 1
         return out
 
+    # derived -----------------------------------------------------------------------------------------------------
+    def rules(self):
+        """Per parameter, what the policy derives (cached until a fact changes)."""
+        if self.__dict__.get("_rules_cache") is None:
+            self.__dict__["_rules_cache"] = _policy().derive(self)
+        return self.__dict__["_rules_cache"]
+
+    def invalidate(self) -> None:
+        """Forget derived values (after a fact changed in place, e.g. a re-detected init rule)."""
+        self.__dict__["_rules_cache"] = None
+
+    @property
+    def forward(self):
+        """The forward multipliers the policy derives from the sites (:class:`muplify.policy.ForwardMultiplier`)."""
+        return _policy().forward_multipliers(self)
+
+    @property
+    def warnings(self) -> list[str]:
+        """μP lint: what in this model or configuration is known to break μTransfer, each with what to do."""
+        return _policy().lint(self) + list(self.lint)
+
+    @contextlib.contextmanager
+    def _editable(self):
+        was = self.frozen
+        object.__setattr__(self, "frozen", False)
+        try:
+            yield self
+        finally:
+            object.__setattr__(self, "frozen", was)
+            self.invalidate()
+
+    # overrides ---------------------------------------------------------------------------------------------------
+    OVERRIDABLE = ("role", "lr_mult", "init_mult", "readout", "note")
+
+    def override(self, pattern: str, **changes) -> list[str]:
+        """Change the facts of every entry whose name (or alias) matches the glob ``pattern`` (before the plan is
+        applied; pass ``overrides=`` to :func:`muplify`).  Everything derived follows: init, learning rates, weight
+        decay, ε and forward multipliers.  Returns the names changed.
+
+        ``role=`` sets the role; ``lr_mult=`` / ``init_mult=`` are extra factors on this parameter's learning rate /
+        initial values on top of μP; ``readout=`` marks an output-role weight as the model's readout (or not).
+        """
+        if self.frozen:
+            raise PlanError("the plan is applied to a model and read-only; build the model again and pass "
+                            "overrides= to muplify(), or edit a saved plan file and pass plan= to a fresh model")
+        bad = sorted(set(changes) - set(self.OVERRIDABLE))
+        if bad:
+            raise PlanError(f"cannot override {bad}; allowed fields: {sorted(self.OVERRIDABLE)}")
+        hits = [n for n, p in self.params.items() if any(fnmatch.fnmatchcase(a, pattern) for a in [n, *p.aliases])]
+        if not hits:
+            raise PlanError(f"override pattern {pattern!r} matches no parameter; names look like {list(self)[:3]}")
+        if "role" in changes and changes["role"] not in ROLES:
+            raise PlanError(f"role must be one of {ROLES}, got {changes['role']!r}")
+        for k in ("lr_mult", "init_mult"):
+            if k in changes:
+                changes[k] = _positive(f"override {pattern!r} {k}", changes[k], allow_zero=(k == "lr_mult"))
+        for n in hits:
+            p = self.params[n]
+            if "role" in changes:
+                p.role = changes["role"]
+                p.readout = changes.get("readout", p.readout and p.role == "output")
+            elif "readout" in changes:
+                p.readout = bool(changes["readout"]) and p.role == "output"
+            if "lr_mult" in changes:
+                p.user_lr_mult = changes["lr_mult"]
+            if "init_mult" in changes:
+                p.user_init_mult = changes["init_mult"]
+            p.decided_by = "override" if "role" in changes else p.decided_by
+            p.note = (p.note + "; " if p.note else "") + changes.get("note", f"overridden: {sorted(changes)}")
+        self.invalidate()
+        return hits
+
+    # printing ----------------------------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return _policy().describe(self)
+
+    __repr__ = __str__
+
     # serialisation -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        def enc(p: ParamPlan) -> dict:
-            d = asdict(p)
+        """The facts as plain JSON-able data (format ``muplify-plan/2``); derived values are not stored."""
+        def enc_param(p: ParamPlan) -> dict:
+            d = {f.name: getattr(p, f.name) for f in fields(p)}
             d["fan_in"], d["fan_out"] = str(p.fan_in), str(p.fan_out)
-            d["shape"] = list(p.shape)
+            d["shape"], d["base_shape"] = list(p.shape), list(p.base_shape)
+            d["layout"] = None if p.layout is None else [list(p.layout.fan_in_axes), list(p.layout.fan_out_axes)]
+            return d
+
+        def enc_site(s: Site) -> dict:
+            d = asdict(s)
+            d["fold"] = [asdict(f) for f in s.fold]
             return d
 
         return {
-            "format": "muplify-plan/1",
+            "format": PLAN_FORMAT,
             "model_class": self.model_class,
             "base_width": self.base_width,
             "width": self.width,
             "width_symbol": str(self.width_symbol),
-            "options": {k: v for k, v in self.options.items() if k not in _VOLATILE_OPTIONS},
+            "width_source": self.width_source,
+            "scaling_dims": [list(d) for d in self.scaling_dims],
+            "blocks": list(self.blocks),
+            "options": asdict(self.options),
+            "hp": self.hp.to_dict(),
             "notes": self.notes,
-            "params": [enc(p) for p in self.params.values()],
-            "forward": [asdict(f) for f in self.forward],
+            "params": [enc_param(p) for p in self.params.values()],
+            "sites": [enc_site(s) for s in self.sites],
+            "attention": [{"module": a.module, "op": a.op, "head_dim": str(a.head_dim),
+                           "base_head_dim": a.base_head_dim, "query": None if a.query is None else enc_site(a.query),
+                           "missing": a.missing} for a in self.attention],
         }
 
     def to_json(self, path: str | None = None) -> str:
+        """The plan as human-readable JSON; written to ``path`` when given.  Re-apply with ``muplify(model, plan=path)``."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=True)
         if path is not None:
             with open(path, "w") as fh:
@@ -221,205 +496,67 @@ class Plan(Mapping):
         return text
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        if d.get("format") != "muplify-plan/1":
-            raise PlanError(f"not a muplify plan (format {d.get('format')!r}); expected 'muplify-plan/1'")
+    def from_dict(cls, d: Mapping) -> "Plan":
+        """A plan from :meth:`to_dict`'s data; PlanError for anything else."""
+        if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
+            fmt = d.get("format") if isinstance(d, Mapping) else type(d).__name__
+            raise PlanError(f"not a muplify plan (format {fmt!r}); expected {PLAN_FORMAT!r} (save one with "
+                            "mu.plan.to_json(path))")
+        try:
+            return cls._decode(d)
+        except (KeyError, TypeError, ValueError, sympy.SympifyError) as e:
+            raise PlanError(f"malformed muplify plan: {type(e).__name__}: {e}") from e
+
+    @classmethod
+    def _decode(cls, d: Mapping) -> "Plan":
         sym = sympy.Symbol(d.get("width_symbol", "w"), positive=True, integer=True)
+        expr = lambda s: sympy.sympify(s, locals={str(sym): sym})  # noqa: E731 - plain arithmetic strings only
+
+        def dec_site(s: Mapping) -> Site:
+            return Site(s["kind"], s["module"], s["where"], s["param"],
+                        tuple(s["channels"]) if s.get("channels") else None,
+                        tuple(FoldTarget(**f) for f in s.get("fold", ())))
+
         params = {}
         for e in d["params"]:
             e = dict(e)
-            e["fan_in"] = sympy.sympify(e["fan_in"], locals={str(sym): sym})  # plain arithmetic strings only
-            e["fan_out"] = sympy.sympify(e["fan_out"], locals={str(sym): sym})
-            e["shape"] = tuple(e["shape"])
-            if e.get("zero_channels") is not None:
-                e["zero_channels"] = tuple(e["zero_channels"])
+            e["fan_in"], e["fan_out"] = expr(e["fan_in"]), expr(e["fan_out"])
+            e["shape"], e["base_shape"] = tuple(e["shape"]), tuple(e["base_shape"])
+            e["layout"] = None if e.get("layout") is None else Layout(tuple(e["layout"][0]), tuple(e["layout"][1]))
             params[e["name"]] = ParamPlan(**e)
-        fwd = [ForwardMultiplier(**{**f, "channels": tuple(f["channels"]) if f.get("channels") else None})
-               for f in d["forward"]]
-        return cls(d["base_width"], d["width"], params, fwd, d["options"], d.get("notes", []), sym,
-                   d.get("model_class", ""))
+        attention = [Attention(a["module"], a["op"], expr(a["head_dim"]), a["base_head_dim"],
+                               None if a["query"] is None else dec_site(a["query"]), a.get("missing", ""))
+                     for a in d.get("attention", [])]
+        return cls(d["base_width"], d["width"], params, [dec_site(s) for s in d.get("sites", [])], attention,
+                   Options(**d["options"]), HyperParams.from_dict(d.get("hp")), list(d.get("notes", [])), sym,
+                   d.get("model_class", ""), d.get("width_source", ""),
+                   [tuple(x) for x in d.get("scaling_dims", [])], list(d.get("blocks", [])))
 
     @classmethod
     def from_json(cls, path_or_text: str) -> "Plan":
+        """A plan from a JSON file path or JSON text (:meth:`to_json`)."""
         text = path_or_text
         if not path_or_text.lstrip().startswith("{"):
-            with open(path_or_text) as fh:
-                text = fh.read()
-        return cls.from_dict(json.loads(text))
+            try:
+                with open(path_or_text) as fh:
+                    text = fh.read()
+            except OSError as e:
+                raise PlanError(f"cannot read the plan file {path_or_text!r}: {e}") from e
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"the plan file is not JSON: {e}") from e
+        return cls.from_dict(data)
 
     def copy(self) -> "Plan":
-        return Plan.from_dict(json.loads(self.to_json()))
+        """An unfrozen copy (the facts; derived values are recomputed)."""
+        out = Plan.from_dict(json.loads(self.to_json()))
+        out.capture_seconds = self.capture_seconds
+        return out
 
-
-def _m(expr: sympy.Expr, sym: sympy.Symbol, width: int, base: int) -> float:
-    if not expr.has(sym):
-        return 1.0
-    return float(expr.subs(sym, width) / expr.subs(sym, base))
-
-
-def build_plan(wa, model, base_width: int, *, head_scaling: str, init: str | None, weight_decay: str,
-               readout_zero_init: bool, query_zero_init: bool) -> Plan:
-    """Turn a :class:`~muplify.width.WidthAnalysis` into a plan (roles, fans, multipliers, init actions)."""
-    from . import initialization as ini
-    from .sites import param_dependent_nodes, query_site, readout_site
-
-    sym, width = wa.width_symbol, wa.width_size
-    leaf_modules = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
-    params: dict[str, ParamPlan] = {}
-    forward: list[ForwardMultiplier] = []
-    notes = list(wa.notes)
-    tensors = dict(model.named_parameters())
-    for name, pd in wa.params.items():
-        prod = lambda axes: sympy.Mul(*[pd.axis_exprs[a] for a in axes]) if axes else sympy.Integer(1)
-        contracting = [u for u in pd.uses if u.kind in ("matmul", "conv", "embedding")]
-        note, chosen = "", None
-        t = tensors.get(name)
-        if t is not None and not (t.is_floating_point() or t.is_complex()):
-            # an integer/bool Parameter gets no gradient and no init: μP leaves it alone
-            role, fan_in, fan_out = "fixed", sympy.Integer(1), sympy.Integer(max(1, t.numel()))
-            note = f"non-float parameter ({t.dtype}): fixed, left untouched"
-        elif contracting:
-            cands = []
-            for u in contracting:
-                fi, fo = prod(u.fan_in_axes), prod(u.fan_out_axes)
-                cands.append((role_from_fans(fi.has(sym), fo.has(sym)), fi, fo, u))
-            chosen = next((c for c in cands if c[0] == "output"), cands[0])
-            role, fan_in, fan_out, _ = chosen
-            if len({c[0] for c in cands}) > 1:
-                note = "tied: " + " + ".join(sorted({c[0] for c in cands})) + "; the readout use sets the role"
-        elif pd.uses and all(u.kind == "elementwise" for u in pd.uses):
-            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*pd.axis_exprs)
-            role = "vector" if fan_out.has(sym) else "fixed"
-        else:
-            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*pd.axis_exprs)
-            role = "fixed"
-            why = "not used by the captured forward" if name in wa.unused or not pd.uses else \
-                f"used by ops without a rule ({', '.join(sorted({str(u.node.target) for u in pd.uses}))})"
-            if fan_out.has(sym):
-                role = "vector" if len(pd.shape) <= 1 else "hidden"
-                fan_in = pd.axis_exprs[-1] if len(pd.shape) > 1 else sympy.Integer(1)
-                fan_out = pd.axis_exprs[0]
-            note = f"{why}; role guessed from its shape — check it or override"
-            notes.append(f"{name}: {note}")
-        m_in, m_out = _m(fan_in, sym, width, base_width), _m(fan_out, sym, width, base_width)
-        lr = lr_mults(role, m_in, m_out)
-        uses = [f"{u.kind} in '{_mod(u.node)}'" for u in pd.uses]
-
-        params[name] = ParamPlan(name, list(pd.aliases), tuple(pd.shape), role, fan_in, fan_out, m_in, m_out,
-                                 "keep", 1.0, lr, wd_mults(lr, weight_decay), uses, None, note)
-
-        if role == "output" and chosen is not None:
-            site = readout_site(chosen[3], pd.aliases, leaf_modules)
-            if site is not None:
-                forward.append(ForwardMultiplier(site.module, site.where, 1.0 / m_in, "readout", name))
-            elif len(pd.aliases) == 1:
-                # No module boundary carries the readout input: use the equivalent TP-V Table 3 form instead
-                # (init var ∝ 1/fan_in², Adam lr η/m_in; exact for Adam up to epsilon).
-                p = params[name]
-                p.init_extra = 1.0 / m_in
-                p.lr_mult = {"adam": 1.0 / m_in, "sgd": 1.0 / m_in}
-                p.wd_mult = wd_mults(p.lr_mult, weight_decay)
-                p.note += "readout applied in Table-3 form (no module boundary carries its input)"
-            else:
-                raise PlanError(
-                    f"the tied readout weight {name} is used by '{_mod(chosen[3].node)}' on a tensor that no module "
-                    "boundary carries alone, so muplify cannot insert the readout multiplier there. Compute the "
-                    "readout with an nn.Linear (sharing the embedding weight), or override the role of this weight.")
-
-    # attention: query sites (1/d scaling when head_dim grows; query zero-init)
-    dep = None
-    done: set[str] = set()
-    for site in wa.attention:
-        if site.kind not in ("sdpa", "manual") or site.node.name in done:
-            continue
-        done.add(site.node.name)
-        hd_expr = wa.dim_expr(site.head_dim)
-        needs_scale = head_scaling == "head_dim" and hd_expr.has(sym)
-        if not (needs_scale or query_zero_init):
-            continue
-        if dep is None:
-            dep = param_dependent_nodes(wa.graph, {pd.placeholder for pd in wa.params.values()})
-        q = query_site(site.node, dep)
-        if q is None:
-            msg = (f"could not find the query projection feeding the attention op in '{_mod(site.node)}'; "
-                   "the attention scale" + (" (1/d_head)" if needs_scale else "") + " is left unchanged there")
-            if needs_scale:
-                raise PlanError(msg + ". Use head_scaling='heads' (head_dim fixed) or compute q with an nn.Linear.")
-            notes.append(msg)
-            continue
-        qparam = _weight_of(model, q.module)
-        if needs_scale:
-            m_hd = _m(hd_expr, sym, width, base_width)
-            # TP-V: attention logits 1/d_head; √b_head/d_head keeps the base model unchanged -> q × √(b/d)
-            forward.append(ForwardMultiplier(q.module, "output", 1.0 / math.sqrt(m_hd), "attention",
-                                             qparam or q.module, q.channels))
-        if query_zero_init and qparam in params:
-            p = params[qparam]
-            axis = _out_axis(wa.params[qparam])
-            total = p.shape[axis]
-            start, stop = (q.channels[0], q.channels[1]) if q.channels is not None else (0, total)
-            p.zero_channels = (axis, start, stop)
-    # biases: judged by their layer's fan_in; readout_zero_init zeroes an untied readout and its bias
-    for name, p in params.items():
-        mod, _, leaf = name.rpartition(".")
-        w = params.get(f"{mod}.weight") if leaf == "bias" else None
-        if w is not None and w.role in ("input", "hidden", "output"):
-            p.bias_of = w.name
-    readouts = {n for n, p in params.items() if p.role == "output"}
-    if readout_zero_init:
-        for n, p in params.items():
-            if n in readouts or p.bias_of in readouts:
-                if len(params[p.bias_of or n].aliases) > 1:
-                    if n in readouts:
-                        notes.append(f"readout_zero_init: {n} is tied to an input embedding, so it is not zeroed "
-                                     "(its logits start at Θ(1/√width), as μP with a non-zero readout does)")
-                    continue
-                p.init_extra = 0.0
-    for name, p in params.items():
-        p.init_rule, p.init_scale = ini.decide(p, tensors.get(name), _PlanView(params, sym, width), init)
-        if p.init_extra == 0.0:
-            p.init_rule += " -> zero (readout_zero_init)"
-    # one hook per (module, where, channels): tied readouts used twice get one multiplier
-    uniq, seen = [], set()
-    for f in forward:
-        key = (f.module, f.where, f.channels, f.reason)
-        if key not in seen:
-            seen.add(key)
-            uniq.append(f)
-    options = {"head_scaling": head_scaling, "init": init, "weight_decay": weight_decay,
-               "readout_zero_init": readout_zero_init, "query_zero_init": query_zero_init}
-    return Plan(base_width, width, params, uniq, options, notes, sym, type(model).__name__)
-
-
-@dataclass
-class _PlanView:  # what initialization.decide needs before the Plan object exists
-    params: dict
-    width_symbol: sympy.Symbol
-    width: int
-
-
-def _weight_of(model, module_path: str) -> str | None:
-    try:
-        mod = model.get_submodule(module_path)
-    except AttributeError:
-        return None
-    w = getattr(mod, "weight", None)
-    if w is None:
-        return None
-    for n, p in model.named_parameters():
-        if p is w:
-            return n
-    return None
-
-
-def _out_axis(pd) -> int:
-    for u in pd.uses:
-        if u.fan_out_axes:
-            return u.fan_out_axes[0]
-    return 0
-
-
-def _mod(node) -> str:
-    from .sites import module_of
-
-    return module_of(node)
+    def replace(self, **changes) -> "Plan":
+        """An unfrozen copy with some top-level facts changed (``hp=``, ``options=``)."""
+        out = self.copy()
+        for k, v in changes.items():
+            setattr(out, k, v)
+        return out

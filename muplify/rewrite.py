@@ -69,7 +69,7 @@ def validate_plan(model: nn.Module, plan: Plan) -> None:
     wrong = [(n, tuple(named[n].shape), p.shape) for n, p in plan.params.items()
              if n in named and tuple(named[n].shape) != tuple(p.shape)]
     modules = dict(model.named_modules())
-    bad_sites = [f.module for f in plan.forward if f.module not in modules]
+    bad_sites = [s.module for s in plan.sites if s.module not in modules]
     _check_entries(plan)
     if missing or extra or wrong or bad_sites:
         parts = []
@@ -80,7 +80,7 @@ def validate_plan(model: nn.Module, plan: Plan) -> None:
         if wrong:
             parts.append("shape mismatches (name, model, plan): " + ", ".join(map(str, wrong[:5])))
         if bad_sites:
-            parts.append(f"modules named by forward multipliers but absent: {bad_sites[:5]}")
+            parts.append(f"modules named by multiplier sites but absent: {bad_sites[:5]}")
         raise PlanError(f"the plan does not match this {type(model).__name__} (plan made for "
                         f"{plan.model_class or 'another model'}): " + "; ".join(parts))
 
@@ -90,35 +90,35 @@ def _check_entries(plan: Plan) -> None:
     from .plan import ROLES
 
     bad = [f"{n}: role {p.role!r}" for n, p in plan.params.items() if p.role not in ROLES]
-    bad += [f"{n}: init_scale {p.init_scale!r}" for n, p in plan.params.items()
-            if not (isinstance(p.init_scale, (int, float)) and math.isfinite(p.init_scale) and p.init_scale >= 0)]
-    bad += [f"forward multiplier on '{f.module}': where {f.where!r} (must be 'input' or 'output')"
-            for f in plan.forward if f.where not in ("input", "output")]
-    bad += [f"forward multiplier on '{f.module}': factor {f.factor!r}" for f in plan.forward
-            if not (isinstance(f.factor, (int, float)) and math.isfinite(f.factor) and f.factor > 0)]
+    bad += [f"{n}: {k} {getattr(p, k)!r}" for n, p in plan.params.items() for k in ("user_lr_mult", "user_init_mult")
+            if not (isinstance(getattr(p, k), (int, float)) and math.isfinite(getattr(p, k)) and getattr(p, k) >= 0)]
+    bad += [f"site on '{s.module}': where {s.where!r} (must be 'input' or 'output')"
+            for s in plan.sites if s.where not in ("input", "output")]
     if bad:
-        raise PlanError(f"invalid plan entries (roles must be one of {ROLES}, factors finite and > 0): "
+        raise PlanError(f"invalid plan entries (roles must be one of {ROLES}, factors finite and >= 0): "
                         + "; ".join(bad[:5]))
+    for f in plan.forward:  # derives everything: a missing site or a bad hp raises here, before any change
+        if not (math.isfinite(f.factor) and f.factor > 0):
+            raise PlanError(f"forward multiplier on '{f.module}': factor {f.factor!r} (must be finite and > 0)")
 
 
 def apply_init(model: nn.Module, plan: Plan) -> None:
-    """Rescale current values by each entry's init_scale (and zero the query rows where asked)."""
+    """Rescale current values by each entry's init factor (and zero the query channels where asked)."""
     named = dict(model.named_parameters())
+    rules = plan.rules()
     with torch.no_grad():
-        for n, p in plan.params.items():
+        for n in plan.params:
             t = named.get(n)
             if t is None or t.is_meta:
                 continue
-            if p.init_scale == 0.0:
+            r = rules[n]
+            if r.init_scale == 0.0:
                 t.zero_()
-            elif p.init_scale != 1.0:
-                t.mul_(p.init_scale)
-            if p.zero_channels is not None:
-                axis, start, stop = p.zero_channels
+            elif r.init_scale != 1.0:
+                t.mul_(r.init_scale)
+            if r.zero_channels is not None:
+                axis, start, stop = r.zero_channels
                 t.narrow(axis, start, stop - start).zero_()
-                bias = named.get(n.rpartition(".")[0] + ".bias")
-                if bias is not None and bias.dim() == 1 and bias.shape[0] == t.shape[axis]:
-                    bias.narrow(0, start, stop - start).zero_()
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
@@ -128,10 +128,11 @@ def apply_plan(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
     """
     _check_entries(plan)
     named = dict(model.named_parameters())
-    bad = [n for n, p in plan.params.items() if n in named and not named[n].is_floating_point()
-           and not named[n].is_complex() and (p.init_scale != 1.0 or p.zero_channels is not None)]
+    rules = plan.rules()
+    bad = [n for n in plan.params if n in named and not named[n].is_floating_point() and not named[n].is_complex()
+           and (rules[n].init_scale != 1.0 or rules[n].zero_channels is not None)]
     if init and bad:
-        raise PlanError(f"cannot rescale non-float parameters {bad[:5]}: set their init_scale to 1")
+        raise PlanError(f"cannot rescale non-float parameters {bad[:5]}: set their role to 'fixed'")
     sites = [(model.get_submodule(f.module), f) for f in plan.forward if f.factor != 1.0]  # base width: no hooks
     handles = []
     try:
@@ -158,42 +159,49 @@ def remove_hooks(model: nn.Module) -> None:
 
 
 def fold_multipliers(model: nn.Module, plan: Plan) -> list[str]:
-    """Fold every forward multiplier of ``plan`` into the weights of (a copy-free) ``model`` in place.
+    """Fold every forward multiplier of ``plan`` into the weights of ``model`` (hooks already removed), in place.
 
-    Returns notes (e.g. which tied weights had to be untied).  The model's hooks must already be removed.
-    """
+    Each multiplier folds into its site's fold targets (a readout weight, a norm gain, the query slice of a fused
+    projection on the axis its use says holds output channels).  A tied target is untied at the site's module (the
+    other use keeps the values).  Returns notes."""
     notes: list[str] = []
+    named = dict(model.named_parameters())
     for f in plan.forward:
         if f.factor == 1.0:
             continue
-        mod = model.get_submodule(f.module)
-        w = getattr(mod, "weight", None)
-        b = getattr(mod, "bias", None)
-        if not isinstance(w, torch.Tensor):
-            raise PlanError(f"cannot fold the {f.reason} multiplier into '{f.module}' ({type(mod).__name__}): it has "
-                            "no weight; keep the muplified model, or fold it by hand")
-        tied = [n for n, p in model.named_parameters(remove_duplicate=False) if p is w]
-        if len(tied) > 1:
-            mod.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
-            notes.append(f"untied {tied[0]} from {', '.join(t for t in tied if t != tied[0])}: the readout "
-                         f"multiplier x{f.factor:.4g} applies to the readout use only")
-            w = mod.weight
-            notes.extend(_untie_in_config(model))
-        out_axis = _out_axis(mod, w)
-        with torch.no_grad():
-            if f.where == "input":
-                w.mul_(f.factor)  # y = (c·x)W + b = x(cW) + b
-            else:
-                if f.channels is None:
-                    w.mul_(f.factor)
-                    if isinstance(b, torch.Tensor):
-                        b.mul_(f.factor)
+        if not f.fold:
+            raise PlanError(f"cannot fold the {f.reason} multiplier x{f.factor:.4g} at '{f.module}' into any weight "
+                            "(no linear op, norm gain or bias produces that tensor alone); keep the muplified model, "
+                            "or fold it by hand")
+        for tgt in f.fold:
+            t = _own_copy(model, f.module, plan[tgt.param].aliases, notes) or named[tgt.param]
+            with torch.no_grad():
+                if tgt.axis is None:
+                    t.mul_(f.factor)
                 else:
-                    start, stop, _ = f.channels
-                    w.narrow(out_axis, start, stop - start).mul_(f.factor)
-                    if isinstance(b, torch.Tensor):
-                        b.narrow(0, start, stop - start).mul_(f.factor)
+                    t.narrow(tgt.axis, tgt.start, tgt.stop - tgt.start).mul_(f.factor)
     return notes
+
+
+def _own_copy(model: nn.Module, module: str, aliases: list[str], notes: list[str]) -> torch.Tensor | None:
+    """If the tied parameter ``aliases`` is held by ``module``, give that module its own copy (to be scaled)."""
+    if len(aliases) < 2:
+        return None
+    mine = [a for a in aliases if a.rpartition(".")[0] == module]
+    if not mine:
+        return None
+    mod_name, _, leaf = mine[0].rpartition(".")
+    mod = model.get_submodule(mod_name)
+    w = getattr(mod, leaf)
+    tied = [n for n, p in model.named_parameters(remove_duplicate=False) if p is w]
+    if len(tied) < 2:
+        return w
+    new = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+    setattr(mod, leaf, new)
+    others = [t for t in tied if t != mine[0]]
+    notes.append(f"untied {mine[0]} from {', '.join(others)}: the multiplier applies to this use only")
+    notes.extend(_untie_in_config(model))
+    return new
 
 
 def _untie_in_config(model: nn.Module) -> list[str]:
@@ -212,11 +220,6 @@ def _untie_in_config(model: nn.Module) -> list[str]:
         if isinstance(getattr(m, "all_tied_weights_keys", None), dict) and cfg is not None:
             m.all_tied_weights_keys = {}
     return notes
-
-
-def _out_axis(mod: nn.Module, w: torch.Tensor) -> int:
-    # HF GPT-2 Conv1D stores (in, out); everything else stores out first
-    return 1 if type(mod).__name__ == "Conv1D" else 0
 
 
 def strip_copy(model: nn.Module) -> nn.Module:

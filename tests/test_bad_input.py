@@ -16,7 +16,7 @@ import torch.nn as nn
 from muplify import (CaptureError, MuplifyError, OptimizerRuleError, Plan, PlanError, WidthError, is_muplified,
                      muplify)
 from muplify.models import MLP
-from muplify.optim import OPTIMIZER_RULES, register_rule
+from muplify.optim import OPTIMIZER_FAMILIES, register_rule
 from muplify.rewrite import MuScale
 from zoo import build
 
@@ -143,7 +143,7 @@ def test_base_width_not_a_positive_int(bw):
 
 
 def test_base_width_missing():
-    raises_untouched(_mlp(), MuplifyError, r"needs base_width= \(or plan=\)")
+    raises_untouched(_mlp(), MuplifyError, r"needs base_width= \(or base=<the model at the base width>, or plan=\)")
 
 
 def test_not_a_module():
@@ -235,14 +235,14 @@ def test_plan_with_other_base_width():
 def test_hand_edited_plan_with_invalid_entries(edit):
     model = SharedHidden()
     d = muplify(copy.deepcopy(model), base_width=32, example_inputs=(X16,)).plan.to_dict()
-    d["forward"].append(dict(d["forward"][0], module="b"))  # a second, valid multiplier before the bad one ...
-    d["forward"][0], d["forward"][-1] = d["forward"][-1], d["forward"][0]
+    d["sites"].append(dict(d["sites"][0], module="b"))  # a second, valid site before the bad one ...
+    d["sites"][0], d["sites"][-1] = d["sites"][-1], d["sites"][0]
     if edit == "where":
-        d["forward"][-1]["where"] = "middle"  # ... so a half-applied plan would leave a hook behind
+        d["sites"][-1]["where"] = "middle"  # ... so a half-applied plan would leave a hook behind
     elif edit == "role":
         d["params"][0]["role"] = "embedding"
     else:
-        d["forward"][-1]["factor"] = float("nan")
+        d["params"][-1]["user_lr_mult"] = float("nan")
     raises_untouched(model, PlanError, "invalid plan entries", plan=Plan.from_dict(d))
 
 
@@ -273,14 +273,14 @@ def test_unknown_optimizer_class():
     assert "Known: " in msg and "AdamW" in msg and "SGD" in msg
     opt = mu.optimizer(Lion, lr=1e-3, rule="adam")  # the fix the message gives
     assert {g["mup_roles"]: g["lr_mult"] for g in opt.param_groups}["hidden"] == 0.5
-    with pytest.raises(OptimizerRuleError, match="rule must be 'adam' or 'sgd'"):
+    with pytest.raises(OptimizerRuleError, match="rule must be one of .*'adam'.*'sgd'"):
         mu.optimizer(Lion, lr=1e-3, rule="lion")
     register_rule(Lion, "sgd")
     try:
         groups = mu.optimizer(Lion, lr=1e-3).param_groups
         assert next(g for g in groups if "input" in g["mup_roles"])["lr_mult"] == 2.0  # SGD rule: input lr x m
     finally:
-        OPTIMIZER_RULES.pop(Lion)
+        OPTIMIZER_FAMILIES.pop(Lion)
 
 
 # ------------------------------------------------------------------------------------------------ accepted on purpose

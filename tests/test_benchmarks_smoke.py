@@ -120,3 +120,36 @@ def test_overhead_quick(tmp_path):
                 assert r["ratio"] > 0
             else:
                 assert r["muplify_s"] > 0
+
+
+def test_depth_transfer_quick(tmp_path):
+    p = _run("depth_transfer.py", tmp_path, "--no-plot", timeout=240)
+    res = json.loads((tmp_path / "results.json").read_text())
+    runs = list(res["runs"].values())
+    assert {r["config"]["param"] for r in runs} == {"mup", "completep"}
+    assert all(r["status"] in ("ok", "diverged") for r in runs), [r.get("error") for r in runs]
+    assert all(r["config"]["axis"] == "depth" and r["config"]["width"] == 64 for r in runs)
+    assert set(res["summary"]["targets"]) == {"completep_optimum_shift_le_1", "mup_optimum_shift_ge_2",
+                                              "completep_best_loss_monotone"}
+    # at the base depth CompleteP is width-only μP exactly
+    assert res["summary"]["base_width_max_abs_diff"] == 0.0
+    assert "μP+CompleteP" in p.stdout
+
+
+def test_lr_transfer_quick_under_muon(tmp_path):
+    _run("lr_transfer.py", tmp_path, "--optimizer", "muon", "--lrs", "-7", "-6", "--no-plot", timeout=240)
+    res = json.loads((tmp_path / "results.json").read_text())
+    mup = [r for r in res["runs"].values() if r["config"]["param"] == "mup"]
+    assert mup and all(r["status"] == "ok" for r in mup), [r.get("error") for r in mup]
+    assert all(r["schedule_ratios_preserved"] for r in mup)  # the scheduler keeps Muon's and AdamW's lrs apart
+    assert res["summary"]["base_width_max_abs_diff"] == 0.0
+
+
+def test_optimizer_overhead_quick(tmp_path):
+    p = _run("optimizer_overhead.py", tmp_path, timeout=240)
+    res = json.loads((tmp_path / "optimizer_overhead.json").read_text())
+    fams = {r["family"].split()[0] for r in res["rows"]}
+    assert fams == {"adam", "sgd", "sign", "adafactor", "muon"}
+    muon = next(r for r in res["rows"] if r["family"].startswith("muon"))
+    assert muon["ns_calls_per_step"] == muon["muon_matrices"] > 0  # Newton-Schulz once per matrix
+    assert all(r["ratio"] > 0 for r in res["rows"]) and "| family |" in p.stdout

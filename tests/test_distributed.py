@@ -130,14 +130,3 @@ def test_hanging_job_is_killed_at_its_timeout():
             _assert_all_dead(e.pids)
             raise
     assert time.monotonic() - t0 < 20
-
-
-def test_docs_show_the_example_verbatim():
-    """The README embeds examples/fsdp2_example.py: the code the tests run is the code the docs show."""
-    import re
-
-    with open(os.path.join(ROOT, "README.md")) as fh:
-        blocks = re.findall(r"```python\n(.*?)```", fh.read(), flags=re.S)
-    with open(os.path.join(ROOT, "examples", "fsdp2_example.py")) as fh:
-        source = fh.read()
-    assert source in blocks, "README.md no longer shows examples/fsdp2_example.py verbatim"

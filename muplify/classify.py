@@ -1,0 +1,286 @@
+"""Stage 3: from the width analysis to the plan's facts.
+
+For every parameter: its role from how the graph uses it (TP-V Table 3: which fans grow with width), its fans and
+base fans, its layout, whether it is the model's readout or a norm gain, the layer a bias belongs to, the rule that
+drew its current values; then the forward-multiplier sites (:mod:`muplify.sites`).  Nothing here decides what μP
+does with these facts: that is :mod:`muplify.policy`.
+
+    >>> from muplify.capture import capture
+    >>> from muplify.width import analyse
+    >>> from muplify.models import MLP
+    >>> model = MLP(width=128)
+    >>> plan = build_plan(analyse(capture(model)), model, base_width=64, options=Options())
+    >>> plan["net.4.weight"].role, plan["net.4.weight"].readout
+    ('output', True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import sympy
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .errors import PlanError
+from .initialization import detect_rule
+from .plan import HyperParams, Layout, Options, ParamPlan, Plan, role_from_fans
+from .shape_rules import Use
+from .sites import SiteContext, find_sites, module_of
+
+__all__ = ["build_plan", "detect_init_rules"]
+
+aten = torch.ops.aten
+
+_CONTRACTING = ("matmul", "conv", "embedding")
+_NORMS = {aten.layer_norm.default: 2, aten.native_layer_norm.default: 2, aten.rms_norm.default: 2,
+          aten.group_norm.default: 2, aten.native_group_norm.default: 1, aten.batch_norm.default: 1,
+          aten._native_batch_norm_legit_no_training.default: 1, aten._native_batch_norm_legit_functional.default: 1,
+          aten._native_batch_norm_legit.default: 1, aten.native_batch_norm.default: 1, aten.instance_norm.default: 1}
+_BIAS_SLOTS = {aten.linear.default: 2, aten.addmm.default: 0, aten.conv1d.default: 2, aten.conv2d.default: 2,
+               aten.conv3d.default: 2, aten.convolution.default: 2, aten.conv1d.padding: 2, aten.conv2d.padding: 2,
+               aten.conv3d.padding: 2}
+
+
+def _prod(exprs, axes) -> sympy.Expr:
+    return sympy.Mul(*[exprs[a] for a in axes]) if axes else sympy.Integer(1)
+
+
+def _at(expr: sympy.Expr, sym: sympy.Symbol, width: int) -> int:
+    return int(expr.subs(sym, width)) if expr.has(sym) else int(expr)
+
+
+def _output_roots(wa) -> set[int]:
+    """Union-find roots of every axis of the model's outputs, and of class dims read by a loss."""
+    g = wa.dim_graph
+    roots: set[int] = set()
+    out = next((n for n in wa.graph.nodes if n.op == "output"), None)
+
+    def flat(x):
+        if isinstance(x, int):
+            yield x
+        elif isinstance(x, list):
+            for y in x:
+                yield from flat(y)
+
+    if out is not None:
+        for a in out.args[0] if isinstance(out.args[0], (tuple, list)) else [out.args[0]]:
+            if isinstance(a, fx.Node):
+                roots.update(g.find(d) for d in flat(g.node_dims.get(a.name)))
+    roots.update(g.find(d) for d, why in g.finite_reasons.items() if "loss" in why)
+    return roots
+
+
+def _is_gain(pd, uses: list[Use]) -> bool:
+    """A vector that scales a normalised activation: a norm op's weight, or ``weight * x`` right after a
+    normalisation (HF RMSNorm)."""
+    for u in uses:
+        slot = _NORMS.get(u.node.target)
+        if slot is not None and u.operand == slot:
+            return True
+        if u.node.target == aten.mul.Tensor:
+            other = u.node.args[1 - u.operand] if u.operand in (0, 1) else None
+            if _normalised(other):
+                return True
+    return False
+
+
+def _normalised(node, depth: int = 4) -> bool:
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            if not isinstance(n, fx.Node) or n.op != "call_function":
+                continue
+            if n.target in (aten.rsqrt.default,) or n.target in _NORMS:
+                return True
+            nxt.extend(a for a in n.args if isinstance(a, fx.Node))
+        frontier = nxt
+    return False
+
+
+def _bias_of(name: str, uses: list[Use], wa, names_by_ph: dict[str, str]) -> str | None:
+    """The weight a bias is added with: the weight operand of the same linear/conv op (name pattern as fallback)."""
+    origin = wa.dim_graph.origin
+    for u in uses:
+        slot = _BIAS_SLOTS.get(u.node.target)
+        if slot is not None and u.operand == slot:
+            w_slot = {aten.addmm.default: 2}.get(u.node.target, 1)
+            w = u.node.args[w_slot] if len(u.node.args) > w_slot else None
+            if isinstance(w, fx.Node) and w.name in origin:
+                return names_by_ph.get(origin[w.name][0])
+    mod, _, leaf = name.rpartition(".")
+    return f"{mod}.weight" if leaf == "bias" and f"{mod}.weight" in wa.params else None
+
+
+def detect_init_rules(plan: Plan, model: nn.Module) -> None:
+    """Record, per parameter, the rule that drew its current values (a fact read off the values: fixed std vs fan
+    scaled; 'deferred' on the meta device).  ``plan.options.init`` forces a rule or (None) keeps every value."""
+    option = plan.options.init
+    named = dict(model.named_parameters())
+    with plan._editable():
+        for n, p in plan.params.items():
+            t = named.get(n)
+            if p.decided_by == "dtype" or t is None:
+                p.init_rule = "keep"
+                continue
+            if option is None:
+                p.init_rule = "keep"
+            elif option != "auto":
+                p.init_rule = option if (p.role not in ("vector", "fixed") or p.bias_of) else "keep"
+            else:
+                layer = plan.params.get(p.bias_of) if p.bias_of else None
+                if layer is not None:
+                    p.init_rule = detect_rule(t, layer._size(layer.fan_in), ())[0]
+                elif p.role in ("vector", "fixed"):
+                    p.init_rule = detect_rule(t, 1, ())[0]
+                else:
+                    shape = tuple(t.shape)
+                    conv_fan_out = t.numel() // max(1, shape[1]) if len(shape) > 2 else 1
+                    p.init_rule = detect_rule(t, p._size(p.fan_in), (p._size(p.fan_out), conv_fan_out))[0]
+
+
+def axis_facts(wa, base_width: int, base_shapes: dict[str, tuple[int, ...]] | None):
+    """Per parameter: (axis expressions in ``w``, axis sizes at the base model).
+
+    Without a base model the width analysis decides which axes grow and the base sizes follow from ``base_width``;
+    with one (``base=``), an axis grows exactly when its size differs from the base model's (the `mup` package's
+    base shapes, but fans still come from the graph) and the base sizes are read, not computed."""
+    sym, width = wa.width_symbol, wa.width_size
+    out = {}
+    for name, pd in wa.params.items():
+        if base_shapes is None:
+            out[name] = (list(pd.axis_exprs), [max(1, _at(e, sym, base_width)) for e in pd.axis_exprs])
+            continue
+        base = base_shapes[name]
+        exprs = [sympy.Integer(n) if n == b else sympy.Rational(n, width) * sym for n, b in zip(pd.shape, base)]
+        out[name] = (exprs, [max(1, int(b)) for b in base])
+    return out
+
+
+def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: HyperParams | None = None,
+               base_shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+    """Turn a :class:`~muplify.width.WidthAnalysis` into the plan's facts (roles, fans, layouts, sites, init rules).
+    ``base_shapes`` (parameter name -> shape at the base model) makes every base fan exact (``muplify(base=)``)."""
+    sym, width = wa.width_symbol, wa.width_size
+    axes = axis_facts(wa, base_width, base_shapes)
+    tensors = dict(model.named_parameters())
+    names_by_ph = {pd.placeholder: n for n, pd in wa.params.items()}
+    out_roots = _output_roots(wa)
+    g = wa.dim_graph
+    params: dict[str, ParamPlan] = {}
+    chosen_use: dict[str, Use] = {}
+    notes = list(wa.notes)
+    for name, pd in wa.params.items():
+        t = tensors.get(name)
+        exprs, base_sizes = axes[name]
+        base_prod = lambda ax: max(1, int(math.prod(base_sizes[a] for a in ax)))  # noqa: E731
+        contracting = [u for u in pd.uses if u.kind in _CONTRACTING]
+        layout, readout, note = None, False, ""
+        if t is not None and not (t.is_floating_point() or t.is_complex()):
+            # an integer/bool Parameter gets no gradient and no init: μP leaves it alone
+            role, fan_in, fan_out, decided = "fixed", sympy.Integer(1), sympy.Integer(max(1, t.numel())), "dtype"
+            base_fans = (1, max(1, t.numel()))
+            note = f"non-float parameter ({t.dtype}): fixed, left untouched"
+        elif contracting:
+            cands = []
+            for u in contracting:
+                fi, fo = _prod(exprs, u.fan_in_axes), _prod(exprs, u.fan_out_axes)
+                cands.append((role_from_fans(fi.has(sym), fo.has(sym)), fi, fo, u))
+            role, fan_in, fan_out, use = next((c for c in cands if c[0] == "output"), cands[0])
+            chosen_use[name] = use
+            base_fans = (base_prod(use.fan_in_axes), base_prod(use.fan_out_axes))
+            layout, decided = Layout(use.fan_in_axes, use.fan_out_axes), "graph"
+            if len({c[0] for c in cands}) > 1:
+                note = "tied: " + " + ".join(sorted({c[0] for c in cands})) + "; the readout use sets the role"
+            if role == "output":
+                dims = g.node_dims.get(pd.placeholder) or []
+                readout = any(g.find(dims[a]) in out_roots for a in use.fan_out_axes if a < len(dims))
+        elif pd.uses and all(u.kind == "elementwise" for u in pd.uses):
+            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
+            role, decided = ("vector" if fan_out.has(sym) else "fixed"), "graph"
+            base_fans = (1, base_prod(range(len(exprs))))
+        else:
+            fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
+            base_fans = (1, base_prod(range(len(exprs))))
+            role = "fixed"
+            why = "not used by the captured forward" if name in wa.unused or not pd.uses else \
+                f"used by ops without a rule ({', '.join(sorted({str(u.node.target) for u in pd.uses}))})"
+            if fan_out.has(sym):
+                role = "vector" if len(pd.shape) <= 1 else "hidden"
+                fan_in = exprs[-1] if len(pd.shape) > 1 else sympy.Integer(1)
+                fan_out = exprs[0]
+                base_fans = (base_sizes[-1] if len(pd.shape) > 1 else 1, base_sizes[0])
+            decided = f"guess: {why}; role from its shape"
+        params[name] = ParamPlan(
+            name=name, aliases=list(pd.aliases), shape=tuple(pd.shape), role=role, fan_in=fan_in, fan_out=fan_out,
+            base_fan_in=base_fans[0], base_fan_out=base_fans[1], base_shape=tuple(base_sizes), layout=layout,
+            decided_by=decided, uses=[f"{u.kind} in '{module_of(u.node)}'" for u in pd.uses], readout=readout,
+            note=note)
+    for name, p in params.items():
+        pd = wa.params[name]
+        if p.role == "vector":
+            p.gain = _is_gain(pd, pd.uses)
+        bias_of = _bias_of(name, pd.uses, wa, names_by_ph)
+        if bias_of in params and params[bias_of].role in ("input", "hidden", "output") and bias_of != name:
+            p.bias_of = bias_of
+
+    leaf_modules = {n for n, m in model.named_modules() if not any(True for _ in m.children())}
+    ctx = SiteContext(wa, params, chosen_use, leaf_modules, base_width, {n: e for n, (e, _) in axes.items()},
+                      find_branches=options.base_depth is not None)
+    sites, attention, site_notes = find_sites(ctx)
+    notes += site_notes
+    if options.base_depth is not None:
+        options, depth_notes = _depth(options, ctx.blocks, model)
+        notes += depth_notes
+    with_site = {s.param for s in sites if s.kind == "readout"}
+    for name, p in params.items():
+        if p.role == "output" and name not in with_site and len(p.aliases) > 1:
+            raise PlanError(
+                f"the tied readout weight {name} is used by '{module_of(chosen_use[name].node)}' on a tensor that no "
+                "module boundary carries alone, so muplify cannot insert the readout multiplier there. Compute the "
+                "readout with an nn.Linear (sharing the embedding weight), or override the role of this weight.")
+    source = "exact: base fans read from the base model" if base_shapes is not None else getattr(wa, "width_source", "")
+    plan = Plan(base_width, width, params, sites, attention, options, hp or HyperParams(), notes, sym,
+                type(model).__name__, source, _scaling_dims(wa, axes), list(ctx.blocks))
+    detect_init_rules(plan, model)
+    return plan
+
+
+_DEPTH_ATTRS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "depth")
+
+
+def _depth(options: Options, blocks: list[str], model: nn.Module) -> tuple[Options, list[str]]:
+    """The depth CompleteP scales with: the number of residual blocks found in the graph (or ``depth=``)."""
+    notes = []
+    config = getattr(model, "config", None)
+    declared = next((getattr(config, a) for a in _DEPTH_ATTRS if isinstance(getattr(config, a, None), int)), None)
+    if options.depth is None:
+        if not blocks:
+            raise PlanError("base_depth= was given but no residual branch (x + f(x) with weights in f) was found in "
+                            "the graph; pass depth=<number of blocks> if the model has residual blocks that muplify "
+                            "cannot see, or omit base_depth for width-only μP")
+        depth = len(blocks)
+        notes.append(f"depth {depth}: residual blocks found in the graph ({blocks[0]} ... {blocks[-1]})")
+    else:
+        depth = options.depth
+        if blocks and len(blocks) != depth:
+            notes.append(f"depth={depth} given; the graph has {len(blocks)} residual blocks")
+    if declared is not None and declared != depth and options.depth is None:
+        notes.append(f"the config declares {declared} layers, the graph has {depth} residual blocks (encoder-decoder "
+                     "and hybrid models count every block); pass depth= to use another count")
+    return dataclasses.replace(options, depth=depth), notes
+
+
+def _scaling_dims(wa, axes: dict) -> list[tuple[int, str, int]]:
+    """(size, expression, parameter axes) of every size that grows with width, most used first."""
+    by_size: dict[int, int] = {}
+    for name, (exprs, _) in axes.items():
+        if name in wa.unused:
+            continue
+        for size, e in zip(wa.params[name].shape, exprs):
+            if e.has(wa.width_symbol):
+                by_size[int(size)] = by_size.get(int(size), 0) + 1
+    return [(size, str(sympy.Rational(size, wa.width_size) * wa.width_symbol), n)
+            for size, n in sorted(by_size.items(), key=lambda t: (-t[1], t[0]))]

@@ -1,0 +1,211 @@
+"""``python -m muplify tune`` and ``python -m muplify transfer``: the proxy sweep and the transfer from a shell.
+
+    python -m muplify tune mymodels:make_model --objective mytrain:objective --width 64 --trials 64 \\
+        --storage sqlite:///tune.db --workers 2 --out best.json
+    python -m muplify transfer mymodels:make_model --width 1024 --base-width 64 --hp best.json
+    optuna-dashboard sqlite:///tune.db          # the study in a browser (pip install optuna-dashboard)
+
+``muplify.cli`` registers these with :func:`add_commands`.  FACTORY is ``module:callable`` called with the width
+(see ``python -m muplify plan --help``); the objective is ``module:callable`` taking ``(model, optimizer, report)``
+(plus a keyword for every ``objective.*`` key of the search space).  Usage errors print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+DASHBOARD = "optuna-dashboard {storage}  (the study in a browser; pip install optuna-dashboard)"
+
+
+@dataclass(frozen=True)
+class CLIFactory:
+    """``module:callable`` -> ``width -> nn.Module``, picklable (worker processes import the module themselves)."""
+
+    spec: str  # module:callable
+    width_arg: str  # keyword the width is passed as
+    extra: dict = field(default_factory=dict)  # more keyword arguments of the callable
+
+    @classmethod
+    def resolve(cls, spec: str, width_arg: str | None, extra: dict) -> "CLIFactory":
+        """Check the arguments and find the width argument once (``muplify.cli``'s rules), not in every trial."""
+        from muplify.cli import detect_width_arg, load_object, make_factory
+
+        fn = load_object(spec)
+        make_factory(fn, spec, width_arg, extra)  # a CLIError names what to change on the command line
+        return cls(spec, width_arg or detect_width_arg(fn, spec, extra).name, dict(extra))
+
+    def __call__(self, width: int):
+        from muplify.cli import load_object
+
+        return load_object(self.spec)(**{self.width_arg: width}, **self.extra)
+
+
+def _space(items: list[str] | None) -> dict:
+    from .tune import TuneError, parse_dist
+
+    out = {}
+    for item in items or ():
+        key, sep, expr = item.partition("=")
+        if not sep:
+            raise TuneError(f"--space takes KEY=ENTRY, e.g. 'lr=LogUniform(1e-4, 1e-1)', got {item!r}")
+        out[key.strip()] = parse_dist(expr)
+    return out
+
+
+def _outputs(out: str) -> dict[str, str]:
+    stem = os.path.splitext(out)[0]
+    return {"best": out, "trials": f"{stem}_trials.json", "params": f"{stem}_params.png",
+            "importance": f"{stem}_importance.png"}
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from muplify.cli import CLIError, load_object, parse_kv
+    from muplify.errors import MuplifyError
+
+    from .tune import TuneError, tune
+
+    try:
+        factory = CLIFactory.resolve(a.factory, a.width_arg, parse_kv(a.arg))  # fails here, not in every trial
+        objective = load_object(a.objective)
+        result = tune(factory, a.width, objective, a.optimizer, trials=a.trials, space=_space(a.space),
+                      defaults=not a.no_default_space, sampler=a.sampler,
+                      pruner=None if a.pruner == "none" else a.pruner, storage=a.storage, study_name=a.study,
+                      workers=a.workers, threads=a.threads, seed=a.seed, timeout=a.timeout,
+                      muplify_kwargs=parse_kv(a.muplify_arg), progress=not a.quiet)
+        paths = _outputs(a.out)
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(paths["best"], "w") as fh:
+            fh.write(json.dumps(result.best, indent=1) + "\n")
+    except (TuneError, MuplifyError, CLIError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the study {a.study!r} is kept in {a.storage}; run the same command again to resume "
+              "(interrupted trials run again)", file=sys.stderr)
+        return 130
+    result.to_json(paths["trials"])
+    written = [paths["best"], paths["trials"], result.plot(paths["params"])]
+    try:
+        written.append(result.plot_importance(paths["importance"]))
+    except TuneError as e:  # too few completed trials for an importance estimate
+        print(f"(no importance plot: {e})", file=sys.stderr)
+    print(result)
+    print("wrote " + ", ".join(written))
+    print(f"transfer: python -m muplify transfer {a.factory} --width <target width> --base-width {a.width} "
+          f"--hp {paths['best']}")
+    if isinstance(a.storage, str):
+        print("dashboard: " + DASHBOARD.format(storage=a.storage))
+    return 0
+
+
+def load_best(path: str) -> dict:
+    """``result.best`` from a file written by ``tune --out`` or ``result.to_json`` (whose "best" it takes)."""
+    from .tune import TuneError
+
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except OSError as e:
+        raise TuneError(f"cannot read --hp {path!r}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise TuneError(f"--hp {path!r} is not JSON: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("best"), dict):
+        data = data["best"]
+    if not isinstance(data, dict) or "hp" not in data:
+        raise TuneError(f"--hp {path!r} has no 'hp': expected the JSON written by `python -m muplify tune --out`")
+    return data
+
+
+def cmd_transfer(a: argparse.Namespace) -> int:
+    import torch
+
+    from muplify import muplify
+    from muplify.cli import CLIError, load_object, make_factory, parse_kv
+    from muplify.errors import MuplifyError
+
+    from .tune import TuneError
+
+    try:
+        best = load_best(a.hp)
+        proxy = best.get("width")
+        base = a.base_width if a.base_width is not None else proxy
+        if base is None:
+            raise TuneError(f"{a.hp} does not say the proxy width: pass --base-width")
+        if proxy is not None and base != proxy:
+            raise TuneError(f"{a.hp} was tuned at width {proxy}, but --base-width is {base}: the base width must be "
+                            "the proxy width the hyperparameters were tuned at")
+        factory, _ = make_factory(load_object(a.factory), a.factory, a.width_arg, parse_kv(a.arg))
+        torch.manual_seed(0)
+        mu = muplify(factory(a.width), base_width=base, hp=best["hp"],
+                     **{**dict(best.get("muplify") or {}), **parse_kv(a.muplify_arg)})
+    except (TuneError, MuplifyError, CLIError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(mu.plan)
+    opt = best.get("optimizer") or {}
+    cls = best.get("optimizer_class", "<optimizer>").rsplit(".", 1)[-1]
+    kwargs = "".join(f", {k}={v!r}" for k, v in opt.items())
+    print(f"\noptimizer: mu.optimizer({cls}, lr={best.get('lr')!r}{kwargs})")
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``tune`` and ``transfer`` on ``muplify.cli``'s subparsers."""
+    from .tune import DEFAULT_STORAGE, DEFAULT_STUDY, PRUNERS, SAMPLERS
+
+    if isinstance(subparsers.metavar, str) and subparsers.metavar.endswith("}"):
+        subparsers.metavar = subparsers.metavar[:-1] + ",tune,transfer}"
+
+    def factory_args(sp):
+        sp.add_argument("factory", help="module:callable building the model from a width")
+        sp.add_argument("--width-arg", default=None,
+                        help="keyword the width is passed as (default: the integer argument whose change scales the "
+                             "hidden weights)")
+        sp.add_argument("--arg", action="append", metavar="KEY=VALUE", help="extra keyword argument of the factory")
+        sp.add_argument("--muplify-arg", action="append", metavar="KEY=VALUE",
+                        help="extra keyword argument of muplify(), e.g. readout_zero_init=True")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+
+    tu = subparsers.add_parser(
+        "tune", help="tune μP hyperparameters on a proxy (Optuna); writes the best as JSON",
+        description="Sweep lr and the μP hyperparameters (output/attention/embedding multipliers, per-role lr and "
+                    "init multipliers) on the proxy FACTORY(width) with Optuna; see docs/tune.md.",
+        epilog="Resume: run the same command again (same --storage and --study); the study ends with --trials "
+               "finished trials. Watch it: " + DASHBOARD.format(storage="sqlite:///tune.db"))
+    factory_args(tu)
+    tu.add_argument("--objective", required=True, metavar="MODULE:CALLABLE",
+                    help="objective(model, optimizer, report) -> value, lower is better")
+    tu.add_argument("--width", type=int, required=True, help="proxy width (= the base width of the transfer)")
+    tu.add_argument("--trials", type=int, default=64, help="finished trials the study should hold (default 64)")
+    tu.add_argument("--optimizer", default="AdamW", help="name in torch.optim (default AdamW)")
+    tu.add_argument("--space", action="append", metavar="KEY=ENTRY",
+                    help="search-space entry, e.g. 'lr=LogUniform(1e-4, 1e-1)', 'hp.attn_mult=Fixed(1.0)', "
+                         "'optimizer.weight_decay=Choice([0.0, 0.1])', 'objective.warmup=IntRange(0, 100)'")
+    tu.add_argument("--no-default-space", action="store_true", help="search only the --space entries")
+    tu.add_argument("--sampler", choices=sorted(SAMPLERS), default="tpe")
+    tu.add_argument("--pruner", choices=sorted(PRUNERS), default="median")
+    tu.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    tu.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
+    tu.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    tu.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
+    tu.add_argument("--seed", type=int, default=0, help="trial n runs under seed + n (default 0)")
+    tu.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
+    tu.add_argument("--out", default="muplify-out/tune_best.json",
+                    help="the best as JSON; <stem>_trials.json, <stem>_params.png, <stem>_importance.png beside it")
+    tu.add_argument("--quiet", action="store_true", help="no progress bar")
+    tu.set_defaults(func=cmd_tune)
+
+    tr = subparsers.add_parser(
+        "transfer", help="muplify the target with tuned hyperparameters and print its plan",
+        description="Build FACTORY(width), muplify it relative to the proxy width with the tuned hp, print the plan "
+                    "and the optimizer call to use.")
+    factory_args(tr)
+    tr.add_argument("--width", type=int, required=True, help="target width")
+    tr.add_argument("--base-width", type=int, default=None, help="the proxy width (default: the one in --hp)")
+    tr.add_argument("--hp", required=True, metavar="BEST.JSON", help="written by `python -m muplify tune --out`")
+    tr.set_defaults(func=cmd_transfer)
