@@ -1,16 +1,22 @@
 """Per-op dimension rules: how each ATen op relates the dimensions of its inputs and outputs.
 
 Every tensor axis in the captured graph is a *dim*.  A rule says, for one op, which dims are equal (``eq``), which
-are products or sums of others (``prod``/``sum``, from reshape, cat, split), which are finite by construction
-(``finite``: kernel sizes, class dims indexed by a target), and how a parameter operand is *used* (``use``: which
-axes are contracted = fan_in, which survive into the output = fan_out).  Supporting a new op is one function:
+are products or sums of others (``prod``/``sum``, from reshape, cat, split) or fixed multiples (``scale``: an RNN's
+gate axis, a conv's output positions), which are finite by construction (``finite``: kernel sizes, axes indexed,
+counted or written by integers, the stack axis of a weight used as independent matrices), which are merely
+*selected* along (``selected``: topk/sort/argmax; finite only if no layer reads them), and how a parameter operand is
+*used* (``use``: which axes are contracted = fan_in, which survive into the output = fan_out).  A parameter that an op
+reads as data rather than as a weight (a learned table fed to a norm) gets an elementwise use with detail "data";
+views of a parameter (transposes, slices, ``W[e]``, weight norm's direction, cat/stack of parameters) carry its origin
+so that the op using the view records the use.  Supporting a new op is one function:
 
     @rule(torch.ops.aten.my_op.default)
     def _my_op(g: DimGraph, node: fx.Node) -> None:
         g.eq_axes(node.args[0], node)            # e.g. shape-preserving
 
-Ops tagged ``pointwise`` by ATen need no rule.  Ops with no rule leave their output dims unconstrained and are
-listed in the plan's notes.
+Ops tagged ``pointwise`` by ATen need no rule; an in-place op uses its out-of-place op's rule; a custom op can be
+registered by its name (``RULES["ns.op.default"] = fn``).  Ops with no rule leave their output dims unconstrained,
+are listed in the plan's notes, and a parameter used only by them is a marked guess.
 """
 from __future__ import annotations
 
@@ -36,6 +42,10 @@ class Use:
     operand: int  # index of the parameter-derived operand in node.args
     fan_in_axes: tuple[int, ...]
     fan_out_axes: tuple[int, ...]
+    # what the op is, when the kind alone does not say it: "data" (a parameter fed to an op as an activation),
+    # "stack" (one matrix of a weight stack), "rnn", "grouped_mm", "weight_norm", "grouped_conv", ...
+    detail: str = ""
+    groups: int = 1  # conv groups
 
 
 @dataclass
@@ -60,6 +70,16 @@ class DimGraph:
     uses: dict[str, list[Use]] = field(default_factory=dict)  # param placeholder -> uses
     attention: list[AttentionSite] = field(default_factory=list)
     unknown_ops: dict[str, int] = field(default_factory=dict)
+    # dims an op selects along (topk, sort, argmax): finite when nothing downstream reads them as features
+    selected: dict[int, str] = field(default_factory=dict)
+    # node name -> further (param, axis map) pairs, for a tensor stacked/concatenated from several parameters
+    more_origins: dict[str, list] = field(default_factory=dict)
+    # grouped convs: (use, per-group input-channel dim, input-channel dim of the activation, groups)
+    grouped_convs: list = field(default_factory=list)
+    item_origins: dict[tuple[str, int], list] = field(default_factory=dict)  # (tuple node, index) -> origins
+    slices: dict[int, int] = field(default_factory=dict)  # dim of a slice's output -> the sliced dim
+    # (node, dim) contracted between two activations outside attention (an SSM state, a contrastive embedding)
+    act_contractions: list = field(default_factory=list)
 
     # -- dims -----------------------------------------------------------------------------------------------------
     def new_dim(self, n: int) -> int:
@@ -144,26 +164,53 @@ class DimGraph:
         elif parts:
             self.relations.append(("sum", out, tuple(parts)))
 
+    def scale(self, out: int, part: int) -> None:
+        """``out`` is a fixed multiple (or an affine function) of ``part``: both scale with width or neither does
+        (an RNN's 4*hidden gate axis, a conv output's spatial axis and its input's)."""
+        if self.size[out] == self.size[part]:
+            self.eq(out, part)
+        elif self.size[out] > 1 and self.size[part] > 1:
+            self.relations.append(("scale", out, (part,)))
+
     def finite(self, d: int, reason: str) -> None:
         if self.size[d] != 1:
             self.finite_reasons.setdefault(d, reason)
 
     # -- parameter uses -------------------------------------------------------------------------------------------
-    def use(self, node: fx.Node, operand: int, kind: str, fan_in: Sequence[int], fan_out: Sequence[int]) -> None:
+    def use(self, node: fx.Node, operand: int, kind: str, fan_in: Sequence[int], fan_out: Sequence[int],
+            detail: str = "", groups: int = 1, arg=None) -> list[Use]:
         """Record that ``node.args[operand]`` (if parameter-derived) is used with these (operand-axis) fans."""
-        arg = node.args[operand] if operand < len(node.args) else None
-        if not isinstance(arg, fx.Node) or arg.name not in self.origin:
-            return
-        param, axis_map = self.origin[arg.name]
-        nd = len(axis_map)
-        to_param = lambda axes: tuple(sorted({axis_map[a % nd] for a in axes if axis_map[a % nd] is not None}))
-        self.uses.setdefault(param, []).append(Use(kind, node, operand, to_param(fan_in), to_param(fan_out)))
+        if arg is None:
+            arg = node.args[operand] if operand < len(node.args) else None
+        out = []
+        for param, axis_map in self.origins(arg):
+            nd = len(axis_map)
+            to_param = lambda axes: tuple(sorted({axis_map[a % nd] for a in axes if axis_map[a % nd] is not None}))
+            u = Use(kind, node, operand, to_param(fan_in), to_param(fan_out), detail, groups)
+            self.uses.setdefault(param, []).append(u)
+            out.append(u)
+        return out
+
+    def origins(self, x) -> list[tuple[str, list]]:
+        """Every (parameter placeholder, axis map) that tensor ``x`` is a view of."""
+        if not isinstance(x, fx.Node) or x.name not in self.origin:
+            return []
+        return [self.origin[x.name], *self.more_origins.get(x.name, [])]
 
     def derive(self, node: fx.Node, src, axis_map: list) -> None:
         """``node`` is a view/cast of parameter-derived ``src``; ``axis_map[i]`` is the src axis of node axis i."""
-        if isinstance(src, fx.Node) and src.name in self.origin:
-            param, src_map = self.origin[src.name]
-            self.origin[node.name] = (param, [None if a is None else src_map[a] for a in axis_map])
+        derived = [(param, [None if a is None or a >= len(src_map) else src_map[a] for a in axis_map])
+                   for param, src_map in self.origins(src)]
+        if derived:
+            self.origin[node.name] = derived[0]
+            if len(derived) > 1:
+                self.more_origins[node.name] = derived[1:]
+
+    def derive_item(self, node: fx.Node, index: int, src, axis_map: list) -> None:
+        """Item ``index`` of tuple-valued ``node`` (split, chunk, unbind) is a view of parameter-derived ``src``."""
+        for param, src_map in self.origins(src):
+            self.item_origins.setdefault((node.name, index), []).append(
+                (param, [None if a is None else src_map[a] for a in axis_map]))
 
     def is_param_derived(self, x) -> bool:
         return isinstance(x, fx.Node) and x.name in self.origin
@@ -198,6 +245,16 @@ def _norm_axis(a: int, n: int) -> int:
     return a % n if n else 0
 
 
+def _aten_op(name: str):
+    """``aten.<packet>.<overload>`` if this torch has it (rules for ops that older versions lack)."""
+    packet, _, overload = name.partition(".")
+    return getattr(getattr(aten, packet, None), overload or "default", None)
+
+
+def _ops(*names: str) -> list:
+    return [op for op in map(_aten_op, names) if op is not None]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Elementwise and shape-preserving ops
 
@@ -220,6 +277,13 @@ def pointwise(g: DimGraph, node: fx.Node) -> None:
     aten.cumsum.default, aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten._log_softmax.default,
     aten.ones_like.default, aten.zeros_like.default, aten.full_like.default, aten.empty_like.default,
     aten.rand_like.default, aten.randn_like.default, aten.flip.default, aten.roll.default,
+    *_ops("cumprod.default", "logcumsumexp.default", "cummax.default", "cummin.default", "_safe_softmax.default",
+          "bernoulli.p", "bernoulli.default", "uniform_.default", "normal_.default", "exponential_.default",
+          "native_dropout.default", "feature_dropout.default", "alpha_dropout.default", "hardtanh_.default",
+          "relu_.default", "silu_.default", "gelu_.default", "sigmoid_.default", "tanh_.default",
+          "hardswish.default", "hardsigmoid.default", "hardtanh.default", "mish.default", "softplus.default",
+          "elu.default", "leaky_relu.default", "celu.default", "selu.default", "log_sigmoid.default",
+          "bernoulli.float", "bernoulli_.float", "bernoulli_.Tensor"),
 )
 def _same_shape(g: DimGraph, node: fx.Node) -> None:
     src = node.args[0]
@@ -244,13 +308,17 @@ _CAST_LIKE = {
 }
 
 
-@rule(aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther)
+@rule(aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther,
+      *_ops("masked_fill_.Scalar", "masked_fill_.Tensor", "copy_.default", "copy.default", "fill_.Scalar",
+            "fill_.Tensor", "zero_.default", "clamp_min_.default", "clamp_max_.default", "greater.Tensor",
+            "greater_equal.Tensor", "less.Tensor", "less_equal.Tensor", "not_equal.Tensor"))
 def _masked(g: DimGraph, node: fx.Node) -> None:
     pointwise(g, node)
 
 
 @rule(aten.__and__.Tensor, aten.__or__.Tensor, aten.__xor__.Tensor, aten.logical_and.default,
-      aten.logical_or.default)
+      aten.logical_or.default, *_ops("floor_divide.default", "floor_divide.Scalar", "remainder.Tensor",
+                                     "remainder.Scalar", "bitwise_and.Tensor", "bitwise_or.Tensor"))
 def _logical(g: DimGraph, node: fx.Node) -> None:
     pointwise(g, node)
 
@@ -317,23 +385,43 @@ def _reshape(g: DimGraph, node: fx.Node) -> None:
     g.derive(node, src, axis_map)
 
 
-@rule(aten.permute.default, aten.transpose.int, aten.t.default, aten.swapaxes.default if hasattr(aten, "swapaxes") else aten.t.default)
+_REVERSE_ALL = {aten.numpy_T.default} if hasattr(aten, "numpy_T") else set()
+_LAST_TWO = set(_ops("mT.default", "mH.default", "adjoint.default"))
+
+
+@rule(aten.permute.default, aten.transpose.int, aten.t.default,
+      *_ops("swapaxes.default", "swapdims.default", "numpy_T.default", "mT.default", "mH.default", "adjoint.default",
+            "movedim.int", "movedim.intlist"))
 def _permute(g: DimGraph, node: fx.Node) -> None:
+    """Transposes of every spelling (``W.T``, ``W.mT``, ``W.t()``, ``permute``, ``movedim``): a view with its axes
+    permuted, so a parameter used as ``h @ W.T`` keeps its fans."""
     src = node.args[0]
     n = _ndim(g, src)
     if node.target == aten.permute.default:
         perm = [_norm_axis(p, n) for p in node.args[1]]
+    elif node.target in _REVERSE_ALL:
+        perm = list(range(n))[::-1]
+    elif "movedim" in str(node.target):
+        s, d = node.args[1], node.args[2]
+        s, d = ([s], [d]) if isinstance(s, int) else (list(s), list(d))
+        s, d = [_norm_axis(a, n) for a in s], [_norm_axis(a, n) for a in d]
+        rest = iter([a for a in range(n) if a not in s])
+        placed = dict(zip(d, s))
+        perm = [placed[i] if i in placed else next(rest) for i in range(n)]
     else:
         perm = list(range(n))
         if n >= 2:
-            a, b = (node.args[1], node.args[2]) if len(node.args) > 2 else (0, 1)
+            if node.target in _LAST_TWO:
+                a, b = n - 2, n - 1
+            else:
+                a, b = (node.args[1], node.args[2]) if len(node.args) > 2 else (0, 1)
             a, b = _norm_axis(a, n), _norm_axis(b, n)
             perm[a], perm[b] = perm[b], perm[a]
     g.eq_axes(src, node, [(p, i) for i, p in enumerate(perm)])
     g.derive(node, src, perm)
 
 
-@rule(aten.expand.default, aten.expand_as.default, aten.repeat.default)
+@rule(aten.expand.default, aten.expand_as.default, aten.repeat.default, *_ops("broadcast_to.default"))
 def _expand(g: DimGraph, node: fx.Node) -> None:
     src = node.args[0]
     di, do = g.dims(src), g.dims(node)
@@ -357,6 +445,8 @@ def _slice(g: DimGraph, node: fx.Node) -> None:
         return
     for i, (a, b) in enumerate(zip(di, do)):
         g.eq(a, b)  # only unifies axes the slice leaves whole (eq ignores different sizes)
+        if g.size[a] != g.size[b] and g.size[b] > 0:
+            g.slices[b] = a
     g.derive(node, src, list(range(len(do))))
 
 
@@ -369,7 +459,17 @@ def _select(g: DimGraph, node: fx.Node) -> None:
     axis = _norm_axis(axis, len(di))
     keep = [i for i in range(len(di)) if i != axis]
     g.eq_axes(src, node, [(i, j) for j, i in enumerate(keep)])
+    _indexed_by_int(g, src, di[axis], "indexed by a Python integer (W[i])")
     g.derive(node, src, keep)
+
+
+def _indexed_by_int(g: DimGraph, src, d: int, why: str) -> None:
+    """A weight indexed by a Python integer is a stack of fixed count (experts); an activation may be indexed for
+    many reasons (a cls token, a shape), so there the axis is only a selection: finite if no layer reads it."""
+    if g.is_param_derived(src):
+        g.finite(d, why)
+    else:
+        g.selected.setdefault(d, "indexed by a Python integer (x[..., i])")
 
 
 @rule(aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int, aten.split.sizes)
@@ -392,6 +492,13 @@ def _split(g: DimGraph, node: fx.Node) -> None:
                 g.eq(di[i], o[i])
     if node.target != aten.unbind.int:
         g.sum(di[axis], [o[axis] for o in outs])
+    else:
+        _indexed_by_int(g, src, di[axis], "unbound into a fixed number of tensors")
+    if g.is_param_derived(src):  # a fused parameter split into parts: each part keeps the source's axes
+        for j, o in enumerate(outs):
+            keep = [k for k in range(len(di)) if k != axis] if node.target == aten.unbind.int else \
+                list(range(len(di)))
+            g.derive_item(node, j, src, keep)
 
 
 @rule(operator.getitem)
@@ -405,6 +512,11 @@ def _getitem(g: DimGraph, node: fx.Node) -> None:
     if isinstance(theirs, list) and len(theirs) == len(mine) and all(isinstance(t, int) for t in theirs):
         for a, b in zip(theirs, mine):
             g.eq(a, b)
+    origins = g.item_origins.get((src.name, idx))
+    if origins:
+        g.origin[node.name] = origins[0]
+        if len(origins) > 1:
+            g.more_origins[node.name] = origins[1:]
 
 
 @rule(aten.cat.default, aten.concat.default if hasattr(aten, "concat") else aten.cat.default)
@@ -424,11 +536,42 @@ def _cat(g: DimGraph, node: fx.Node) -> None:
             if k != axis:
                 g.eq(dp[k], do[k])
         sizes.append(dp[axis])
-        if g.is_param_derived(p):  # e.g. a cls token concatenated to the tokens: used like a vector
-            param, amap = g.origin[p.name]
-            g.uses.setdefault(param, []).append(
-                Use("elementwise", node, 0, (), tuple(a for a in amap if a is not None)))
     g.sum(do[axis], sizes)
+    _reassembled(g, do[axis], sizes)
+    _combine_params(g, node, node.args[0], lambda dp: list(range(len(dp))))
+
+
+def _reassembled(g: DimGraph, out: int, parts: list[int]) -> None:
+    """cat of slices that tile one axis (partial rotary: x[..., :r] rotated, x[..., r:] kept) is that axis again."""
+    if len(parts) < 2:
+        return
+    by_root: dict[int, set[int]] = {}
+    for s, src in g.slices.items():  # slices of several tensors can share a root (q and k rotated by one cos)
+        by_root.setdefault(g.find(s), set()).add(g.find(src))
+    common = set.intersection(*(by_root.get(g.find(p), set()) for p in parts))
+    total = sum(g.size[p] for p in parts)
+    for src in common:
+        if g.size[src] == total:
+            g.eq(out, src)
+
+
+def _combine_params(g: DimGraph, node: fx.Node, parts, axis_map_of) -> None:
+    """cat/stack: of parameters only (separate q/k/v weights fused, expert weights stacked), the result is a view
+    of each of them; a parameter joined with activations (a cls token concatenated to the tokens) is used like a
+    vector."""
+    parts = [p for p in parts if isinstance(p, fx.Node)]
+    if parts and all(g.is_param_derived(p) for p in parts):
+        derived = []
+        for p in parts:
+            amap = axis_map_of(g.dims(p) or [])
+            derived += [(param, [None if a is None else src_map[a] for a in amap]) for param, src_map in g.origins(p)]
+        g.origin[node.name] = derived[0]
+        g.more_origins[node.name] = derived[1:]
+        return
+    for p in parts:
+        for param, amap in g.origins(p):
+            g.uses.setdefault(param, []).append(
+                Use("elementwise", node, 0, (), tuple(a for a in amap if a is not None), "data"))
 
 
 @rule(aten.stack.default)
@@ -442,6 +585,9 @@ def _stack(g: DimGraph, node: fx.Node) -> None:
         dp = g.dims(p)
         if dp is not None:
             g.eq_axes(p, node, [(i, i if i < axis else i + 1) for i in range(len(dp))])
+    g.finite(do[axis], "stacked from a fixed number of tensors")
+    _combine_params(g, node, node.args[0], lambda dp: [i if i < axis else (None if i == axis else i - 1)
+                                                        for i in range(len(dp) + 1)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -466,6 +612,9 @@ def _reduce(g: DimGraph, node: fx.Node) -> None:
         dims_arg = [dims_arg]
     red = {_norm_axis(a, len(di)) for a in dims_arg}
     keep = [i for i in range(len(di)) if i not in red]
+    if node.target in _ARG_REDUCTIONS:
+        for a in red:
+            g.selected.setdefault(di[a], f"selected along by {str(node.target).split('.')[1]}")
     targets = outs if not isinstance(outs[0], int) else [outs]
     for o in targets:
         if not isinstance(o, list):
@@ -477,6 +626,9 @@ def _reduce(g: DimGraph, node: fx.Node) -> None:
         for i, j in pairs:
             if j < len(o):
                 g.eq(di[i], o[j])
+
+
+_ARG_REDUCTIONS = {aten.argmax.default, aten.argmin.default, aten.max.dim, aten.min.dim}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -523,10 +675,22 @@ def _record_matmul(g: DimGraph, node: fx.Node, ia: int, ib: int) -> None:
     a, b = node.args[ia], node.args[ib]
     if g.is_param_derived(b):
         g.use(node, ib, "matmul", (-2,), (-1,))
+        _stack_axes(g, b, 2, "a batched matmul")
     if g.is_param_derived(a):
         g.use(node, ia, "matmul", (-1,), (-2,))
+        _stack_axes(g, a, 2, "a batched matmul")
     if not g.is_param_derived(a) and not g.is_param_derived(b):
-        _maybe_manual_attention(g, node, a, b)
+        if not _maybe_manual_attention(g, node, a, b):
+            da = g.dims(a)
+            if da:
+                g.act_contractions.append((node, da[-1]))
+
+
+def _stack_axes(g: DimGraph, w, n_matrix: int, how: str) -> None:
+    """Leading axes of a parameter used as a stack of independent matrices (experts): a fixed count."""
+    dw = g.dims(w)
+    for d in (dw or [])[:-n_matrix]:
+        g.finite(d, f"stack axis of a weight used as independent matrices ({how})")
 
 
 @rule(aten.mm.default, aten.bmm.default, aten.matmul.default)
@@ -566,14 +730,20 @@ def _einsum(g: DimGraph, node: fx.Node) -> None:
                 g.eq(letter_dims[letter], di)
             else:
                 letter_dims[letter] = di
+    if not any(g.is_param_derived(op) for op in operands):
+        for c, d in letter_dims.items():
+            if c not in out and sum(c in s for s in specs) > 1:
+                g.act_contractions.append((node, d))
     for k, (spec, op) in enumerate(zip(specs, operands)):
         if g.is_param_derived(op):
             others = "".join(s for j, s in enumerate(specs) if j != k)
             fan_in = tuple(i for i, c in enumerate(spec) if c in others and c not in out)
-            fan_out = tuple(i for i, c in enumerate(spec) if c in out)
-            param, amap = g.origin[op.name]
-            to_p = lambda axes: tuple(sorted({amap[a] for a in axes if amap[a] is not None}))
-            g.uses.setdefault(param, []).append(Use("matmul", node, 1, to_p(fan_in), to_p(fan_out)))
+            fan_out = tuple(i for i, c in enumerate(spec) if c in out and c not in others)
+            g.use(node, 1, "matmul", fan_in, fan_out, "einsum", arg=op)
+            dop = g.dims(op) or []
+            for i, c in enumerate(spec):  # in the other operands and in the output: a stack (batch) axis
+                if c in others and c in out and i < len(dop):
+                    g.finite(dop[i], "stack axis of a weight used as independent matrices (einsum batch index)")
 
 
 @rule(aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default,
@@ -594,14 +764,21 @@ def _conv(g: DimGraph, node: fx.Node) -> None:
     in_ax, out_ax = (0, 1) if transposed else (1, 0)
     if groups == 1:
         g.eq(dx[c_axis], dw[in_ax])
-    else:
-        g.prod([dx[c_axis]], [dw[in_ax]])  # in_channels = groups * (in/groups): a finite multiple
+    # grouped: in_channels = groups * (in/groups); whether the group count or the group width is fixed is decided
+    # in the width analysis, from all the grouped convs of the model
     g.eq(do[c_axis], dw[out_ax])
     if batched:
         g.eq(dx[0], do[0])
     for k in range(2, len(dw)):
         g.finite(dw[k], "kernel size")
-    g.use(node, 1, "conv", (in_ax, *range(2, len(dw))), (out_ax,))
+    if groups > 1 and g.size[dw[in_ax]] == 1:  # depthwise: each output channel filters one input channel
+        g.scale(do[c_axis], dx[c_axis])
+    for k in range(c_axis + 1, len(dx)):  # output positions are an affine function of the input positions
+        if k < len(do):
+            g.scale(do[k], dx[k])
+    for u in g.use(node, 1, "conv", (in_ax, *range(2, len(dw))), (out_ax,), groups=groups):
+        if groups > 1:
+            g.grouped_convs.append((u, dw[in_ax], dx[c_axis], groups))
     if isinstance(b, fx.Node):
         g.eq(g.dims(b)[0], do[c_axis])
         g.use(node, 2, "elementwise", (), (0,))
@@ -632,7 +809,7 @@ def _index_select(g: DimGraph, node: fx.Node) -> None:
             g.eq(di[i], do[i])
     g.finite(di[axis], "indexed by integer inputs")
     if g.is_param_derived(src):
-        g.use(node, 0, "embedding", (axis,), tuple(i for i in range(len(di)) if i != axis))
+        _lookup(g, node, src, (axis,), [None if i == axis else i for i in range(len(di))])
 
 
 @rule(aten.index.Tensor)
@@ -654,8 +831,19 @@ def _index(g: DimGraph, node: fx.Node) -> None:
         for t in range(tail):
             g.eq(di[len(di) - 1 - t], do[len(do) - 1 - t])
         if g.is_param_derived(src):
-            g.use(node, 0, "embedding", tuple(range(lead, lead + n_idx)),
-                  tuple(i for i in range(len(di)) if not lead <= i < lead + n_idx))
+            n_out_idx = len(do) - lead - tail  # the index tensors' broadcast axes
+            amap = list(range(lead)) + [None] * n_out_idx + list(range(lead + n_idx, len(di)))
+            _lookup(g, node, src, tuple(range(lead, lead + n_idx)), amap)
+
+
+def _lookup(g: DimGraph, node: fx.Node, src, indexed: tuple[int, ...], axis_map: list) -> None:
+    """Rows of a parameter read by integer indices.  Rows that are vectors make it an embedding table (fan-in: the
+    indexed axes); rows that are matrices make it a stack of weights (experts gathered per token), whose later
+    matmul says the fans: the result is a view of the parameter."""
+    if _ndim(g, src) - len(indexed) >= 2:
+        g.derive(node, src, axis_map)
+    else:
+        g.use(node, 0, "embedding", indexed, tuple(i for i in range(_ndim(g, src)) if i not in indexed))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -770,14 +958,17 @@ def _from_softmax(node, depth: int = 4) -> bool:
     return False
 
 
-def _maybe_manual_attention(g: DimGraph, node: fx.Node, a, b) -> None:
+def _maybe_manual_attention(g: DimGraph, node: fx.Node, a, b) -> bool:
     da, db = g.dims(a), g.dims(b)
     if da is None or db is None or len(da) < 3:
-        return
+        return False
     if _reaches_softmax(node):
         g.attention.append(AttentionSite(node, "manual", da[-1], da[-3] if len(da) >= 3 else None))
     elif _from_softmax(a) and len(db) >= 3:
         g.attention.append(AttentionSite(node, "manual-v", db[-1], db[-3] if len(db) >= 3 else None))
+    else:
+        return False
+    return True
 
 
 _PASS_THROUGH = {aten.view.default, aten.reshape.default, aten.transpose.int, aten.permute.default, aten.dropout.default,
@@ -830,16 +1021,285 @@ def _pool(g: DimGraph, node: fx.Node) -> None:
         node.target, 2 if spatial == 1 else spatial)
     for i in range(len(dx) - n_sp):
         g.eq(dx[i], do[i])
+    adaptive = "adaptive" in str(node.target)
+    for i in range(max(0, len(dx) - n_sp), min(len(dx), len(do))):
+        if adaptive:
+            g.finite(do[i], "output size of an adaptive pooling")
+        else:
+            g.scale(do[i], dx[i])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Selection, counting and integer indexing: the axes they act on hold a fixed set of alternatives (experts, classes,
+# positions), never features
+
+
+def _axis(node: fx.Node, pos: int, name: str, default=-1):
+    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
+
+
+@rule(*_ops("topk.default", "sort.default", "sort.stable", "kthvalue.default", "mode.default"))
+def _topk(g: DimGraph, node: fx.Node) -> None:
+    src, outs = node.args[0], g.node_dims.get(node.name)
+    di = g.dims(src)
+    if di is None or not outs:
+        return
+    if node.target in _ops("topk.default"):
+        axis = _norm_axis(_axis(node, 2, "dim"), len(di))
+    elif node.target in _ops("sort.stable"):
+        axis = _norm_axis(node.kwargs.get("dim", _axis(node, 2, "dim")), len(di))
+    else:
+        axis = _norm_axis(_axis(node, 1, "dim"), len(di))
+    for o in outs:
+        if isinstance(o, list):
+            if len(o) == len(di):
+                for i in range(len(di)):
+                    if i != axis:
+                        g.eq(di[i], o[i])
+                if node.target in _ops("topk.default"):
+                    g.finite(o[axis], "k of a top-k")
+                else:
+                    g.eq(di[axis], o[axis])
+            else:  # kthvalue/mode: the axis is reduced
+                for j, i in enumerate(k for k in range(len(di)) if k != axis):
+                    if j < len(o):
+                        g.eq(di[i], o[j])
+    g.selected.setdefault(di[axis], f"selected along by {_opname(node)}")
+
+
+@rule(*_ops("argsort.default", "argsort.stable"))
+def _argsort(g: DimGraph, node: fx.Node) -> None:
+    src, di = node.args[0], g.dims(node.args[0])
+    if di is None:
+        return
+    g.eq_axes(src, node)
+    axis = _norm_axis(node.kwargs.get("dim", _axis(node, 1, "dim")) if node.target in _ops("argsort.stable")
+                      else _axis(node, 1, "dim"), len(di))
+    g.selected.setdefault(di[axis], f"selected along by {_opname(node)}")
+
+
+@rule(*_ops("histc.default", "bincount.default"))
+def _count(g: DimGraph, node: fx.Node) -> None:
+    do = g.dims(node)
+    if do:
+        g.finite(do[0], f"bins of {_opname(node)}")
+
+
+@rule(*_ops("one_hot.default"))
+def _one_hot(g: DimGraph, node: fx.Node) -> None:
+    idx, do = node.args[0], g.dims(node)
+    di = g.dims(idx)
+    if do is None:
+        return
+    for a, b in zip(di or [], do[:-1]):
+        g.eq(a, b)
+    g.finite(do[-1], "classes of one_hot")
+
+
+@rule(*_ops("scatter.src", "scatter.value", "scatter.reduce", "scatter.value_reduce", "scatter_.src",
+            "scatter_.value", "scatter_add.default", "scatter_add_.default", "scatter_reduce.two",
+            "scatter_reduce_.two", "index_add.default", "index_add_.default", "index_copy.default",
+            "index_copy_.default", "index_fill.int_Scalar", "index_fill.int_Tensor", "index_fill_.int_Scalar",
+            "index_fill_.int_Tensor", "index_reduce.default", "index_reduce_.default"))
+def _scatter(g: DimGraph, node: fx.Node) -> None:
+    """Writes into ``self`` at integer positions along ``dim``: that axis is indexed."""
+    src = node.args[0]
+    di = g.dims(src)
+    if di is None:
+        return
+    g.eq_axes(src, node)
+    axis = _norm_axis(_axis(node, 1, "dim", 0), len(di))
+    g.finite(di[axis], f"written at integer positions ({_opname(node)})")
+    name = str(node.target)
+    values = node.args[3] if len(node.args) > 3 and ("scatter" in name or "index_add" in name or
+                                                     "index_copy" in name or "index_reduce" in name) else None
+    dv = g.dims(values)
+    if dv is not None and len(dv) == len(di):
+        for i in range(len(di)):
+            if i != axis:
+                g.eq(dv[i], di[i])
+        if "index_" in name:  # index_add/copy: source's dim axis runs along the index
+            g.eq(dv[axis], (g.dims(node.args[2]) or [dv[axis]])[0])
+
+
+@rule(*_ops("index_put.default", "index_put_.default", "_index_put_impl_.default", "_unsafe_index_put.default"))
+def _index_put(g: DimGraph, node: fx.Node) -> None:
+    src, indices = node.args[0], node.args[1]
+    values = node.args[2] if len(node.args) > 2 else None
+    di = g.dims(src)
+    if di is None:
+        return
+    g.eq_axes(src, node)
+    indexed = [k for k, t in enumerate(indices) if t is not None]
+    for k in indexed:
+        if k < len(di):
+            g.finite(di[k], f"written at integer positions ({_opname(node)})")
+    dv = g.dims(values)
+    rest = [k for k in range(len(di)) if k not in indexed]
+    if dv is not None:  # the values' trailing axes are the non-indexed axes
+        for a, b in zip(reversed(dv), reversed([di[k] for k in rest])):
+            g.eq(a, b)
+
+
+@rule(*_ops("gather.default", "take_along_dim.default"))
+def _gather(g: DimGraph, node: fx.Node) -> None:
+    src, idx = node.args[0], node.args[2] if node.target in _ops("gather.default") else node.args[1]
+    di, dx = g.dims(src), g.dims(idx)
+    g.eq_axes(idx, node)  # output has the index's shape
+    if di is None:
+        return
+    axis = _norm_axis(_axis(node, 1, "dim", 0) if node.target in _ops("gather.default") else _axis(node, 2, "dim", 0),
+                      len(di))
+    if dx is not None and len(dx) == len(di):
+        for i in range(len(di)):
+            if i != axis:
+                g.eq(di[i], dx[i])
+    g.finite(di[axis], f"indexed by integers ({_opname(node)})")
+    if g.is_param_derived(src):
+        g.use(node, 0, "embedding", (axis,), tuple(i for i in range(len(di)) if i != axis))
+
+
+@rule(*_ops("repeat_interleave.self_int", "repeat_interleave.self_Tensor"))
+def _repeat_interleave(g: DimGraph, node: fx.Node) -> None:
+    src, di, do = node.args[0], g.dims(node.args[0]), g.dims(node)
+    dim = _axis(node, 2, "dim", None)
+    if di is None or do is None:
+        return
+    if dim is None:  # flattened
+        g.prod([do[0]], di)
+        return
+    axis = _norm_axis(dim, len(di))
+    for i in range(len(di)):
+        if i == axis:
+            g.scale(do[i], di[i])
+        else:
+            g.eq(di[i], do[i])
+
+
+@rule(*_ops("nonzero.default", "argwhere.default", "masked_select.default", "unique_consecutive.default",
+            "_unique2.default", "unique_dim.default", "item.default", "_local_scalar_dense.default",
+            "nonzero_static.default", "masked_scatter.default", "masked_scatter_.default"))
+def _data_dependent(g: DimGraph, node: fx.Node) -> None:
+    """Outputs sized by the data: they carry no width."""
+    if node.target in _ops("masked_scatter.default", "masked_scatter_.default"):
+        g.eq_axes(node.args[0], node)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Weight stacks, recurrent layers, reparametrised weights
+
+
+def _grouped_mm(g: DimGraph, node: fx.Node) -> None:
+    """``out[s] = x[s] @ w[e(s)]``: (S, K) x (E, K, N) -> (S, N), rows grouped by expert through ``offs``."""
+    x, w = node.args[0], node.args[1]
+    offs = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
+    dx, dw, do = g.dims(x), g.dims(w), g.dims(node)
+    if dx is None or dw is None or do is None:
+        return
+    if len(dw) == 3 and len(dx) == 2:
+        g.eq(dx[-1], dw[1])
+        g.eq(do[-1], dw[2])
+        g.eq(dx[0], do[0])
+        doffs = g.dims(offs)
+        if doffs:
+            g.eq(doffs[0], dw[0])
+        g.use(node, 1, "matmul", (1,), (2,), "grouped_mm")
+        _stack_axes(g, w, 2, "grouped matmul")
+    else:  # 2-D x 2-D / 3-D x 3-D grouped forms: an ordinary (batched) matmul per group
+        _matmul_dims(g, node, x, w, node)
+        _record_matmul(g, node, 0, 1)
+
+
+for _target in _ops("_grouped_mm.default"):
+    RULES[_target] = _grouped_mm
+# transformers' CPU/compile fallback custom op (torch.ops.transformers.grouped_mm_fallback), matched by name
+RULES["transformers.grouped_mm_fallback.default"] = _grouped_mm
+
+_RNN_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+@rule(*_ops("lstm.input", "gru.input", "rnn_tanh.input", "rnn_relu.input"))
+def _rnn(g: DimGraph, node: fx.Node) -> None:
+    """``aten.lstm/gru/rnn_*(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+    batch_first)``: per layer and direction (w_ih (G*H, in), w_hh (G*H, H)[, b_ih, b_hh][, w_hr (H, P)])."""
+    x, params = node.args[0], node.args[2]
+    has_bias, layers, bidir = bool(node.args[3]), int(node.args[4]), bool(node.args[7])
+    gates = _RNN_GATES[str(node.target).split(".")[1]]
+    dirs = 2 if bidir else 1
+    per = len(params) // max(1, layers * dirs)
+    outs = g.node_dims.get(node.name)
+    dx = g.dims(x)
+    if not outs or dx is None or per not in (2, 3, 4, 5):
+        return
+    out, h_n = outs[0], outs[1]
+    for a, b in zip(dx[:-1], out[:-1]):
+        g.eq(a, b)
+    h = h_n[-1]  # hidden (or projection) size
+    if bidir:
+        g.scale(out[-1], h)
+    else:
+        g.eq(out[-1], h)
+    hx = node.args[1]
+    for t in hx if isinstance(hx, (list, tuple)) else [hx]:
+        dt = g.dims(t)
+        if dt is not None:
+            for a, b in zip(dt, h_n):
+                g.eq(a, b)
+    for k in range(layers * dirs):
+        layer = k // dirs
+        group = params[k * per:(k + 1) * per]
+        w_ih, w_hh = group[0], group[1]
+        dih, dhh = g.dims(w_ih), g.dims(w_hh)
+        if dih is None or dhh is None:
+            continue
+        g.eq(dih[1], dx[-1] if layer == 0 else out[-1])
+        g.eq(dih[0], dhh[0])
+        g.eq(dhh[1], h)
+        hidden = h
+        if per in (3, 5):  # LSTM proj_size: w_hr (P, H) maps the cell state (H) to the output (P)
+            w_hr = group[-1]
+            dhr = g.dims(w_hr)
+            if dhr is not None:
+                g.eq(dhr[0], h)
+                hidden = dhr[1]
+                g.use(node, 2, "matmul", (1,), (0,), "rnn projection", arg=w_hr)
+        g.scale(dih[0], hidden)  # gates * hidden
+        for p in (w_ih, w_hh):
+            g.use(node, 2, "matmul", (1,), (0,), "rnn", arg=p)
+        if has_bias and per >= 4:
+            for b in group[2:4]:
+                db = g.dims(b)
+                if db is not None:
+                    g.eq(db[0], dih[0])
+                    g.use(node, 2, "elementwise", (), (0,), "rnn bias", arg=b)
+
+
+@rule(*_ops("_weight_norm.default"))
+def _weight_norm(g: DimGraph, node: fx.Node) -> None:
+    """``w = g * v / ||v||`` (norm over every axis but ``dim``): later uses of w are uses of the direction v; the
+    magnitude g scales each slice of w, elementwise."""
+    v, mag = node.args[0], node.args[1]
+    dv, dg = g.dims(v), g.dims(mag)
+    g.eq_axes(v, node)
+    if dg is not None and dv is not None and len(dg) == len(dv):
+        for a, b in zip(dg, dv):
+            g.eq(a, b)
+        g.use(node, 1, "elementwise", (), tuple(i for i, d in enumerate(dg) if g.size[d] > 1), "weight_norm")
+    g.derive(node, v, list(range(_ndim(g, v))))
+
+
+def _opname(node: fx.Node) -> str:
+    return str(node.target).replace("aten.", "").split(".")[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Factories: new tensors whose dims are constrained only by later use.
 
-for _op in (aten.arange.default, aten.arange.start, aten.arange.start_step, aten.ones.default, aten.zeros.default,
+for _factory in (aten.arange.default, aten.arange.start, aten.arange.start_step, aten.ones.default, aten.zeros.default,
             aten.full.default, aten.empty.memory_format, aten.new_ones.default, aten.new_zeros.default,
             aten.new_full.default, aten.new_empty.default, aten.scalar_tensor.default, aten.randn.default,
             aten.rand.default, aten.eye.default, aten.lift_fresh_copy.default, aten.sym_size.int):
-    RULES.setdefault(_op, _no_op)
+    RULES.setdefault(_factory, _no_op)
 
 VIEW_LIKE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
              aten.unflatten.int, aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default,
@@ -848,10 +1308,24 @@ VIEW_LIKE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
              aten._to_copy.default, aten.type_as.default, aten.dropout.default}
 
 
+def _rule_for(target):
+    fn = RULES.get(target) or RULES.get(str(target))
+    if fn is None and isinstance(target, torch._ops.OpOverload):
+        packet = target.overloadpacket.__name__
+        if packet.endswith("_") and not packet.endswith("__"):  # in-place: the out-of-place op's rule
+            functional = getattr(getattr(aten, packet[:-1], None), target._overloadname, None)
+            if functional is not None:
+                fn = RULES.get(functional) or (pointwise if _is_pointwise(functional) else None)
+    return fn
+
+
 def apply_rule(g: DimGraph, node: fx.Node, recurse: Callable[[fx.Node], None]) -> None:
-    fn = RULES.get(node.target)
+    fn = _rule_for(node.target)
     if fn is not None:
+        before = {p: len(us) for p, us in g.uses.items()}
         fn(g, node)
+        if fn is not _no_op:
+            _data_uses(g, node, before)
     elif _is_pointwise(node.target):
         pointwise(g, node)
     elif node.target is not None and "wrap_with" in str(node.target) or (
@@ -861,5 +1335,22 @@ def apply_rule(g: DimGraph, node: fx.Node, recurse: Callable[[fx.Node], None]) -
         key = str(node.target)
         g.unknown_ops[key] = g.unknown_ops.get(key, 0) + 1
         for i, a in enumerate(node.args):
-            if g.is_param_derived(a):
-                g.use(node, i, "unknown", (), ())
+            for param, _ in g.origins(a):
+                g.uses.setdefault(param, []).append(Use("unknown", node, i, (), ()))
+
+
+def _data_uses(g: DimGraph, node: fx.Node, before: dict[str, int]) -> None:
+    """A parameter the rule neither used nor viewed is an operand fed as data (a learned table through a norm, a
+    learned query into a projection): record it as used elementwise, every axis a feature axis."""
+    derived = {p for p, _ in g.origins(node)}
+    derived |= {p for (name, _), orgs in g.item_origins.items() if name == node.name for p, _ in orgs}
+    for i, a in enumerate(node.args):
+        for x in (a if isinstance(a, (list, tuple)) else [a]):
+            for param, amap in g.origins(x):
+                if param in derived:
+                    continue
+                new = g.uses.get(param, [])[before.get(param, 0):]
+                if any(u.node is node for u in new):
+                    continue
+                axes = tuple(a for a in amap if a is not None)
+                g.uses.setdefault(param, []).append(Use("elementwise", node, i, (), axes, "data"))

@@ -1,9 +1,24 @@
 """Stage 2: symbolic width analysis.
 
 Runs the per-op rules of :mod:`muplify.shape_rules` over the captured graph, then decides which dims are *finite*
-(fixed as the model widens: batch, sequence, vocabulary, classes, input channels, kernel sizes, and head_dim or the
-head count by convention) and which are *infinite* (scale with width).  Every infinite dim gets the sympy expression
-``(size / width_size) * w``, so an MLP down-projection has ``fan_in = 4*w``; finite dims are integers.
+(fixed as the model widens) and which are *infinite* (scale with width), from evidence, strongest first:
+
+1. ``hard``: axes of the model's inputs; kernel sizes; axes indexed, counted or selected by integers (embedding rows,
+   ``one_hot`` classes, ``histc`` bins, ``scatter``/``index_add`` targets, ``x[..., i]``); the class axis of a loss;
+   the stack axis of a weight used as independent matrices (experts); spatial axes (affine in the input's); and
+   everything these determine through products, sums and fixed multiples.
+2. ``convention``: head_dim (or the head count) by ``head_scaling``; the group width of grouped convs.
+3. ``readout``: a dim that a layer produces but no layer reads (no weight contracts it) and that reaches a model
+   output (logits, a contrastive embedding) or a routing selection (``topk``/``argmax`` over experts).  A model
+   output that layers also read (hidden states, pooled features) keeps the width.
+4. ``source``: the feature axis of a parameter fed as data (a learned table) that no layer produces.
+5. ``guess`` (marked): an input-side bottleneck produced only from finite inputs whose size the model's config
+   states separately from its width (ALBERT's ``embedding_size``); a timm ``head_hidden_size``; a group width seen
+   on one channel count only; a readout-like dim the size of the width, taken to scale.
+
+Every other dim scales; an infinite dim gets the sympy expression ``(size / width_size) * w``, so an MLP
+down-projection has ``fan_in = 4*w``; finite dims are integers.  The width itself is the model's declared width
+(transformers config, timm attribute) when it has one, else ``width=``, else the dim most parameter axes use.
 
     >>> from muplify.capture import capture
     >>> from muplify.models import MLP
@@ -13,6 +28,7 @@ head count by convention) and which are *infinite* (scale with width).  Every in
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,9 +40,12 @@ from .capture import Capture
 from .errors import WidthError
 from .shape_rules import AttentionSite, DimGraph, Use, apply_rule
 
-__all__ = ["WidthAnalysis", "ParamDims", "analyse", "W"]
+__all__ = ["WidthAnalysis", "ParamDims", "ScalingDim", "analyse", "W"]
 
 W = sympy.Symbol("w", positive=True, integer=True)
+
+HARD, CONVENTION, READOUT, SOURCE, GUESS = "hard", "convention", "readout", "source", "guess"
+_CONTRACTING = ("matmul", "conv", "embedding")
 
 
 @dataclass
@@ -37,6 +56,22 @@ class ParamDims:
     axis_exprs: list[sympy.Expr]  # per axis, in the width symbol
     uses: list[Use]
     placeholder: str
+    # "graph" when every fact the role rests on comes from the graph; "guess: <why>" otherwise
+    decided_by: str = "graph"
+    axis_roots: list[int] = field(default_factory=list)  # per axis: the dim id (comparable across axes/params)
+    axis_why: list[str] = field(default_factory=list)  # per axis: why it is finite, or which scaling dim it is
+
+
+@dataclass
+class ScalingDim:
+    """One dim that grows with width (several may share a size)."""
+
+    root: int
+    size: int
+    expr: sympy.Expr
+    param_axes: int  # how many parameter axes use it
+    examples: list[str]  # a few "param[axis]"
+    why: str = ""  # "width", or why it is taken to scale
 
 
 @dataclass
@@ -51,22 +86,66 @@ class WidthAnalysis:
     notes: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     finite_roots: dict[int, str] = field(default_factory=dict)  # union-find root -> why it is finite
+    # how the width was chosen: "width=" | "config.<attr>" | "timm <attr>" | "most-used"
+    width_source: str = "most-used"
+    width_root: int = -1
+    scaling_dims: list[ScalingDim] = field(default_factory=list)  # every dim that scales, the width first
+    finite_kinds: dict[int, str] = field(default_factory=dict)  # root -> hard | convention | readout | source | guess
+    guesses: dict[int, str] = field(default_factory=dict)  # root -> the guess made about it (finite or scaling)
 
     def dim_expr(self, d: int) -> sympy.Expr:
         """The expression of any dim of the graph (parameter axis or not)."""
-        return _dim_expr(self.dim_graph, self.finite_roots, self.width_size, d)
+        return _dim_expr(self.dim_graph, self.finite_roots, self.width_size, d, self._composed)
 
-
-def _dim_expr(g: DimGraph, finite: dict[int, str], width_size: int, d: int) -> sympy.Expr:
-    if g.size[d] <= 1 or g.find(d) in finite:
-        return sympy.Integer(max(g.size[d], 1))
-    return sympy.Rational(g.size[d], width_size) * W
+    @property
+    def _composed(self) -> dict[int, sympy.Expr]:
+        if "_composed_exprs" not in self.__dict__:
+            self.__dict__["_composed_exprs"] = _composed_exprs(self.dim_graph, self.finite_roots, self.width_size)
+        return self.__dict__["_composed_exprs"]
 
     def is_infinite(self, name: str, axes) -> bool:
         exprs = self.params[name].axis_exprs
         return any(exprs[a].has(self.width_symbol) for a in axes)
 
+    def guessed_params(self) -> dict[str, str]:
+        """Parameters whose role rests on a guess, with the reason."""
+        return {n: p.decided_by for n, p in self.params.items() if p.decided_by != "graph"}
 
+    def axis_table(self) -> dict[tuple[str, int], tuple[int, bool]]:
+        """(parameter, axis) -> (size, scales): what a second analysis of the same model at another width (a base
+        model) is compared with, axis by axis."""
+        return {(n, a): (p.shape[a], bool(p.axis_exprs[a].has(self.width_symbol)))
+                for n, p in self.params.items() for a in range(len(p.shape))}
+
+
+def _dim_expr(g: DimGraph, finite: dict[int, str], width_size: int, d: int,
+              composed: dict[int, sympy.Expr] | None = None) -> sympy.Expr:
+    if g.size[d] <= 1 or g.find(d) in finite:
+        return sympy.Integer(max(g.size[d], 1))
+    if composed and g.find(d) in composed:
+        return composed[g.find(d)]
+    return sympy.Rational(g.size[d], width_size) * W
+
+
+def _composed_exprs(g: DimGraph, finite: dict[int, str], width_size: int) -> dict[int, sympy.Expr]:
+    """Exact expressions for scaling dims made of finite and scaling parts: a fused projection's output
+    ``w/16 + 32`` (dt_rank + 2 * d_state), rather than its size as a multiple of the width."""
+    out: dict[int, sympy.Expr] = {}
+    for kind, o, parts in g.relations:
+        ro = g.find(o)
+        if kind not in ("sum", "prod") or ro in finite or ro in out:
+            continue
+        rparts = [g.find(p) for p in parts]
+        if all(p not in finite for p in rparts):
+            continue  # only scaling parts: the plain multiple of the width says the same
+        exprs = [_dim_expr(g, finite, width_size, p) for p in rparts]
+        e = sympy.Add(*exprs) if kind == "sum" else sympy.Mul(*exprs)
+        if e.has(W) and e.subs(W, width_size) == g.size[ro]:
+            out[ro] = sympy.expand(e)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the graph
 def _run_rules(g: DimGraph, graph: fx.Graph, gm: torch.nn.Module | None, cap: Capture | None) -> None:
     for node in graph.nodes:
         g.alloc(node)
@@ -85,8 +164,14 @@ def _recurse(g: DimGraph, node: fx.Node, gm) -> None:
     if not isinstance(sub, fx.GraphModule):
         return
     inputs = [a for a in node.args if isinstance(a, fx.Node) and a is not sub_node]
-    _run_rules(g, sub.graph, sub, None)
     placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+    for outer, inner in zip(inputs, placeholders):  # parameters passed in stay parameters inside
+        g.alloc(inner)
+        if outer.name in g.origin:
+            g.origin[inner.name] = g.origin[outer.name]
+            if outer.name in g.more_origins:
+                g.more_origins[inner.name] = g.more_origins[outer.name]
+    _run_rules(g, sub.graph, sub, None)
     for outer, inner in zip(inputs, placeholders):
         g.eq_axes(outer, inner)
     out = next(n for n in sub.graph.nodes if n.op == "output")
@@ -100,49 +185,6 @@ def _recurse(g: DimGraph, node: fx.Node, gm) -> None:
                     g.eq(a, b)
 
 
-def _solve_finiteness(g: DimGraph, cap: Capture, head_scaling: str, forced_infinite: set[int]) -> dict[int, str]:
-    finite: dict[int, str] = {}
-
-    def mark(d: int, why: str) -> bool:
-        r = g.find(d)
-        if r in finite or r in forced_infinite or g.size[d] == 1:
-            return False
-        finite[r] = why
-        return True
-
-    for n in cap.user_inputs:
-        for d in _flat(g.node_dims.get(n.name)):
-            mark(d, f"axis of model input '{n.name}'")
-    for n in cap.user_outputs:
-        for d in _flat(g.node_dims.get(n.name)):
-            mark(d, f"axis of model output '{n.name}'")
-    for d, why in g.finite_reasons.items():
-        mark(d, why)
-    if head_scaling == "heads":
-        for a in g.attention:
-            # with a single head, head_dim *is* the model width: only a real head axis can take the growth
-            if a.heads is not None and g.size[a.heads] > 1:
-                mark(a.head_dim, "head_dim (fixed by head_scaling='heads')")
-    elif head_scaling == "head_dim":
-        for a in g.attention:
-            if a.heads is not None:
-                mark(a.heads, "number of heads (fixed by head_scaling='head_dim')")
-    else:
-        raise ValueError(f"head_scaling must be 'heads' or 'head_dim', got {head_scaling!r}")
-
-    changed = True
-    while changed:  # propagate through products and sums until nothing changes
-        changed = False
-        for _kind, out, parts in g.relations:
-            ro, rparts = g.find(out), [g.find(p) for p in parts]
-            if ro in finite:
-                for p in parts:
-                    changed |= mark(p, finite[ro] + " (factor of a finite dim)")
-            elif all(p in finite for p in rparts):
-                changed |= mark(out, "product/sum of finite dims")
-    return finite
-
-
 def _flat(x):
     if x is None:
         return []
@@ -151,70 +193,460 @@ def _flat(x):
     return [d for item in x for d in _flat(item)]
 
 
-def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
-            gm: torch.nn.Module | None = None) -> WidthAnalysis:
-    """Assign every parameter axis a sympy expression in the width symbol ``w``."""
-    g = DimGraph()
-    _run_rules(g, cap.graph, gm if gm is not None else cap.graph_module, cap)
+# ---------------------------------------------------------------------------------------------------- the solver
+class _Solver:
+    """Finite dims with their reasons and kinds; ``forced`` dims (the width, ``width=``) are never made finite."""
 
-    param_axes = {ph: g.node_dims[ph] for ph in cap.param_names}
-    forced: set[int] = set()
-    if width is not None:
-        if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
-            raise WidthError(f"width must be a positive int (the size of the width dimension), got {width!r}")
-        sized = {g.find(d) for dims in param_axes.values() for d in dims if g.size[d] == width}
-        if not sized:
-            sizes = sorted({g.size[d] for dims in param_axes.values() for d in dims})
-            raise WidthError(f"width={width} matches no parameter dimension; parameter dimension sizes are {sizes}")
-    finite = _solve_finiteness(g, cap, head_scaling, forced)
-    if width is not None and not any(r not in finite for r in sized):
-        # no scaling dim of that size: let dims of that size that are finite only because they reach a model
-        # output scale (a model without a readout, e.g. an encoder returning hidden states)
-        forced = {r for r in sized if finite[r].startswith("axis of model output")}
-        if not forced:
-            why = "; ".join(sorted({finite[r] for r in sized}))
-            raise WidthError(f"width={width}: every dimension of that size is fixed ({why}); pass the size of a "
-                             "hidden dimension")
-        finite = _solve_finiteness(g, cap, head_scaling, forced)
+    def __init__(self, g: DimGraph, forced: set[int]):
+        self.g, self.forced = g, forced
+        self.finite: dict[int, str] = {}
+        self.kind: dict[int, str] = {}
 
+    def mark(self, d: int, why: str, kind: str) -> bool:
+        r = self.g.find(d)
+        if r in self.finite or r in self.forced or self.g.size[d] <= 1:
+            return False
+        self.finite[r], self.kind[r] = why, kind
+        return True
+
+    def propagate(self) -> None:
+        """Through products, sums and fixed multiples until nothing changes."""
+        g = self.g
+        changed = True
+        while changed:
+            changed = False
+            for kind, out, parts in g.relations:
+                ro, rparts = g.find(out), [g.find(p) for p in parts]
+                if kind == "scale":
+                    a, b = ro, rparts[0]
+                    if a in self.finite and b not in self.finite:
+                        changed |= self.mark(b, self.finite[a], self.kind[a])
+                    elif b in self.finite and a not in self.finite:
+                        changed |= self.mark(a, self.finite[b], self.kind[b])
+                elif ro in self.finite:
+                    for p in parts:
+                        changed |= self.mark(p, self.finite[ro] + " (factor of a finite dim)", self.kind[ro])
+                elif rparts and all(p in self.finite for p in rparts):
+                    kinds = {self.kind[p] for p in rparts}
+                    changed |= self.mark(out, "product/sum of finite dims",
+                                         next((k for k in (GUESS, SOURCE, READOUT, CONVENTION) if k in kinds), HARD))
+
+
+def _roots(g: DimGraph, dims) -> set[int]:
+    return {g.find(d) for d in _flat(dims) if g.size[d] > 1}
+
+
+def _use_roots(g: DimGraph, param_axes: dict[str, list[int]], ph: str, axes) -> set[int]:
+    dims = param_axes.get(ph) or []
+    return {g.find(dims[a]) for a in axes if a < len(dims) and g.size[dims[a]] > 1}
+
+
+@dataclass
+class _Flow:
+    """Which dims the model's weights read (contract) and write (produce), and from what."""
+
+    consumed: set[int]
+    produced: set[int]
+    # root -> [(param, fan-in roots of that producing use, whether its input depends on the model's inputs)]
+    producers: dict[int, list[tuple[str, set[int], bool]]]
+    related: set[int]  # roots in a product/sum/multiple relation (heads x head_dim, splits of a fused output)
+    readers: dict[int, list[set[int]]]  # root -> fan-out roots of every layer that reads it
+
+
+def _input_dependent(graph: fx.Graph, cap: Capture) -> set[str]:
+    dep = {n.name for n in cap.user_inputs}
+    for n in graph.nodes:
+        if n.op == "call_function" and any(a.name in dep for a in _nodes_in(n.args) + _nodes_in(n.kwargs)):
+            dep.add(n.name)
+    return dep
+
+
+def _nodes_in(x) -> list[fx.Node]:
+    if isinstance(x, fx.Node):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [n for a in x for n in _nodes_in(a)]
+    if isinstance(x, dict):
+        return [n for a in x.values() for n in _nodes_in(a)]
+    return []
+
+
+def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow:
+    consumed, produced, producers, readers = set(), set(), {}, {}
+    for ph, uses in g.uses.items():
+        for u in uses:
+            if u.kind not in _CONTRACTING:
+                continue
+            fin = _use_roots(g, param_axes, ph, u.fan_in_axes)
+            fout = _use_roots(g, param_axes, ph, u.fan_out_axes)
+            if u.kind != "embedding":  # an embedding's fan-in is indexed, not read as features
+                consumed |= fin
+                for r in fin:
+                    readers.setdefault(r, []).append(fout)
+            produced |= fout
+            for r in fout:
+                producers.setdefault(r, []).append((ph, fin if u.kind != "embedding" else set(), u.node.name in dep))
+    related = {g.find(d) for _, out, parts in g.relations for d in (out, *parts)}
+    changed = True
+    while changed:  # the parts of a dim a layer reads are read too (heads x head_dim into o_proj)
+        changed = False
+        for kind, out, parts in g.relations:
+            ro, rparts = g.find(out), {g.find(p) for p in parts}
+            if ro in consumed and not rparts <= consumed:
+                consumed |= rparts
+                changed = True
+            if kind == "scale" and rparts & consumed and ro not in consumed:
+                consumed.add(ro)
+                changed = True
+    return _Flow(consumed, produced, producers, related, readers)
+
+
+def _hard_and_conventions(S: _Solver, g: DimGraph, cap: Capture, head_scaling: str) -> None:
+    for n in cap.user_inputs:
+        for d in _flat(g.node_dims.get(n.name)):
+            S.mark(d, f"axis of model input '{n.name}'", HARD)
+    for d, why in g.finite_reasons.items():
+        S.mark(d, why, HARD)
+    S.propagate()
+    if head_scaling == "heads":
+        for a in g.attention:
+            # with a single head, head_dim *is* the model width: only a real head axis can take the growth
+            if a.heads is not None and g.size[a.heads] > 1:
+                S.mark(a.head_dim, "head_dim (fixed by head_scaling='heads')", CONVENTION)
+    elif head_scaling == "head_dim":
+        for a in g.attention:
+            if a.heads is not None:
+                S.mark(a.heads, "number of heads (fixed by head_scaling='head_dim')", CONVENTION)
+    else:
+        raise ValueError(f"head_scaling must be 'heads' or 'head_dim', got {head_scaling!r}")
+    S.propagate()
+
+
+def _group_widths(S: _Solver, g: DimGraph, guesses: dict[int, str], declared: set[int]) -> None:
+    """Grouped convs: with channel counts that differ, a per-group width shared by all of them is fixed (RegNet's
+    group width) and a shared group count means the group width scales (ResNeXt's cardinality).  One channel count
+    only: a group count the config declares is fixed, else the group width is taken as fixed, marked as a guess."""
+    convs = [(u, per, g.size[per], g.size[c], groups) for u, per, c, groups in g.grouped_convs if g.size[per] > 1]
+    if not convs:
+        return
+    channels = {c for _, _, _, c, _ in convs}
+    widths = {s for _, _, s, _, _ in convs}
+    counts = {gr for *_, gr in convs}
+    if len(channels) > 1 and len(widths) == 1:
+        for _, per, s, _, _ in convs:
+            S.mark(per, f"group width {s} shared by grouped convs of {sorted(channels)} channels", CONVENTION)
+    elif len(channels) > 1 and len(counts) == 1 or counts <= declared:
+        return  # a fixed group count (cardinality): the group width scales
+    else:
+        for _, per, s, c, gr in convs:
+            if S.mark(per, f"group width {s} of a grouped conv ({c} channels in {gr} groups)", GUESS):
+                guesses[g.find(per)] = (f"the group width {s} of grouped convs ({c} channels in {gr} groups) is "
+                                        "taken as fixed (seen at one channel count only)")
+    S.propagate()
+
+
+def _pick_width(g: DimGraph, counts: Counter, size: int | None) -> int | None:
+    roots = [r for r in counts if size is None or g.size[r] == size]
+    if not roots:
+        return None
+    best = max(counts[r] for r in roots)
+    return min((r for r in roots if counts[r] == best), key=lambda r: (g.size[r], r))
+
+
+def _count_axes(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], finite: dict[int, str],
+                exclude: set[int] = frozenset()) -> Counter:
     counts: Counter = Counter()
     for ph, dims in param_axes.items():
-        if ph in cap.param_names and cap.param_names[ph][0] in cap.unused_params:
+        if cap.param_names[ph][0] in cap.unused_params:
             continue
         for d in dims:
             r = g.find(d)
-            if g.size[d] > 1 and r not in finite:
+            if g.size[d] > 1 and r not in finite and r not in exclude:
                 counts[r] += 1
-    if not counts:
-        shapes = {ns[0]: tuple(g.size[d] for d in param_axes[ph]) for ph, ns in cap.param_names.items()}
+    return counts
+
+
+def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_scaling: str, width: int | None,
+           forced: set[int]):
+    """Every finiteness decision; returns (solver, width root, width source, guesses, notes)."""
+    guesses: dict[int, str] = {}
+    notes: list[str] = []
+    S = _Solver(g, set(forced))
+    _hard_and_conventions(S, g, cap, head_scaling)
+    _group_widths(S, g, guesses, cap.hints.group_counts)
+    for u, per, _c, _groups in g.grouped_convs:  # a fixed group width: each output channel is a small filter
+        if g.size[per] <= 1 or g.find(per) in S.finite:
+            u.kind, u.fan_in_axes, u.detail = "elementwise", (), "grouped_conv"
+    flow = _flow(g, param_axes, _input_dependent(cap.graph, cap))
+
+    out_roots: dict[int, list[str]] = {}
+    for n in cap.user_outputs:
+        for r in _roots(g, g.node_dims.get(n.name)):
+            out_roots.setdefault(r, []).append(cap.output_names.get(n.name) or n.name)
+    terminal = {r for r in set(out_roots) | {g.find(d) for d in g.selected}
+                if r not in S.finite and r not in flow.consumed and g.size[r] > 1}
+
+    # the width: the model's own width first, then width=, then the dim most parameter axes use
+    counts = _count_axes(g, cap, param_axes, S.finite, exclude=terminal if width is None else set())
+    hints = cap.hints
+    source = "most-used"
+    if width is not None:
+        root, source = _pick_width(g, counts, width), "width="
+    elif hints.width is not None and _pick_width(g, counts, hints.width) is not None:
+        root, source = _pick_width(g, counts, hints.width), hints.width_source
+    else:
+        if hints.width is not None:
+            notes.append(f"the model states its width as {hints.width_source}={hints.width}, but no scaling "
+                         "dimension has that size; the width is the dimension most parameter axes use")
+        root = _pick_width(g, counts, None)
+    if root is None:
+        return S, None, source, guesses, notes
+    S.forced.add(root)
+    wsize = g.size[root]
+
+    # readout-like dims: produced, never read by a layer, reaching an output or a routing selection.  An output the
+    # model names as a feature (hidden states, pooled features) of the width's size scales; named logits/loss, or
+    # any other size, are readouts; an unnamed output of the width's size is taken as a readout, marked as a guess
+    selected = {g.find(d): why for d, why in g.selected.items()}
+    for r in sorted(terminal):
+        if r in S.finite or r in S.forced:
+            continue
+        names = out_roots.get(r, [])
+        shown = ", ".join(f"'{n}'" for n in names[:2])
+        kinds = {_output_kind(n) for n in names}
+        if not names:
+            S.mark(r, f"{selected[r]} and read by no layer (a router's choice axis)", READOUT)
+        elif "readout" in kinds or g.size[r] != wsize:
+            S.mark(r, f"reaches model output {shown} and no layer reads it (readout-like)", READOUT)
+        elif "feature" in kinds:
+            continue  # a feature output of the width's size: it scales
+        elif S.mark(r, f"reaches model output {shown} and no layer reads it (readout-like)", READOUT):
+            guesses[r] = (f"output {shown} has the width's size ({g.size[r]}) and no layer reads it: taken as a "
+                          "readout (fixed); pass width= to make it scale")
+    S.propagate()
+
+    # dims of an activation x activation product outside attention (an SSM state): fixed, like head_dim
+    sites = {a.node.name for a in g.attention}
+    for node, d in g.act_contractions:
+        r = g.find(d)
+        if node.name not in sites and r not in flow.consumed:
+            S.mark(r, f"contracted between activations by {node.target} (a state / inner dim, like head_dim)",
+                   CONVENTION)
+    S.propagate()
+
+    # learned constants: feature axes of parameters fed as data, or of tables read at fixed positions (a
+    # relative-position table), that no input-dependent layer produces are sources, like the model's inputs
+    data_roots = set()
+    for ph, uses in g.uses.items():
+        if any(u.detail == "data" for u in uses):
+            data_roots |= {g.find(d) for d in param_axes.get(ph, []) if g.size[d] > 1}
+    constant = {r for r, prods in flow.producers.items() if not any(dep for *_, dep in prods)}
+    for r in sorted((data_roots - flow.produced) | constant):
+        if r not in S.forced and r not in flow.related:
+            S.mark(r, "feature axis of a learned constant (a table or parameter fed as data) that no "
+                      "input-dependent layer produces", SOURCE)
+    S.propagate()
+
+    # input-side bottlenecks whose size the config states apart from the width; timm heads of their own size
+    changed = True
+    while changed:
+        changed = False
+        for r, prods in flow.producers.items():
+            r = g.find(r)
+            if r in S.finite or r in S.forced or r in flow.related or r not in flow.consumed or \
+                    g.size[r] == wsize or g.size[r] not in hints.sizes:
+                continue
+            if any(dep and all(f in S.finite for f in fin) for _, fin, dep in prods):
+                attrs = ", ".join(hints.sizes[g.size[r]][:2])
+                if S.mark(r, f"input-side dim of size {g.size[r]} = {attrs}", GUESS):
+                    guesses[r] = (f"dim of size {g.size[r]} is computed from the inputs by input layers and the "
+                                  f"config states it apart from the width ({attrs}): taken as fixed")
+                    changed = True
+    if hints.head_hidden_size is not None:  # a head read only by the readout
+        for r in list(counts):
+            r = g.find(r)
+            read_by_readouts = flow.readers.get(r) and all(all(o in S.finite for o in outs)
+                                                           for outs in flow.readers[r])
+            if g.size[r] == hints.head_hidden_size and g.size[r] != wsize and read_by_readouts and S.mark(
+                    r, f"timm head_hidden_size={g.size[r]} (a head of its own size)", GUESS):
+                guesses[r] = (f"dim of size {g.size[r]} = the model's head_hidden_size (apart from num_features): "
+                              "taken as fixed")
+    S.propagate()
+    return S, root, source, guesses, notes
+
+
+_READOUT_NAMES = ("logit", "loss", "score", "prediction")
+_FEATURE_NAMES = ("hidden", "pooler", "embed", "feature", "state")
+
+
+def _output_kind(path: str) -> str:
+    """What a model's own name for an output says it is: the last key of its path ("logits",
+    "text_model_output.pooler_output")."""
+    last = path.rsplit(".", 1)[-1].lower()
+    if any(k in last for k in _READOUT_NAMES):
+        return "readout"
+    if any(k in last for k in _FEATURE_NAMES):
+        return "feature"
+    return ""
+
+
+def _forced_for(g: DimGraph, param_axes: dict[str, list[int]], width: int, S: _Solver) -> set[int]:
+    """``width=``: every dim of that size scales unless hard evidence fixes it (an input axis, a kernel, an index)."""
+    sized = {g.find(d) for dims in param_axes.values() for d in dims if g.size[d] == width}
+    if not sized:
+        sizes = sorted({g.size[d] for dims in param_axes.values() for d in dims})
+        raise WidthError(f"width={width} matches no parameter dimension; parameter dimension sizes are {sizes}")
+    forced = {r for r in sized if S.kind.get(r) != HARD}
+    if not forced:
+        why = "; ".join(sorted({S.finite[r] for r in sized}))
+        raise WidthError(f"width={width}: every dimension of that size is fixed ({why}); pass the size of a "
+                         "hidden dimension")
+    return forced
+
+
+# ---------------------------------------------------------------------------------------------------- analyse
+def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
+            gm: torch.nn.Module | None = None) -> WidthAnalysis:
+    """Assign every parameter axis a sympy expression in the width symbol ``w``."""
+    if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width <= 0):
+        raise WidthError(f"width must be a positive int (the size of the width dimension), got {width!r}")
+    g = DimGraph()
+    _run_rules(g, cap.graph, gm if gm is not None else cap.graph_module, cap)
+    placeholders = _one_placeholder_per_param(g, cap)
+    param_axes = {ph: g.node_dims[ph] for ph in placeholders}
+
+    forced: set[int] = set()
+    if width is not None:
+        S0, *_ = _solve(g, cap, param_axes, head_scaling, None, set())
+        forced = _forced_for(g, param_axes, width, S0)
+    S, root, source, guesses, notes = _solve(g, cap, param_axes, head_scaling, width, forced)
+    finite = S.finite
+    if root is None:
+        shapes = {ns[0]: tuple(g.size[d] for d in param_axes[ph]) for ph, ns in placeholders.items()}
         raise WidthError(
             "no width dimension found: every parameter dimension is tied to the model's inputs or outputs, a kernel, "
             f"or a head_dim. Parameter shapes: {_short(shapes)}. If the model has a hidden size that should scale, "
             "pass width=<its size> (dimensions of that size then scale even if they reach an output)."
         )
-    notes = []
-    if width is not None:
-        root = max((r for r in counts if g.size[r] == width), key=lambda r: counts[r])
-    else:
-        best = max(counts.values())
-        top = sorted({g.size[r] for r, c in counts.items() if c == best})
-        root = min((r for r, c in counts.items() if c == best), key=lambda r: g.size[r])
-        if len(top) > 1:
-            notes.append(f"width dims {top} are used equally often; chose the smallest ({top[0]}); pass width= to choose")
     width_size = g.size[root]
-    expr = lambda d: _dim_expr(g, finite, width_size, d)  # noqa: E731
+    counts = _count_axes(g, cap, param_axes, finite)
+    if source == "most-used":
+        best = counts[root]
+        top = sorted({g.size[r] for r, c in counts.items() if c == best})
+        if len(top) > 1:
+            notes.append(f"width dims {top} are used equally often; chose the smallest ({top[0]}); pass width= to "
+                         "choose")
 
+    for ph, uses in g.uses.items():  # a table fed whole as data (rows of fixed count x scaling features)
+        dims = param_axes.get(ph, [])
+        for u in uses:
+            if u.detail != "data":
+                continue
+            rows = tuple(a for a in u.fan_out_axes if g.size[dims[a]] > 1 and g.find(dims[a]) in finite)
+            feats = tuple(a for a in u.fan_out_axes if g.size[dims[a]] > 1 and g.find(dims[a]) not in finite)
+            if rows and feats:
+                u.kind, u.fan_in_axes, u.fan_out_axes = "embedding", rows, feats
+
+    composed = _composed_exprs(g, finite, width_size)
+    expr = lambda d: _dim_expr(g, finite, width_size, d, composed)  # noqa: E731
     params: dict[str, ParamDims] = {}
-    for ph, names in cap.param_names.items():
+    ph_nodes = {n.name: n for n in cap.graph.nodes if n.op == "placeholder"}
+    for ph, names in placeholders.items():
         dims = param_axes[ph]
         uses = g.uses.get(ph, [])
-        params[names[0]] = ParamDims(names[0], names, tuple(g.size[d] for d in dims), [expr(d) for d in dims], uses, ph)
+        if not uses and len(dims) > 1 and g.size[dims[0]] == 1 and ph in ph_nodes:
+            # unused and broadcast-shaped (a mask token (1, d), a cls token): the shape guess is "vector", marked as
+            # a guess by decided_by; any other unused parameter gets the plan's shape guess
+            uses = [Use("elementwise", ph_nodes[ph], -1, (), tuple(a for a, d in enumerate(dims) if g.size[d] > 1),
+                        "shape guess: unused, broadcast-shaped")]
+        why = [finite.get(g.find(d), "") if g.size[d] > 1 else "size 1" for d in dims]
+        why = [w or ("width" if g.find(d) == root else f"scales (size {g.size[d]})") for w, d in zip(why, dims)]
+        pd = ParamDims(names[0], names, tuple(g.size[d] for d in dims), [expr(d) for d in dims], uses, ph,
+                       axis_roots=[g.find(d) for d in dims], axis_why=why)
+        pd.decided_by = _decided_by(pd, cap, g, guesses)
+        params[names[0]] = pd
+
+    scaling = _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, composed)
     candidates = sorted(((g.size[r], c) for r, c in counts.items()), key=lambda t: -t[1])
     if g.unknown_ops:
         notes.append("ops without a shape rule (their dims are unconstrained): " +
                      ", ".join(f"{k} x{v}" for k, v in sorted(g.unknown_ops.items())))
-    return WidthAnalysis(W, width_size, params, g.attention, cap.graph, g, candidates, notes, list(cap.unused_params),
-                         finite)
+    wa = WidthAnalysis(W, width_size, params, g.attention, cap.graph, g, candidates, notes, list(cap.unused_params),
+                       finite, source, root, scaling, dict(S.kind), guesses)
+    _warn(wa, width)
+    return wa
+
+
+def _one_placeholder_per_param(g: DimGraph, cap: Capture) -> dict[str, list[str]]:
+    """A tied parameter can come as one placeholder per name: keep one, with every use and unified axes."""
+    groups: dict[str, list[str]] = {}
+    for ph, names in cap.param_names.items():
+        groups.setdefault(names[0], []).append(ph)
+    keep: dict[str, list[str]] = {}
+    for canon, phs in groups.items():
+        main = max(phs, key=lambda p: len(g.uses.get(p, [])))
+        for other in phs:
+            if other != main:
+                for a, b in zip(g.node_dims.get(other) or [], g.node_dims[main]):
+                    g.eq(a, b)
+                g.uses.setdefault(main, []).extend(g.uses.pop(other, []))
+        keep[main] = cap.param_names[main]
+    return keep
+
+
+def _decided_by(pd: ParamDims, cap: Capture, g: DimGraph, guesses: dict[int, str]) -> str:
+    if pd.name in cap.unused_params or not pd.uses or all(u.detail.startswith("shape guess") for u in pd.uses):
+        return "guess: not used by the captured forward (pass example inputs that use it); role from its shape"
+    known = [u for u in pd.uses if u.kind != "unknown"]
+    if not known:
+        ops = ", ".join(sorted({str(u.node.target) for u in pd.uses}))
+        return f"guess: used only by ops without a shape rule ({ops}); role from its shape"
+    why = [guesses[r] for r in dict.fromkeys(pd.axis_roots) if r in guesses]
+    return "guess: " + "; ".join(why) if why else "graph"
+
+
+def _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, composed) -> list[ScalingDim]:
+    examples: dict[int, list[str]] = {}
+    for ph, dims in param_axes.items():
+        for a, d in enumerate(dims):
+            r = g.find(d)
+            if r in counts and len(examples.setdefault(r, [])) < 3:
+                examples[r].append(f"{cap.param_names[ph][0]}[{a}]")  # noqa: PERF401
+    out = []
+    for r in sorted(counts, key=lambda r: (r != root, -counts[r], g.size[r])):
+        why = "width" if r == root else guesses.get(r, "")
+        out.append(ScalingDim(r, g.size[r], _dim_expr(g, {}, width_size, r, composed), counts[r],
+                              examples.get(r, []), why))
+    return out
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside muplify, so that a warning points at the user's call."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    f, level = sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(here):
+        f, level = f.f_back, level + 1
+    return level
+
+
+def _warn(wa: WidthAnalysis, width: int | None) -> None:
+    if width is None and wa.width_source == "most-used":
+        others = sorted({s.size for s in wa.scaling_dims if s.size != wa.width_size})
+        if others:
+            warnings.warn(
+                f"muplify took width={wa.width_size} (the dimension most parameter axes use); dimensions of sizes "
+                f"{others} scale too, as multiples of it. If the width you mean is another one, pass width=<its "
+                "size>; the plan lists every scaling dimension.", UserWarning, stacklevel=_user_stacklevel())
+    guessed = wa.guessed_params()
+    if guessed:
+        names = list(guessed)
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        first = guessed[names[0]].removeprefix("guess: ")
+        warnings.warn(f"muplify guessed the role of {len(names)} parameter(s): {shown} (e.g. {first}). Check them in "
+                      "the plan, or override.", UserWarning, stacklevel=_user_stacklevel())
 
 
 def _short(d: dict, n: int = 8) -> str:

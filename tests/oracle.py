@@ -16,9 +16,16 @@ Layouts known to :func:`param_layout` (``in``/``out`` = axes holding fan-in / fa
 ``nn.Linear`` (out, in); ``nn.Bilinear`` (out, in1, in2); ``nn.Embedding``/``EmbeddingBag`` (num_embeddings=fan_in,
 dim=fan_out); HF ``Conv1D`` (in, out); ``ConvNd`` (out, in/groups, *kernel) and ``ConvTransposeNd``
 (in, out/groups, *kernel) -- kernel axes are fan-in but never grow; ``nn.MultiheadAttention`` ``*_proj_weight``
-(out, in); RNN/LSTM/GRU ``weight_*`` (out, in).  Elementwise: every 0-/1-D parameter (biases, norm gains, scalars) and
-any parameter of an unknown owner whose first axis is 1 (broadcast-shaped, e.g. timm ``cls_token`` (1, 1, D),
-``pos_embed`` (1, N, D)).  Anything else raises ``ValueError`` rather than guess.
+(out, in); RNN/LSTM/GRU ``weight_*`` (out, in); HF expert stacks ``(E, out, in)`` (``(E, in, out)`` when the experts
+module says ``is_transposed``), HF routers' raw ``(E, in)`` weight, per-expert bias stacks ``(E, out)`` (rows read by
+expert index, like an embedding table) and timm ``relative_position_bias_table`` (positions, heads); weight norm: the
+direction (``weight_v``, parametrization ``original1``) has the layout of the weight it parametrizes, the magnitude
+(``weight_g``, ``original0``) is elementwise; HF SSM mixers' ``A_log``/``D``/``dt_bias`` are elementwise; a module
+class may document its raw Parameters in a ``_layouts`` dict (attribute -> (in_axes, out_axes), or None for
+elementwise / used as data).  Elementwise: every
+0-/1-D parameter (biases, norm gains, scalars) and any parameter of an unknown owner whose first axis is 1
+(broadcast-shaped, e.g. timm ``cls_token`` (1, 1, D), ``pos_embed`` (1, N, D)).  Anything else raises
+``ValueError`` rather than guess.
 """
 from __future__ import annotations
 
@@ -104,6 +111,36 @@ def _is_hf_conv1d(mod: nn.Module) -> bool:
     return any(c.__name__ == "Conv1D" and c.__module__.startswith("transformers") for c in t.__mro__)
 
 
+def _n_experts(module: nn.Module) -> int | None:
+    for a in ("num_experts", "n_routed_experts", "num_local_experts"):
+        v = getattr(module, a, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def _is_weight_norm_magnitude(module: nn.Module, attr: str) -> bool:
+    """The magnitude g of weight norm: ``weight_g`` (utils.weight_norm) or ``original0`` of a parametrization."""
+    if attr == "weight_g" and hasattr(module, "weight_v"):
+        return True
+    return type(module).__name__ == "ParametrizationList" and attr == "original0"
+
+
+def _is_hf_ssm(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("transformers") and "Mixer" in type(module).__name__
+
+
+def _weight_norm_direction(model: nn.Module, mname: str, module: nn.Module, attr: str):
+    """For ``original1`` (the direction v) of a weight-norm parametrization: the module it parametrizes and the
+    parametrized attribute, whose layout v shares."""
+    if type(module).__name__ == "ParametrizationList" and attr == "original1":
+        owner_name, _, pname = mname.rpartition(".parametrizations.")
+        return model.get_submodule(owner_name), pname
+    if attr == "weight_v":
+        return module, "weight"
+    return None
+
+
 def param_layout(module: nn.Module, attr: str, param: torch.Tensor) -> Layout:
     """(in_axes, out_axes) of ``module.<attr>`` by the module's storage convention; None when used elementwise.
 
@@ -126,6 +163,23 @@ def param_layout(module: nn.Module, attr: str, param: torch.Tensor) -> Layout:
         return (1,), (0,)
     if isinstance(module, nn.RNNBase) and attr.startswith("weight_"):
         return (1,), (0,)
+    declared = getattr(type(module), "_layouts", None)  # a model documenting its own raw Parameters
+    if declared is not None and attr in declared:
+        return declared[attr]
+    n_exp = _n_experts(module)
+    if n_exp is not None and param.shape[0] == n_exp:
+        if nd == 3:  # HF expert stacks: (E, out, in), or (E, in, out) where the module says is_transposed
+            return ((1,), (2,)) if getattr(module, "is_transposed", False) else ((2,), (1,))
+        if nd == 2 and attr == "weight":  # HF routers: a raw (E, in) matrix used as F.linear(h, weight)
+            return (1,), (0,)
+        if nd == 2:  # per-expert bias stacks (E, out), read by expert index like an embedding table
+            return (0,), (1,)
+    if attr == "relative_position_bias_table":  # timm Swin-style (relative positions, heads), read by index
+        return (0,), (1,)
+    if _is_weight_norm_magnitude(module, attr):
+        return None
+    if _is_hf_ssm(module) and attr in ("A_log", "D", "dt_bias"):  # SSM decay / skip / step parameters
+        return None
     if param.shape[0] == 1:  # broadcast-shaped: cls/dist/reg tokens, pos_embed, MHA bias_k/bias_v, ...
         return None
     raise ValueError(f"oracle does not know the layout of {type(module).__qualname__}.{attr} "
@@ -169,7 +223,10 @@ def oracle_role(model: nn.Module, name: str, inf_axes) -> str:
     if len(axes) != param.dim():
         raise ValueError(f"{first}: {len(axes)} axis flags for a {param.dim()}-D parameter")
     roles = set()
-    for _, mod, attr in owners(model, param):
+    for mname, mod, attr in owners(model, param):
+        direction = _weight_norm_direction(model, mname, mod, attr)
+        if direction is not None:
+            mod, attr = direction
         roles.add(_role_from_layout(param_layout(mod, attr, param), axes, mod))
     if not roles:
         raise ValueError(f"no module holds {first}")

@@ -10,7 +10,7 @@ import torch
 
 from muplify import muplify
 from oracle import oracle_roles
-from zoo import ZOO, ZOO_NAMES, build, widths_for
+from zoo import CORE_NAMES, build, widths_for
 
 
 def _loss(out):
@@ -21,7 +21,7 @@ def _loss(out):
     return out.float().pow(2).mean()
 
 
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", CORE_NAMES)
 def test_roles_match_two_width_oracle(name):
     base, wide = widths_for(name)
     expected = oracle_roles(name, base, wide)
@@ -35,7 +35,7 @@ def test_roles_match_two_width_oracle(name):
     print(f"{name}: muplify {elapsed:.2f}s (capture {mu.plan.capture_seconds}s), roles {mu.plan.summary()}")
 
 
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", CORE_NAMES)
 def test_fans_are_sympy_in_width(name):
     base, wide = widths_for(name)
     model, args, kwargs = build(name, wide)
@@ -50,7 +50,7 @@ def test_fans_are_sympy_in_width(name):
             assert not p.fan_in.has(w) and p.fan_out.has(w), n
 
 
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", CORE_NAMES)
 def test_base_width_identity(name):
     """At width == base_width the μP model computes and trains exactly like the original with the plain optimizer."""
     base, _ = widths_for(name)
@@ -74,7 +74,7 @@ def test_base_width_identity(name):
         assert torch.equal(a, b), n
 
 
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", CORE_NAMES)
 def test_trains_eager_and_compiled(name):
     base, wide = widths_for(name)
     torch.manual_seed(0)
