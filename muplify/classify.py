@@ -192,6 +192,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
             chosen_use[name] = use
             base_fans = (base_prod(use.fan_in_axes), base_prod(use.fan_out_axes))
             layout, decided = Layout(use.fan_in_axes, use.fan_out_axes), "graph"
+            if getattr(pd, "decided_by", "graph") != "graph" and base_shapes is None:
+                decided = pd.decided_by  # the analysis fixed or scaled one of its axes by a marked guess
             if len({c[0] for c in cands}) > 1:
                 note = "tied: " + " + ".join(sorted({c[0] for c in cands})) + "; the readout use sets the role"
             if role == "output":
@@ -200,6 +202,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
         elif pd.uses and all(u.kind == "elementwise" for u in pd.uses):
             fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
             role, decided = ("vector" if fan_out.has(sym) else "fixed"), "graph"
+            if getattr(pd, "decided_by", "graph") != "graph" and base_shapes is None:
+                decided = pd.decided_by
             base_fans = (1, base_prod(range(len(exprs))))
         else:
             fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
@@ -212,7 +216,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 fan_in = exprs[-1] if len(pd.shape) > 1 else sympy.Integer(1)
                 fan_out = exprs[0]
                 base_fans = (base_sizes[-1] if len(pd.shape) > 1 else 1, base_sizes[0])
-            decided = f"guess: {why}; role from its shape"
+            decided = pd.decided_by if str(getattr(pd, "decided_by", "")).startswith("guess") else \
+                f"guess: {why}; role from its shape"
         params[name] = ParamPlan(
             name=name, aliases=list(pd.aliases), shape=tuple(pd.shape), role=role, fan_in=fan_in, fan_out=fan_out,
             base_fan_in=base_fans[0], base_fan_out=base_fans[1], base_shape=tuple(base_sizes), layout=layout,
@@ -243,7 +248,7 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 "readout with an nn.Linear (sharing the embedding weight), or override the role of this weight.")
     source = "exact: base fans read from the base model" if base_shapes is not None else getattr(wa, "width_source", "")
     plan = Plan(base_width, width, params, sites, attention, options, hp or HyperParams(), notes, sym,
-                type(model).__name__, source, _scaling_dims(wa, axes), list(ctx.blocks))
+                type(model).__name__, source, _scaling_dims(wa, axes, base_shapes is not None), list(ctx.blocks))
     detect_init_rules(plan, model)
     return plan
 
@@ -273,8 +278,14 @@ def _depth(options: Options, blocks: list[str], model: nn.Module) -> tuple[Optio
     return dataclasses.replace(options, depth=depth), notes
 
 
-def _scaling_dims(wa, axes: dict) -> list[tuple[int, str, int]]:
-    """(size, expression, parameter axes) of every size that grows with width, most used first."""
+def _scaling_dims(wa, axes: dict, exact: bool = False) -> list[tuple[int, str, int]]:
+    """(size, expression, parameter axes) of every size that grows with width, the width first."""
+    if not exact and getattr(wa, "scaling_dims", None):
+        merged: dict[tuple[int, str], int] = {}
+        for d in wa.scaling_dims:
+            key = (int(d.size), str(d.expr))
+            merged[key] = merged.get(key, 0) + int(d.param_axes)
+        return [(size, expr, n) for (size, expr), n in merged.items()]
     by_size: dict[int, int] = {}
     for name, (exprs, _) in axes.items():
         if name in wa.unused:

@@ -23,7 +23,7 @@ import warnings
 from . import rewrite
 from .capture import capture
 from .classify import build_plan, detect_init_rules
-from .errors import MuplifyError, PlanError, WidthError
+from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
 from .plan import HyperParams, Options, Plan
 from .width import analyse
@@ -318,7 +318,7 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
     model = _unwrap(model)
     options = Options(head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
                       readout_zero_init=bool(readout_zero_init), query_zero_init=bool(query_zero_init),
-                      base_depth=base_depth, depth=depth, depth_alpha=depth_alpha)
+                      base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, width_given=width is not None)
     if base is None and base_width is None:
         raise MuplifyError("muplify() needs base_width= (or base=<the model at the base width>, or plan=)")
     _check_args(model, 1 if base_width is None else base_width, options)
@@ -405,5 +405,5 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
     warns = plan.warnings
     if warns:
         warnings.warn("muplify: " + "\n  - ".join(["μP lint (also in print(mu.plan)):"] + warns), UserWarning,
-                      stacklevel=2)
+                      stacklevel=user_stacklevel())
     return wrapper if wrapper is not None else model

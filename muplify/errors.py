@@ -19,3 +19,15 @@ class PlanError(MuplifyError):
 
 class OptimizerRuleError(MuplifyError):
     """The optimizer class has no known μP rule."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside muplify, so that a warning points at the user's call."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    f, level = sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(here):
+        f, level = f.f_back, level + 1
+    return level

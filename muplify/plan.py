@@ -71,6 +71,7 @@ class Options:
     base_depth: int | None = None  # CompleteP: depth the hyperparameters were tuned at (None: width-only μP)
     depth: int | None = None  # number of residual blocks (inferred from the graph)
     depth_alpha: float = 1.0  # CompleteP exponent: branches × (base_depth/depth)^alpha (1.0 CompleteP, 0.5 depth-μP)
+    width_given: bool = False  # the user passed width= (so the width is not a guess)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Dict-style access to an option."""

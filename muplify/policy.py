@@ -428,10 +428,17 @@ def lint(plan: Plan) -> list[str]:
                    "weight_decay='coupled'.")
     guessed = [n for n, p in plan.params.items() if p.guessed]
     if guessed:
-        out.append(f"roles decided by a guess (no graph evidence): {guessed[:8]}"
-                   + (f" and {len(guessed) - 8} more" if len(guessed) > 8 else "")
-                   + ". What to do: check them in print(mu.plan) and confirm or correct with overrides={name: "
-                     "{'role': ...}}, or pass base=<the model built at the base width>.")
+        shown = ", ".join(guessed[:6]) + (f" and {len(guessed) - 6} more" if len(guessed) > 6 else "")
+        first = plan.params[guessed[0]].decided_by.removeprefix("guess: ")
+        out.append(f"muplify guessed the role of {len(guessed)} parameter(s): {shown} (e.g. {first}). What to do: "
+                   "check them in print(mu.plan) (decided by GUESS) and confirm or correct with overrides={name: "
+                   "{'role': ...}}, or pass base=<the model built at the base width>.")
+    if plan.width_source == "most-used" and not plan.options.width_given:
+        others = sorted({size for size, _, _ in plan.scaling_dims if size != plan.width})
+        if others:
+            out.append(f"muplify took width={plan.width} (the dimension most parameter axes use); dimensions of sizes "
+                       f"{others} scale too, as multiples of it. What to do: if the width you mean is another one, "
+                       "pass width=<its size> (or base=); the plan's header lists every scaling dimension.")
     return out
 
 

@@ -28,7 +28,6 @@ down-projection has ``fan_in = 4*w``; finite dims are integers.  The width itsel
 """
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -573,7 +572,6 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
                      ", ".join(f"{k} x{v}" for k, v in sorted(g.unknown_ops.items())))
     wa = WidthAnalysis(W, width_size, params, g.attention, cap.graph, g, candidates, notes, list(cap.unused_params),
                        finite, source, root, scaling, dict(S.kind), guesses)
-    _warn(wa, width)
     return wa
 
 
@@ -618,35 +616,6 @@ def _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, compose
         out.append(ScalingDim(r, g.size[r], _dim_expr(g, {}, width_size, r, composed), counts[r],
                               examples.get(r, []), why))
     return out
-
-
-def _user_stacklevel() -> int:
-    """The stacklevel of the first frame outside muplify, so that a warning points at the user's call."""
-    import os
-    import sys
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    f, level = sys._getframe(1), 1
-    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(here):
-        f, level = f.f_back, level + 1
-    return level
-
-
-def _warn(wa: WidthAnalysis, width: int | None) -> None:
-    if width is None and wa.width_source == "most-used":
-        others = sorted({s.size for s in wa.scaling_dims if s.size != wa.width_size})
-        if others:
-            warnings.warn(
-                f"muplify took width={wa.width_size} (the dimension most parameter axes use); dimensions of sizes "
-                f"{others} scale too, as multiples of it. If the width you mean is another one, pass width=<its "
-                "size>; the plan lists every scaling dimension.", UserWarning, stacklevel=_user_stacklevel())
-    guessed = wa.guessed_params()
-    if guessed:
-        names = list(guessed)
-        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-        first = guessed[names[0]].removeprefix("guess: ")
-        warnings.warn(f"muplify guessed the role of {len(names)} parameter(s): {shown} (e.g. {first}). Check them in "
-                      "the plan, or override.", UserWarning, stacklevel=_user_stacklevel())
 
 
 def _short(d: dict, n: int = 8) -> str:

@@ -437,7 +437,7 @@ def test_lint_guessed_roles():
             self.spare = nn.Parameter(torch.randn(width, width))  # never used by forward: no evidence
 
     mu, text = _lint(Unused(64), base_width=32)
-    assert "roles decided by a guess" in text and "spare" in text and mu.plan["spare"].guessed
+    assert "guessed the role of 1 parameter(s): spare" in text and mu.plan["spare"].guessed
     assert "GUESS" in str(mu.plan)
     _, text = _lint(NoNorm(64), base_width=32)
     assert "guess" not in text
