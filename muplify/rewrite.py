@@ -8,6 +8,7 @@ Parameters and no parameters or buffers are added: ``state_dict()`` keys stay th
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -174,7 +175,8 @@ def fold_multipliers(model: nn.Module, plan: Plan) -> list[str]:
                             "(no linear op, norm gain or bias produces that tensor alone); keep the muplified model, "
                             "or fold it by hand")
         for tgt in f.fold:
-            t = _own_copy(model, f.module, plan[tgt.param].aliases, notes) or named[tgt.param]
+            t = _own_copy(model, f.module, plan[tgt.param].aliases, notes)
+            t = named[tgt.param] if t is None else t
             with torch.no_grad():
                 if tgt.axis is None:
                     t.mul_(f.factor)
@@ -224,10 +226,41 @@ def _untie_in_config(model: nn.Module) -> list[str]:
 
 def strip_copy(model: nn.Module) -> nn.Module:
     """A deep copy with the muplify class swap undone and every muplify hook removed."""
-    out = copy.deepcopy(model)
+    with _weight_norm_detached(model):
+        out = copy.deepcopy(model)
+    _recompute_weight_norm(out)
     orig = getattr(type(out), "_mup_orig_class", None)
     if orig is not None:
         out.__class__ = orig
     out.__dict__.pop("_mup_plan", None)
     remove_hooks(out)
     return out
+
+
+def _weight_norms(model: nn.Module):
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for mod in model.modules():
+        for hook in mod._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                yield mod, hook
+
+
+@contextlib.contextmanager
+def _weight_norm_detached(model: nn.Module):
+    """``torch.nn.utils.weight_norm`` keeps its computed ``weight`` as a non-leaf tensor attribute, which
+    ``copy.deepcopy`` refuses (pytorch#103001): drop it for the copy and recompute it after."""
+    held = [(mod, hook.name, getattr(mod, hook.name)) for mod, hook in _weight_norms(model)
+            if isinstance(getattr(mod, hook.name, None), torch.Tensor)]
+    for mod, name, _ in held:
+        delattr(mod, name)
+    try:
+        yield
+    finally:
+        for mod, name, value in held:
+            setattr(mod, name, value)
+
+
+def _recompute_weight_norm(model: nn.Module) -> None:
+    for mod, hook in _weight_norms(model):
+        setattr(mod, hook.name, hook.compute_weight(mod))

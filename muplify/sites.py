@@ -258,9 +258,10 @@ def readout_site(use: Use, aliases: list[str], leaf_modules: set[str]) -> tuple[
     op = use.node
     mod = module_of(op)
     owners = {a.rpartition(".")[0] for a in aliases}
-    if mod in owners and mod in leaf_modules:
-        return mod, "input", _activation_operand(use)
     act = _activation_operand(use)
+    if mod in owners and mod in leaf_modules and act is not None and (
+            act.op == "placeholder" or not _inside(module_of(act), mod)):
+        return mod, "input", act  # the module's own input is the readout's input (an nn.Linear readout)
     if act is None:
         return None
     src = _walk_views_back(act)
@@ -275,6 +276,18 @@ def readout_site(use: Use, aliases: list[str], leaf_modules: set[str]) -> tuple[
     return None
 
 
+def _weight_fold(use: Use, ctx: _FoldCtx) -> tuple[FoldTarget, ...]:
+    """Where a multiplier on a layer's input folds when the weight is reparametrized: weight norm computes
+    W = g·v/‖v‖, so scaling v does nothing and the magnitude g carries the factor."""
+    w = use.node.args[use.operand] if use.operand < len(use.node.args) else None
+    while isinstance(w, fx.Node) and w.op == "call_function" and w.target in _PASS:
+        w = w.args[0]
+    if isinstance(w, fx.Node) and w.op == "call_function" and w.target == aten._weight_norm.default:
+        g = _param_of(ctx, w.args[1])
+        return (FoldTarget(g[0]),) if g is not None else ()
+    return ()
+
+
 @site_finder("readout")
 def _readouts(ctx: SiteContext) -> list[Site]:
     out = []
@@ -287,7 +300,7 @@ def _readouts(ctx: SiteContext) -> list[Site]:
             continue
         module, where, node = found
         if where == "input":
-            fold: tuple[FoldTarget, ...] = (FoldTarget(name),)
+            fold: tuple[FoldTarget, ...] = _weight_fold(use, ctx.fold) or (FoldTarget(name),)
             if len(p.aliases) > 1 and node is not None and len(node.users) == 1:
                 # a tied readout: fold into the affine gain producing its input when that tensor feeds only the
                 # readout (no untying needed); otherwise the export unties the readout's copy

@@ -137,3 +137,32 @@ def test_base_width_identity(name):
         opt_mu.zero_grad()
     for (n, a), (_, b) in zip(ref.state_dict().items(), mu.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_base_route_and_export(name):
+    """The exact route (``base=`` a meta model at the base width) agrees with the oracle with no guess left, and
+    ``to_standard()`` (every multiplier folded into the weights) computes what the μP model computes."""
+    base, wide = widths_for(name)
+    torch.manual_seed(0)
+    model, args, kwargs = build(name, wide)
+    with torch.device("meta"):
+        base_model = build(name, base)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mu = muplify(model, base=base_model, example_inputs=args, example_kwargs=kwargs)
+    expected = oracle_roles(name, base, wide)
+    got = {n: mu.plan[n].role for n in expected}
+    assert got == expected, {n: (got[n], expected[n]) for n in expected if got[n] != expected[n]}
+    assert mu.plan.base_width == base and not [n for n, p in mu.plan.items() if p.guessed]
+    mu.eval()
+    std = mu.to_standard()
+    assert type(std) is mu._mup_orig_class
+    with torch.no_grad():
+        torch.manual_seed(1)
+        want = [t for t in pytree.tree_leaves(mu(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+        torch.manual_seed(1)
+        got_out = [t for t in pytree.tree_leaves(std(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+    assert len(want) == len(got_out)
+    for a, b in zip(want, got_out):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
