@@ -309,8 +309,12 @@ def test_functional_readout_keeps_its_readout_treatment():
     assert all(p.decided_by == "graph" for p in wa.params.values())
     plan = quiet_muplify(model, base_width=32, example_inputs=args).plan
     assert plan["unembed"].role == "output" and plan["w_in"].role == "hidden" and plan["emb"].role == "input"
-    readout_forward = [f for f in plan.forward if f.param == "unembed"]
-    assert readout_forward or plan["unembed"].init_extra == 0.5  # a multiplier, or the Table-3 form
+    # no module boundary carries the readout's input (the model is one module): TP-V's Table-3 form, the readout
+    # multiplier 1/m_in absorbed into the weight's init and learning rate
+    assert not [f for f in plan.forward if f.param == "unembed"]
+    assert plan.rules()["unembed"].absorbed == 0.5 and plan["unembed"].init_scale == pytest.approx(0.5)
+    mu = quiet_muplify(build("functional_readout", 64)[0], base_width=32, example_inputs=args)
+    assert torch.isfinite(mu(*args)).all()
 
 
 @pytest.mark.parametrize("name,param,role", [
