@@ -312,7 +312,7 @@ def test_functional_readout_keeps_its_readout_treatment():
     # no module boundary carries the readout's input (the model is one module): TP-V's Table-3 form, the readout
     # multiplier 1/m_in absorbed into the weight's init and learning rate
     assert not [f for f in plan.forward if f.param == "unembed"]
-    assert plan.rules()["unembed"].absorbed == 0.5 and plan["unembed"].init_scale == pytest.approx(0.5)
+    assert plan.rules()["unembed"].absorbed == 0.5 and plan["unembed"].lr_mult["adam"] == 0.5
     mu = quiet_muplify(build("functional_readout", 64)[0], base_width=32, example_inputs=args)
     assert torch.isfinite(mu(*args)).all()
 
