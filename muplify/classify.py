@@ -26,7 +26,7 @@ import torch.nn as nn
 from .errors import PlanError
 from .initialization import detect_rule
 from .plan import HyperParams, Layout, Options, ParamPlan, Plan, role_from_fans
-from .shape_rules import Use
+from .shape_rules import Use, found_upstream
 from .sites import SiteContext, find_sites, module_of
 
 __all__ = ["build_plan", "detect_init_rules"]
@@ -86,18 +86,8 @@ def _is_gain(pd, uses: list[Use]) -> bool:
     return False
 
 
-def _normalised(node, depth: int = 4) -> bool:
-    frontier = [node]
-    for _ in range(depth):
-        nxt = []
-        for n in frontier:
-            if not isinstance(n, fx.Node) or n.op != "call_function":
-                continue
-            if n.target in (aten.rsqrt.default,) or n.target in _NORMS:
-                return True
-            nxt.extend(a for a in n.args if isinstance(a, fx.Node))
-        frontier = nxt
-    return False
+def _normalised(node) -> bool:
+    return found_upstream(node, lambda n: n.target == aten.rsqrt.default or n.target in _NORMS)
 
 
 def _bias_of(name: str, uses: list[Use], wa, names_by_ph: dict[str, str]) -> str | None:

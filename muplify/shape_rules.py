@@ -943,19 +943,27 @@ def _reaches_softmax(node: fx.Node, depth: int = 6) -> bool:
     return False
 
 
-def _from_softmax(node, depth: int = 4) -> bool:
+def found_upstream(node, match: Callable[[fx.Node], bool], through: Callable[[fx.Node], bool] = lambda n: True,
+                   depth: int = 4) -> bool:
+    """Whether an op ``match``-ing is among ``node``'s producers at most ``depth`` ops back, walking only through
+    ops that pass ``through``."""
     frontier = [node]
     for _ in range(depth):
         nxt = []
         for n in frontier:
             if not isinstance(n, fx.Node) or n.op != "call_function":
                 continue
-            if n.target in _SOFTMAX:
+            if match(n):
                 return True
-            if n.target in _PASS_THROUGH or _is_pointwise(n.target):
+            if through(n):
                 nxt.extend(a for a in n.args if isinstance(a, fx.Node))
         frontier = nxt
     return False
+
+
+def _from_softmax(node, depth: int = 4) -> bool:
+    return found_upstream(node, lambda n: n.target in _SOFTMAX,
+                          lambda n: n.target in _PASS_THROUGH or _is_pointwise(n.target), depth)
 
 
 def _maybe_manual_attention(g: DimGraph, node: fx.Node, a, b) -> bool:
