@@ -451,3 +451,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, err
+
+
+def test_builtin_objective_runs_the_readme_workflow(tmp_path, capsys):
+    """The README's runnable pair: the built-in GPT and the built-in corpus objective, tune then transfer."""
+    from muplify.cli import main
+
+    out = tmp_path / "best.json"
+    assert main(["tune", "muplify.models:GPT", "--objective", "muplify.tools.objectives:byte_lm", "--width", "32",
+                 "--trials", "3", "--space", "objective.steps=Fixed(4)", "--space", "objective.eval_every=Fixed(2)",
+                 "--space", "objective.batch_size=Fixed(2)", "--storage", sqlite(tmp_path), "--out", str(out),
+                 "--quiet"]) == 0
+    best = json.loads(out.read_text())
+    assert best["objective"]["steps"] == 4 and math.isfinite(best["value"]) and best["value"] < 6.0
+    assert main(["transfer", "muplify.models:GPT", "--width", "64", "--hp", str(out)]) == 0
+    assert "base_width = 32 (width_mult 2)" in capsys.readouterr().out
