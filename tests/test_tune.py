@@ -433,7 +433,7 @@ def test_cli_tune_then_transfer(tmp_path, capsys):
     argv = ["transfer", "test_tune:make_model", "--width", "64", "--base-width", str(WIDTH), "--hp", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"width w = 64, base_width = {WIDTH}" in printed and "hp: {" in printed
+    assert "width w = 64 (" in printed and f"base_width = {WIDTH} (" in printed and "hp: {" in printed
     assert f"mu.optimizer(AdamW, lr={best['lr']!r}, weight_decay=" in printed
 
 

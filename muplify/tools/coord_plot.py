@@ -17,7 +17,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from .coord_result import PARAM_LABELS, READOUT_INIT_SLOPE, _same_series
+from .coord_record import PARAM_LABELS, READOUT_INIT_SLOPE, same_series
 
 if TYPE_CHECKING:
     from .coord_result import CoordCheckResult
@@ -37,7 +37,7 @@ def _groups(sizes: dict[str, dict[int, list[float]]]) -> list[list[str]]:
     groups: list[list[str]] = []
     for layer, series in sizes.items():
         for g in groups:
-            if _same_series(sizes[g[0]], series):
+            if same_series(sizes[g[0]], series):
                 g.append(layer)
                 break
         else:

@@ -29,10 +29,19 @@ from torch.overrides import TorchFunctionMode
 
 from .batch import Batch, first_float_tensor
 
-__all__ = ["Recorder", "OUTPUT_NAME", "ROOT_NAME"]
+__all__ = ["Recorder", "OUTPUT_NAME", "ROOT_NAME", "PARAM_LABELS", "READOUT_INIT_SLOPE", "same_series"]
 
 OUTPUT_NAME = "<output>"
 ROOT_NAME = "<model>"
+PARAM_LABELS = {"sp": "SP", "mup": "μP", "completep": "μP+CompleteP"}  # how each parametrization is printed
+#: slope of a non-zero readout's output at initialisation under μP (Θ(1/√width)).
+READOUT_INIT_SLOPE = -0.5
+
+
+def same_series(a: dict[int, list[float]], b: dict[int, list[float]]) -> bool:
+    return a.keys() == b.keys() and all(
+        len(a[w]) == len(b[w]) and all(x == y or math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a[w], b[w]))
+        for w in a)
 
 
 def _mean_abs(x: torch.Tensor, keep: torch.Tensor | None = None) -> float:

@@ -24,13 +24,12 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .coord_record import PARAM_LABELS, READOUT_INIT_SLOPE, same_series
+
 __all__ = ["CoordCheckResult", "DEFAULT_TOL", "READOUT_INIT_SLOPE", "PARAM_LABELS", "slope"]
 
 #: `mup`'s criterion (a 1.2x ratio between two widths) per doubling of width: |slope of log size vs log width|.
 DEFAULT_TOL = math.log(1.2) / math.log(2)
-#: slope of a non-zero readout's output at initialisation under μP (Θ(1/√width)).
-READOUT_INIT_SLOPE = -0.5
-PARAM_LABELS = {"sp": "SP", "mup": "μP", "completep": "μP+CompleteP"}
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -48,12 +47,6 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
     sxx = sum((a - mx) ** 2 for a in lx)
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx
-
-
-def _same_series(a: dict[int, list[float]], b: dict[int, list[float]]) -> bool:
-    return a.keys() == b.keys() and all(
-        len(a[w]) == len(b[w]) and all(x == y or math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a[w], b[w]))
-        for w in a)
 
 
 # ----------------------------------------------------------------------------------------------- likely causes
@@ -177,7 +170,7 @@ class CoordCheckResult:
         sizes = self._sizes.get(ref, {})
         base = [layer for layer in declared if layer in sizes]
         return [layer for layer in self.layers
-                if layer in base or (layer in sizes and any(_same_series(sizes[layer], sizes[b]) for b in base))]
+                if layer in base or (layer in sizes and any(same_series(sizes[layer], sizes[b]) for b in base))]
 
     def band(self, layer: str) -> tuple[float, float]:
         """The interval the layer's slope must lie in at every step."""

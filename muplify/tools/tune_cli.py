@@ -32,14 +32,14 @@ class CLIFactory:
     @classmethod
     def resolve(cls, spec: str, width_arg: str | None, extra: dict) -> "CLIFactory":
         """Check the arguments and find the width argument once (``muplify.cli``'s rules), not in every trial."""
-        from muplify.cli import detect_width_arg, load_object, make_factory
+        from muplify.tools.factory import detect_width_arg, load_object, make_factory
 
         fn = load_object(spec)
         make_factory(fn, spec, width_arg, extra)  # a CLIError names what to change on the command line
         return cls(spec, width_arg or detect_width_arg(fn, spec, extra).name, dict(extra))
 
     def __call__(self, width: int):
-        from muplify.cli import load_object
+        from muplify.tools.factory import load_object
 
         return load_object(self.spec)(**{self.width_arg: width}, **self.extra)
 
@@ -63,7 +63,7 @@ def _outputs(out: str) -> dict[str, str]:
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
-    from muplify.cli import CLIError, load_object, parse_kv
+    from muplify.tools.factory import CLIError, load_object, parse_kv
     from muplify.errors import MuplifyError
 
     from .tune import TuneError, tune
@@ -124,7 +124,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     import torch
 
     from muplify import muplify
-    from muplify.cli import CLIError, load_object, make_factory, parse_kv
+    from muplify.tools.factory import CLIError, load_object, make_factory, parse_kv
     from muplify.errors import MuplifyError
 
     from .tune import TuneError
