@@ -85,7 +85,8 @@ DATA_SEED = 1000  # training stream of seed s: corpus.batches(..., seed=DATA_SEE
 STUDIES = {"mutransfer": "mutransfer", "lr_only": "lr-only"}
 
 PRESETS = {
-    # ~70 minutes on 2 cores with --jobs 2 --threads 1 --workers 2 (the step times in lr_transfer._MS_PER_STEP)
+    # 75 minutes estimated (lr_transfer's 2-thread step times), 82 measured on 2 cores with --jobs 2 --threads 1
+    # --workers 2: sweeps 8.8 + 2.6 min, 51 final runs 70.5 min (1-thread w512 steps 1155 ms)
     "full": dict(proxy=64, targets=[128, 256, 512], steps=400, seeds=3, batch_size=16, seq_len=128,
                  eval_batches=8, eval_every=50, trials=48,
                  lr_range=(-12.0, -4.0), lr_only_range=(-11.0, -5.0), lr_only_step=0.5,
@@ -182,9 +183,13 @@ def run_sweep(arm: str, p: dict, common: dict, out: Path, workers: int, progress
                             progress=progress)
     space = lr_only_space(p, common)
     n_grid = len(space["lr"].grid())
+    # one worker process with all the threads: muplify.tune gives every worker (and every resume) its own sampler
+    # seed, and Optuna's GridSampler shuffles its grid with that seed, so two workers visit some lrs twice and skip
+    # others (seen here: 13 trials covered 10 of the 13 grid points)
     return muplify.tune(make_model, p["proxy"], objective, torch.optim.AdamW, trials=n_grid, space=space,
                         defaults=False, sampler="grid", pruner=None, storage=storage, study_name=STUDIES[arm],
-                        workers=workers, seed=0, muplify_kwargs=mkw, progress=progress)
+                        workers=1, threads=max(1, workers * p["threads"]), seed=0, muplify_kwargs=mkw,
+                        progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
