@@ -466,3 +466,12 @@ def test_builtin_objective_runs_the_readme_workflow(tmp_path, capsys):
     assert best["objective"]["steps"] == 4 and math.isfinite(best["value"]) and best["value"] < 6.0
     assert main(["transfer", "muplify.models:GPT", "--width", "64", "--hp", str(out)]) == 0
     assert "base_width = 32 (width_mult 2)" in capsys.readouterr().out
+
+
+def test_grid_with_two_workers_visits_every_point_once(tmp_path):
+    space = {"lr": LogUniform(2 ** -10, 2 ** -4, grid_step=2.0)}  # 7 points
+    assert T.LogUniform(2 ** -10, 2 ** -4, grid_step=2.0).grid()[-1] <= 2 ** -4  # rounding never passes hi
+    result = T.tune(make_model, WIDTH, objective, trials=7, space=space, defaults=False, sampler="grid",
+                    storage=sqlite(tmp_path), workers=2, pruner=None, progress=False)
+    lrs = sorted(t.config["lr"] for t in result.trials if t.state == "complete")
+    assert lrs == pytest.approx([2.0 ** k for k in range(-10, -3)])

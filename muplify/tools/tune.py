@@ -231,6 +231,10 @@ def _open_study(job: _Job, storage_obj, worker: int):
     # would draw the same parameters again
     n0 = len(study.get_trials(deepcopy=False))
     sampler_seed = int(np.random.SeedSequence([job.seed, worker, n0]).generate_state(1)[0])
+    if job.sampler == "grid":
+        # Optuna's GridSampler shuffles the grid with its seed and stores grid ids: every worker and every resume
+        # must share one seed, or the same id names different points (points repeated, others skipped)
+        sampler_seed = job.seed
     study.sampler = make_sampler(job.sampler, job.space, sampler_seed, job.budget)
     study.pruner = make_pruner(job.pruner)
     return study

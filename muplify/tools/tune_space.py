@@ -78,7 +78,7 @@ class LogUniform(Entry):
 
     def grid(self) -> list:
         n = int(math.floor(math.log(self.hi / self.lo) / math.log(self.grid_step) + 1e-9))
-        return [self.lo * self.grid_step ** k for k in range(n + 1)]
+        return [min(self.hi, self.lo * self.grid_step ** k) for k in range(n + 1)]  # rounding must not pass hi
 
     def center(self) -> float:
         return math.sqrt(self.lo * self.hi)
