@@ -80,6 +80,7 @@ class DimGraph:
     slices: dict[int, int] = field(default_factory=dict)  # dim of a slice's output -> the sliced dim
     # (node, dim) contracted between two activations outside attention (an SSM state, a contrastive embedding)
     act_contractions: list = field(default_factory=list)
+    created: set[int] = field(default_factory=set)  # axes of tensors the forward creates (arange, zeros, literals)
 
     # -- dims -----------------------------------------------------------------------------------------------------
     def new_dim(self, n: int) -> int:
@@ -490,7 +491,10 @@ def _split(g: DimGraph, node: fx.Node) -> None:
         for i in range(len(di)):
             if i != axis:
                 g.eq(di[i], o[i])
-    if node.target != aten.unbind.int:
+    if node.target != aten.unbind.int and g.size[di[axis]] > 1 and all(g.size[o[axis]] == 1 for o in outs):
+        # split into single elements, each read on its own: an enumerated (fixed) axis, as with unbind
+        _indexed_by_int(g, src, di[axis], "split into single elements")
+    elif node.target != aten.unbind.int:
         g.sum(di[axis], [o[axis] for o in outs])
     else:
         _indexed_by_int(g, src, di[axis], "unbound into a fixed number of tensors")
@@ -741,8 +745,13 @@ def _einsum(g: DimGraph, node: fx.Node) -> None:
             fan_out = tuple(i for i, c in enumerate(spec) if c in out and c not in others)
             g.use(node, 1, "matmul", fan_in, fan_out, "einsum", arg=op)
             dop = g.dims(op) or []
+            factors = {g.find(p) for kind, _o, parts in g.relations if kind == "prod" for p in parts}
             for i, c in enumerate(spec):  # in the other operands and in the output: a stack (batch) axis
                 if c in others and c in out and i < len(dop):
+                    if g.find(dop[i]) in factors:
+                        # a factor of a regrouped axis (the heads of a (heads, head_dim) view of the width): per-
+                        # head matrices, whose count follows the product, not a fixed stack of experts
+                        continue
                     g.finite(dop[i], "stack axis of a weight used as independent matrices (einsum batch index)")
 
 
@@ -1303,11 +1312,21 @@ def _opname(node: fx.Node) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Factories: new tensors whose dims are constrained only by later use.
 
+
+def _created(g: DimGraph, node: fx.Node) -> None:
+    """Record the axes of a tensor the forward creates (``arange(16)`` for sinusoidal features, a literal table):
+    the width analysis fixes those no layer produces, as it fixes the model's inputs."""
+    if node.target != aten.sym_size.int:
+        dims = g.node_dims.get(node.name)
+        if dims and isinstance(dims[0], int):
+            g.created.update(d for d in dims if g.size[d] > 1)
+
+
 for _factory in (aten.arange.default, aten.arange.start, aten.arange.start_step, aten.ones.default, aten.zeros.default,
             aten.full.default, aten.empty.memory_format, aten.new_ones.default, aten.new_zeros.default,
             aten.new_full.default, aten.new_empty.default, aten.scalar_tensor.default, aten.randn.default,
             aten.rand.default, aten.eye.default, aten.lift_fresh_copy.default, aten.sym_size.int):
-    RULES.setdefault(_factory, _no_op)
+    RULES.setdefault(_factory, _created)
 
 VIEW_LIKE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
              aten.unflatten.int, aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default,

@@ -444,7 +444,36 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
         if r not in S.forced and r not in flow.related:
             S.mark(r, "feature axis of a learned constant (a table or parameter fed as data) that no "
                       "input-dependent layer produces", SOURCE)
+    # axes of tensors the forward creates from a constant size (the arange of DiT's sinusoidal timestep features)
+    # that no layer produces are inputs in all but name -- unless what they build has a scaling dim's size (Funnel
+    # builds its sinusoidal position features at d_model): a size-based call, so a marked guess
+    factors = {g.find(d) for kind, out, parts in g.relations if kind == "prod" for d in (out, *parts)}
+    built_from: dict[int, set[int]] = {}
+    for kind, out, parts in g.relations:
+        if kind in ("sum", "scale"):
+            for p in parts:
+                built_from.setdefault(g.find(p), set()).add(g.find(out))
+    built: list[tuple[int, set[int]]] = []
+    for r in sorted({g.find(d) for d in g.created} - flow.produced - factors):
+        reach, todo = {r}, [r]
+        while todo:
+            for o in built_from.get(todo.pop(), ()):
+                if o not in reach:
+                    reach.add(o)
+                    todo.append(o)
+        scaling_sizes = {g.size[x] for x in counts if x not in S.finite and x not in reach} | {wsize}
+        if r in S.finite or r in S.forced or any(g.size[x] in scaling_sizes for x in reach):
+            continue
+        if S.mark(r, "axis of a tensor the forward creates (arange, zeros, a literal) that no layer produces",
+                  GUESS):
+            built.append((r, reach))
     S.propagate()
+    for r, reach in built:  # the guess is named on every dim it fixed (the Linear reading cat([cos, sin]))
+        for x in reach:
+            if x in S.finite:
+                guesses.setdefault(x, f"dim of size {g.size[x]} is built in the forward from a constant of size "
+                                      f"{g.size[r]} (arange, zeros, a literal) that no layer produces: taken as "
+                                      "fixed, like an input")
 
     # input-side bottlenecks whose size the config states apart from the width; timm heads of their own size
     changed = True
@@ -471,7 +500,45 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
                 guesses[r] = (f"dim of size {g.size[r]} = the model's head_hidden_size (apart from num_features): "
                               "taken as fixed")
     S.propagate()
+    _one_scaling_axis_per_fan(S, g, param_axes, head_scaling, notes)
     return S, root, source, guesses, notes
+
+
+def _one_scaling_axis_per_fan(S: _Solver, g: DimGraph, param_axes: dict[str, list[int]], head_scaling: str,
+                              notes: list[str]) -> None:
+    """A fan spread over several scaling axes would grow as width² (XLNet/Funnel store projections as
+    (d_model, n_head, d_head) and contract heads × head_dim together, with no attention op to fix head_dim).  μP
+    widths grow linearly, so one axis of such a fan scales: the head count (the outer axis) with
+    ``head_scaling="heads"``, the inner axis with ``"head_dim"``; the others are fixed, by the same convention that
+    fixes head_dim at an attention op."""
+    seen: dict[tuple, list[str]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for ph, uses in g.uses.items():
+            dims = param_axes.get(ph, [])
+            for u in uses:
+                if u.kind not in _CONTRACTING or not dims:
+                    continue
+                for axes in (u.fan_in_axes, u.fan_out_axes):
+                    roots = list(dict.fromkeys(g.find(dims[a]) for a in sorted(a % len(dims) for a in axes)
+                                               if g.size[dims[a]] > 1))
+                    roots = [r for r in roots if r not in S.finite]
+                    if len(roots) < 2:
+                        continue
+                    keep = next((r for r in roots if r in S.forced), roots[0] if head_scaling == "heads" else roots[-1])
+                    sizes = tuple(g.size[r] for r in roots)
+                    fixed = tuple(g.size[r] for r in roots if r != keep and S.mark(
+                        r, f"one of several scaling axes of one fan (sizes {list(sizes)}): fixed by "
+                           f"head_scaling={head_scaling!r}", CONVENTION))
+                    if fixed:
+                        changed = True
+                        seen.setdefault((sizes, g.size[keep], fixed), []).append(ph.removeprefix("p_"))
+        S.propagate()
+    for (sizes, kept, fixed), names in seen.items():
+        notes.append(f"{len(names)} fan(s) (e.g. of {names[0]}) span axes of sizes {list(sizes)} that would all "
+                     f"scale (width²): size {kept} scales, {list(fixed)} fixed (head_scaling={head_scaling!r}); "
+                     "pass base= to read every fan from a base model")
 
 
 _READOUT_NAMES = ("logit", "loss", "score", "prediction")

@@ -558,3 +558,97 @@ def test_partial_rotary_slices_reassemble_the_head_dim():
     mu = quiet_muplify(PartialRotaryQNorm(64), base_width=32)
     assert {n: mu.plan[n].role for n in oracle} == oracle
     assert mu.plan["q_norm.weight"].role == "fixed" and mu.plan["k_norm.weight"].role == "fixed"
+
+
+# ------------------------------------------------------------------- found on models outside the zoo (general fixes)
+class NoGradRouterMoE(nn.Module):
+    """A router whose logits enter a ``torch.no_grad()`` block (PhiMoE's sparsemixer computes its mask there):
+    torch.export turns the block into a subgraph whose placeholder carries the outer value's name."""
+
+    def __init__(self, d: int = 64, n_experts: int = 3):
+        super().__init__()
+        self.inp = nn.Linear(8, d)
+        self.router = nn.Linear(d, n_experts, bias=False)
+        self.up = nn.Linear(d, 2 * d)
+        self.down = nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        x = self.inp(x)
+        logits = self.router(x)
+        with torch.no_grad():
+            top, _ = logits.max(dim=-1, keepdim=True)
+            drop = (top - logits) > 0.5
+        gates = logits.masked_fill(drop, float("-inf")).softmax(-1)
+        choice = gates.max(dim=-1).values
+        return self.down(F.gelu(self.up(x))) * choice[..., None]
+
+
+def test_router_logits_entering_a_no_grad_block_stay_linked_to_the_router():
+    mu = quiet_muplify(NoGradRouterMoE(), base_width=32, example_inputs=(torch.randn(2, 5, 8),))
+    assert mu.plan["router.weight"].role == "output"
+    assert mu.plan["router.weight"].fan_out == 3
+
+
+def test_phimoe_router_is_output_like():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.PhimoeConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=4, num_key_value_heads=4, num_local_experts=3,
+                                    num_experts_per_tok=2, max_position_embeddings=32, bos_token_id=1,
+                                    eos_token_id=2, pad_token_id=0)
+    mu = quiet_muplify(transformers.PhimoeForCausalLM(cfg), base_width=32)
+    assert mu.plan["model.layers.0.mlp.router.weight"].role == "output"
+    assert mu.plan["model.layers.0.mlp.experts.gate_up_proj"].role == "hidden"
+
+
+def _relative_attention_lm(kind: str, width: int):
+    import transformers
+
+    common = dict(vocab_size=128, d_model=width, n_head=width // 16, d_inner=4 * width)
+    if kind == "xlnet":
+        return transformers.XLNetLMHeadModel(transformers.XLNetConfig(n_layer=1, d_head=16, dropout=0.0, **common))
+    return transformers.FunnelForMaskedLM(transformers.FunnelConfig(
+        block_sizes=[1, 1], d_head=16, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, **common))
+
+
+@pytest.mark.parametrize("kind, proj", [("xlnet", "transformer.layer.0.rel_attn.o"),
+                                        ("funnel", "funnel.encoder.blocks.0.0.attention.r_kernel")])
+def test_heads_times_head_dim_fans_scale_linearly(kind, proj):
+    """XLNet/Funnel store projections as (d_model, n_head, d_head) and contract heads x head_dim in einsums, with no
+    attention op to fix head_dim: the fan must be w (heads scale, head_dim fixed), never w**2, and the plan says so.
+    Funnel's per-head segment table (2, n_head, d_head) is split into single elements: its segment axis is fixed."""
+    pytest.importorskip("transformers")
+    mu = quiet_muplify(_relative_attention_lm(kind, 64), base_width=32, example_kwargs={
+        "input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))})
+    w = mu.plan.width_symbol
+    fans = {mu.plan[proj].fan_in, mu.plan[proj].fan_out}
+    assert fans == {w}, fans
+    assert any("would all scale" in n and "head_scaling='heads'" in n for n in mu.plan.notes), mu.plan.notes
+    assert sorted(size for size, _expr, _n in mu.plan.scaling_dims) == [4, 64, 256]
+    if kind == "funnel":
+        seg = mu.plan["funnel.encoder.blocks.0.0.attention.seg_embed"]
+        assert (seg.fan_in, seg.fan_out, seg.role) == (16, 2, "fixed")
+
+
+class TimestepConditioned(nn.Module):
+    """DiT/diffusion-style conditioning: sinusoidal features of a scalar timestep, built in the forward from
+    ``arange(16)``, enter a Linear(32, w); nothing but that arange fixes the 32."""
+
+    def __init__(self, w: int = 64):
+        super().__init__()
+        self.inp = nn.Linear(6, w)
+        self.t_mlp = nn.Linear(32, w)
+        self.hidden = nn.Linear(w, w)
+        self.out = nn.Linear(w, 3)
+
+    def forward(self, x, t):
+        freqs = torch.exp(-torch.arange(16, dtype=torch.float32) / 16)
+        tf = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], dim=-1)
+        return self.out(F.silu(self.hidden(F.silu(self.inp(x) + self.t_mlp(tf)))))
+
+
+def test_axes_of_tensors_the_forward_creates_are_fixed():
+    mu = quiet_muplify(TimestepConditioned(), base_width=32, example_inputs=(torch.randn(2, 6), torch.rand(2)))
+    t_mlp = mu.plan["t_mlp.weight"]
+    assert (t_mlp.role, t_mlp.fan_in, t_mlp.fan_out) == ("input", 32, mu.plan.width_symbol)
+    assert t_mlp.decided_by.startswith("guess") and "built in the forward" in t_mlp.decided_by
+    assert [size for size, _e, _n in mu.plan.scaling_dims] == [64]
