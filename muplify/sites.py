@@ -468,11 +468,35 @@ def _branch_terms(node: fx.Node, stream: fx.Node, order: dict, origin: dict) -> 
     return [node]
 
 
+_SCALAR_MULS = (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar)
+
+
+def _walk_scalings_back(node: fx.Node) -> list[fx.Node]:
+    """``node`` and what it scales by a constant number (Granite's ``branch * residual_multiplier``), through views:
+    a multiplier on the module output before a constant factor is the same multiplier on the branch."""
+    out = [node]
+    while True:
+        node = _walk_views_back(node)
+        out.append(node)
+        if not (node.op == "call_function" and node.target in _SCALAR_MULS and len(node.users) == 1):
+            break
+        a, b = node.args[:2]
+        if isinstance(a, fx.Node) and isinstance(b, (int, float)):
+            node = a
+        elif isinstance(b, fx.Node) and isinstance(a, (int, float)) and node.target in (aten.mul.Tensor,
+                                                                                    aten.mul.Scalar):
+            node = b
+        else:
+            break
+        out.append(node)
+    return list(dict.fromkeys(out))
+
+
 def _branch_module(term: fx.Node, add: fx.Node) -> str | None:
-    """The outermost module whose output is the branch term alone (before or after views) and that does not
-    contain the add."""
+    """The outermost module whose output is the branch term alone (before or after views and constant factors)
+    and that does not contain the add."""
     add_scope = set(_scope(add))
-    for node in dict.fromkeys((term, _walk_views_back(term))):
+    for node in _walk_scalings_back(term):
         for path in _scope(node):
             if path not in add_scope and path != "" and _is_module_output(node, path):
                 return path
@@ -546,6 +570,9 @@ def find_branches(ctx: SiteContext) -> tuple[list[Branch], list[str]]:
     out: list[Branch] = []
     notes: list[str] = []
     shortcuts: list[str] = []
+    long_skips: list[str] = []
+    adds: set[fx.Node] = set()  # residual adds found so far (graph order: inner blocks first)
+    inside: set[fx.Node] = set()  # nodes inside the branches found (a parallel block's attn + mlp sum)
     for node in graph.nodes:
         if node.op != "call_function" or node.target not in _ADDS or len(node.args) < 2:
             continue
@@ -561,12 +588,20 @@ def find_branches(ctx: SiteContext) -> tuple[list[Branch], list[str]]:
                 if order[branch] < order[stream] or stream not in set(
                         _bounded_ancestors(branch, order[stream], order)):
                     continue
-                if not _uses_params(_between(stream, branch, order), origin):
+                path = _between(stream, branch, order)
+                if not _uses_params(path, origin):
                     continue
+                if any(n in adds for n in path):  # a skip over whole residual blocks (U-Net, Funnel's decoder)
+                    long_skips.append(module_of(node) or node.name)
+                    found = True
+                    break
                 for term in _branch_terms(branch, stream, order, origin):
                     mod = _branch_module(term, node)
                     out.append(Branch(node, stream, term, mod, _block_key(node, mod),
                                       _uses_params(_between(stream, term, order), origin)))
+                adds.add(node)
+                inside.update(path)
+                inside.add(branch)
                 found = True
                 break
             if found:
@@ -574,7 +609,11 @@ def find_branches(ctx: SiteContext) -> tuple[list[Branch], list[str]]:
         if not found and a.name in ctx.dep and b.name in ctx.dep:
             fork = _fork(a, b, order)
             if fork is not None and all(_uses_params(_between(fork, t, order), origin) for t in (a, b)):
-                shortcuts.append(module_of(node) or node.name)
+                shortcuts.append(node)
+    if long_skips:
+        notes.append(f"{len(long_skips)} skip connection(s) over whole residual blocks (e.g. in '{long_skips[0]}'): "
+                     "not a residual branch; not scaled, not counted in depth")
+    shortcuts = [module_of(n) or n.name for n in shortcuts if n not in inside]
     if shortcuts:
         notes.append(f"{len(shortcuts)} projection-shortcut adds (weights on both sides, e.g. in "
                      f"'{shortcuts[0]}'): transition blocks, not residual branches; not scaled, not counted in depth")

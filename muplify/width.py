@@ -7,14 +7,17 @@ Runs the per-op rules of :mod:`muplify.shape_rules` over the captured graph, the
    ``one_hot`` classes, ``histc`` bins, ``scatter``/``index_add`` targets, ``x[..., i]``); the class axis of a loss;
    the stack axis of a weight used as independent matrices (experts); spatial axes (affine in the input's); and
    everything these determine through products, sums and fixed multiples.
-2. ``convention``: head_dim (or the head count) by ``head_scaling``; the group width of grouped convs.
+2. ``convention``: head_dim (or the head count) by ``head_scaling``; the group width of grouped convs; and where
+   a fan or a reshaped dim would be a product of several scaling axes (width², e.g. heads × head_dim with no
+   attention op to fix head_dim), all but one of them (the heads with ``head_scaling="heads"``), said in the notes.
 3. ``readout``: a dim that a layer produces but no layer reads (no weight contracts it) and that reaches a model
    output (logits, a contrastive embedding) or a routing selection (``topk``/``argmax`` over experts).  A model
    output that layers also read (hidden states, pooled features) keeps the width.
 4. ``source``: the feature axis of a parameter fed as data (a learned table) that no layer produces.
 5. ``guess`` (marked): an input-side bottleneck produced only from finite inputs whose size the model's config
    states separately from its width (ALBERT's ``embedding_size``); a timm ``head_hidden_size``; a group width seen
-   on one channel count only; a readout-like dim the size of the width, taken to scale.
+   on one channel count only; a readout-like dim the size of the width, taken to scale; axes of tensors the forward
+   creates (``arange`` for sinusoidal features) that no layer produces, unless what they build has a scaling size.
 
 Every other dim scales; an infinite dim gets the sympy expression ``(size / width_size) * w``, so an MLP
 down-projection has ``fan_in = 4*w``; finite dims are integers.  The width itself is the model's declared width
@@ -515,6 +518,21 @@ def _one_scaling_axis_per_fan(S: _Solver, g: DimGraph, param_axes: dict[str, lis
     changed = True
     while changed:
         changed = False
+        for kind, out, parts in g.relations:  # a reshape (…, 3w) -> (…, 3, heads, head_dim) with no attention op
+            if kind != "prod" or g.find(out) in S.finite:
+                continue
+            roots = list(dict.fromkeys(g.find(p) for p in parts if g.size[p] > 1))
+            roots = [r for r in roots if r not in S.finite]
+            if len(roots) < 2:
+                continue
+            keep = next((r for r in roots if r in S.forced), roots[0] if head_scaling == "heads" else roots[-1])
+            sizes = tuple(g.size[r] for r in roots)
+            fixed = tuple(g.size[r] for r in roots if r != keep and S.mark(
+                r, f"one of several scaling factors of a dim of size {g.size[out]} (sizes {list(sizes)}): fixed "
+                   f"by head_scaling={head_scaling!r}", CONVENTION))
+            if fixed:
+                changed = True
+                seen.setdefault((sizes, g.size[keep], fixed), []).append(f"a dim of size {g.size[out]}")
         for ph, uses in g.uses.items():
             dims = param_axes.get(ph, [])
             for u in uses:
@@ -533,12 +551,12 @@ def _one_scaling_axis_per_fan(S: _Solver, g: DimGraph, param_axes: dict[str, lis
                            f"head_scaling={head_scaling!r}", CONVENTION))
                     if fixed:
                         changed = True
-                        seen.setdefault((sizes, g.size[keep], fixed), []).append(ph.removeprefix("p_"))
+                        seen.setdefault((sizes, g.size[keep], fixed), []).append(f"of {ph.removeprefix('p_')}")
         S.propagate()
     for (sizes, kept, fixed), names in seen.items():
-        notes.append(f"{len(names)} fan(s) (e.g. of {names[0]}) span axes of sizes {list(sizes)} that would all "
-                     f"scale (width²): size {kept} scales, {list(fixed)} fixed (head_scaling={head_scaling!r}); "
-                     "pass base= to read every fan from a base model")
+        notes.append(f"{len(names)} fan(s) or reshaped dim(s) (e.g. {names[0]}) span axes of sizes {list(sizes)} "
+                     f"that would all scale (width²): size {kept} scales, {list(fixed)} fixed "
+                     f"(head_scaling={head_scaling!r}); pass base= to read every fan from a base model")
 
 
 _READOUT_NAMES = ("logit", "loss", "score", "prediction")

@@ -652,3 +652,20 @@ def test_axes_of_tensors_the_forward_creates_are_fixed():
     assert (t_mlp.role, t_mlp.fan_in, t_mlp.fan_out) == ("input", 32, mu.plan.width_symbol)
     assert t_mlp.decided_by.startswith("guess") and "built in the forward" in t_mlp.decided_by
     assert [size for size, _e, _n in mu.plan.scaling_dims] == [64]
+
+
+def test_reshaped_dim_with_two_scaling_factors_scales_linearly():
+    """timm CaiT's talking-heads attention mixes the heads with Linear(heads, heads): no attention op fixes head_dim,
+    so (…, 3w) -> (…, 3, heads, head_dim) had two scaling factors and qkv's fan_out read 3*w**2/64."""
+    from zoo import ensure_torchvision
+
+    ensure_torchvision()
+    import timm
+
+    model = timm.create_model("cait_xxs24_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64, depth=1,
+                              num_heads=4, num_classes=10)
+    mu = quiet_muplify(model, base_width=32)
+    w = mu.plan.width_symbol
+    assert mu.plan["blocks.0.attn.qkv.weight"].fan_out == 3 * w
+    assert not any("**" in str(expr) for _s, expr, _n in mu.plan.scaling_dims), mu.plan.scaling_dims
+    assert any("reshaped dim" in n and "[16] fixed" in n for n in mu.plan.notes), mu.plan.notes

@@ -113,6 +113,63 @@ def test_parallel_blocks_give_two_branches_per_add(make):
     assert len(mods) == 6 and all(f == pytest.approx(1 / 3) for _, f in _branches(mu))
 
 
+class ScaledBlock(nn.Module):
+    """Granite style: each branch is multiplied by a constant after its module (``residual_multiplier``)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, d // 16, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0] * 0.25
+        return x + 0.25 * self.mlp(self.ln2(x))
+
+
+class GPTJBlock(ParallelBlock):
+    """GPT-J / CodeGen order: attn + mlp first, the residual last (the inner add has weights on both sides)."""
+
+    def forward(self, x):
+        h = self.ln(x)
+        return self.attn(h, h, h, need_weights=False)[0] + self.mlp(h) + x
+
+
+class SkipLM(ParallelLM):
+    """A long skip over whole residual blocks (U-Net, Funnel's decoder): h0 + blocks(h0) is not a branch."""
+
+    def __init__(self, d=32, n_layer=3, block=ScaledBlock):
+        super().__init__(d, n_layer)
+        self.blocks = nn.ModuleList(block(d) for _ in range(n_layer))
+        self.mix = nn.Linear(d, d)
+
+    def forward(self, idx):
+        h0 = self.emb(idx)
+        x = h0
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.mix(x) + h0)
+
+
+@pytest.mark.parametrize("block, modules", [(ScaledBlock, ["attn", "mlp"]), (GPTJBlock, ["attn", "mlp"])])
+def test_constant_scaled_branches_long_skips_and_gptj_order(block, modules):
+    model = SkipLM(block=block)
+    ref = copy.deepcopy(model)
+    x, _ = _batch()
+    mu = muplify(model, base_width=32, example_inputs=(x,), base_depth=1)
+    assert mu.plan.options.depth == 3
+    assert [m for m, _ in _branches(mu)] == [f"blocks.{i}.{m}" for i in range(3) for m in modules]
+    assert any("skip connection(s) over whole residual blocks" in n for n in mu.plan.notes), mu.plan.notes
+    assert not any("projection-shortcut" in n for n in mu.plan.notes), mu.plan.notes
+    # the hook on the module before the constant: the same as scaling the branch by hand
+    for b in ref.blocks:
+        for name in modules:
+            getattr(b, name).register_forward_hook(lambda _m, _i, out: (out[0] / 3, *out[1:])
+                                                   if isinstance(out, tuple) else out / 3)
+    torch.testing.assert_close(mu(x), ref(x))
+
+
 def test_gelu_polynomial_is_not_a_branch():
     """x + 0.044715·x³ (tanh-GELU) has x as an ancestor of the other side but no weight on the way."""
     model = _gpt(2)
