@@ -340,7 +340,51 @@ def _prod(exprs, axes):
 
 
 _Q_LINEAR = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default, aten.cat.default,
-             aten.slice.Tensor, aten.div.Tensor}
+             aten.stack.default, aten.slice.Tensor, aten.div.Tensor}  # stack: RoPE's rotate_every_two
+# ops that only move or select entries: replayed on a tensor of channel indices to see which channels of a fused
+# projection a query is (timm: qkv(x).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)[0])
+_SELECTS = {aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.select.int,
+            operator.getitem, aten.slice.Tensor, aten.narrow.default}
+
+
+def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int, int, int]] | None:
+    """(module output, module, (start, end, total)) when ``n`` is a contiguous block of the last-axis channels of a
+    module output inside ``attn_mod``, reached through data movement and at least one selection."""
+    chain = []
+    while isinstance(n, fx.Node) and n.op == "call_function" and (n.target in VIEW_LIKE or n.target in _SELECTS):
+        chain.append(n)
+        n = n.args[0]
+        if isinstance(n, fx.Node):
+            nm = module_of(n)
+            if nm != attn_mod and _inside(nm, attn_mod) and _is_module_output(n, nm):
+                break
+    else:
+        return None
+    if not isinstance(n, fx.Node) or not any(c.target in _SELECTS for c in chain):
+        return None
+    val = n.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() == 0:
+        return None
+    total = int(val.shape[-1])
+    t = torch.arange(total, dtype=torch.float64).expand(*[int(s) for s in val.shape]).contiguous()
+    try:
+        for c in reversed(chain):
+            args = [t, *c.args[1:]]
+            try:
+                t = c.target(*args, **c.kwargs)
+            except RuntimeError:  # a view of a permuted tensor: the same entries through reshape
+                t = aten.reshape.default(t.contiguous(), *c.args[1:]) if c.target in VIEW_LIKE else None
+                if t is None:
+                    return None
+    except Exception:
+        return None
+    if not isinstance(t, torch.Tensor):
+        return None
+    chans = torch.unique(t)
+    a, b = int(chans[0]), int(chans[-1]) + 1
+    if len(chans) != b - a or (a, b) == (0, total):
+        return None
+    return n, module_of(n), (a, b, total)
 
 
 def query_site(attn_node: fx.Node, param_dependent: set[str]) -> tuple[str, tuple | None, fx.Node] | str:
@@ -363,6 +407,11 @@ def query_site(attn_node: fx.Node, param_dependent: set[str]) -> tuple[str, tupl
             continue
         if n.op != "call_function":
             return f"the query comes from {n.op} '{n.name}', not from a submodule"
+        traced = _traced_channels(n, attn_mod)
+        if traced is not None:
+            src, sm, chans = traced
+            sources[(sm, chans)] = src
+            continue
         if n.target is operator.getitem and isinstance(n.args[0], fx.Node) and n.args[0].target in (
                 aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default):
             split, idx = n.args[0], n.args[1]

@@ -134,6 +134,55 @@ def test_hp_round_trips_through_the_plan_file_and_folds_into_the_export(tmp_path
     torch.testing.assert_close(std(x), mu(x), rtol=1e-5, atol=1e-5)
 
 
+def _rotate_every_two(x):  # GPT-J / CodeGen / Cohere RoPE: linear in x, built with stack
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+class RopeStackAttention(nn.Module):
+    def __init__(self, d=64):
+        super().__init__()
+        self.e, self.q, self.k, self.v = nn.Embedding(VOCAB, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, VOCAB)
+        self.sin = torch.sin(torch.arange(SEQ * 16.0).view(SEQ, 16) / 7)
+
+    def forward(self, idx):
+        x = self.e(idx)
+        heads = [m(x).view(2, SEQ, -1, 16).transpose(1, 2) for m in (self.q, self.k, self.v)]
+        q, k = (t * (1 - self.sin) + _rotate_every_two(t) * self.sin for t in heads[:2])
+        return self.out(F.scaled_dot_product_attention(q, k, heads[2]).transpose(1, 2).reshape(2, SEQ, -1))
+
+
+def _timm_vit(width):
+    from zoo import ensure_torchvision
+
+    ensure_torchvision()
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=width,
+                             depth=1, num_heads=width // 16, num_classes=10)
+
+
+@pytest.mark.parametrize("case", ["timm_fused_qkv_unbind", "rope_with_stack"])
+def test_attn_mult_finds_the_query_through_selections_and_rope(case):
+    """attn_mult at the base width equals the model with the query rows of its projection scaled by hand: timm's
+    qkv(x).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)[0] is channels [0, C) of the fused projection;
+    GPT-J's rotate_every_two (stack of strided slices) is linear in q."""
+    if case == "timm_fused_qkv_unbind":
+        model, x, q_rows = _timm_vit(64), torch.randn(2, 3, 32, 32), ("blocks.0.attn.qkv", slice(0, 64))
+    else:
+        torch.manual_seed(0)
+        model, x, q_rows = RopeStackAttention(), _batch()[0], ("q", slice(None))
+    ref = copy.deepcopy(model)
+    mu = muplify(model, base_width=64, example_inputs=(x,), hp={"attn_mult": 0.5})
+    lin = ref.get_submodule(q_rows[0])
+    with torch.no_grad():
+        lin.weight[q_rows[1]] *= 0.5
+        lin.bias[q_rows[1]] *= 0.5
+    torch.testing.assert_close(mu(x), ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mu.to_standard()(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 def test_attn_mult_without_a_query_site_is_refused():
     class OddAttention(nn.Module):  # the query is q_proj(x) * k_proj(x): no module carries it alone
         def __init__(self, d=32):
