@@ -296,6 +296,20 @@ def test_a_readout_shrinking_faster_than_its_init_fails_with_its_cause():
     assert res.likely_cause("mup").startswith("The readout (head) shrinks faster than 1/√width")
 
 
+def test_probes_inside_a_readout_module_get_the_readout_band():
+    """A MoE router is output-like: the softmax it applies inside its module (PhiMoE's sparsemixer) sees its logits,
+    which start at Θ(1/√width) like any readout's."""
+    records = []
+    for w in (32, 64, 128):
+        for layer, size in (("router", (w / 32) ** -0.6), ("router:softmax_in", (w / 32) ** -0.65),
+                            ("router_norm:softmax_in", (w / 32) ** -0.5), ("mlp", 1.0)):
+            records.append(dict(param="mup", width=w, seed=0, step=0, layer=layer, size=size))
+    res = CoordCheckResult(records, widths=[32, 64, 128], steps=1, seeds=[0], parametrizations=["mup"],
+                           readouts=["router"])
+    assert res.readouts == ["router", "router:softmax_in"]  # not a module that merely starts with the same name
+    assert set(res.failures("mup")) == {"router_norm:softmax_in"}
+
+
 def test_infinite_sizes_survive_json(tmp_path):
     res = _synthetic()
     res.records.append(dict(param="mup", width=64, seed=0, step=1, layer="b", size=math.inf))

@@ -10,8 +10,9 @@ when every step's slope lies in its band:
   variance is the base model's, and the output multiplier is 1/m), so the logits at step 0 shrink with slope −0.5;
   a readout bias and the updates add Θ(1) parts, so later the slope moves from −0.5 towards 0.  A zero-initialised
   readout gives exactly 0 at step 0 (slope 0).  Readout layers are the modules applying the plan's readout (the
-  output-role parameters' modules and the readout multiplier's module) and every layer recording exactly the same
-  sizes (the model's output, a container returning the logits).
+  output-role parameters' modules and the readout multiplier's module, e.g. a MoE router), the probes recorded
+  inside them (a router's ``:softmax_in``) and every layer recording exactly the same sizes (the model's output, a
+  container returning the logits).
 
 Sizes that are exactly zero at every width (a zero-initialised layer) have slope 0; zero at some widths only, or a
 non-finite size (a diverged run), gives an infinite slope: a failure.
@@ -164,13 +165,15 @@ class CoordCheckResult:
         return self._sizes[param]
 
     def _readout_layers(self, declared: Sequence[str]) -> list[str]:
-        """The declared readout modules plus every layer with exactly the same sizes (in the μP run if there is one:
-        the plan that named the readouts is μP's)."""
+        """The declared readout modules, the probes recorded inside them (a router's ``:softmax_in`` is its logits),
+        and every layer with exactly the same sizes (in the μP run if there is one: the plan that named the readouts
+        is μP's)."""
         ref = "mup" if "mup" in self._sizes else (self.parametrizations[0] if self.parametrizations else None)
         sizes = self._sizes.get(ref, {})
         base = [layer for layer in declared if layer in sizes]
         return [layer for layer in self.layers
-                if layer in base or (layer in sizes and any(same_series(sizes[layer], sizes[b]) for b in base))]
+                if layer in base or layer.partition(":")[0] in declared
+                or (layer in sizes and any(same_series(sizes[layer], sizes[b]) for b in base))]
 
     def band(self, layer: str) -> tuple[float, float]:
         """The interval the layer's slope must lie in at every step."""
