@@ -366,7 +366,7 @@ def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int
     if not isinstance(val, torch.Tensor) or val.dim() == 0:
         return None
     total = int(val.shape[-1])
-    t = torch.arange(total, dtype=torch.float64).expand(*[int(s) for s in val.shape]).contiguous()
+    t = torch.arange(total, dtype=torch.float64, device="cpu").expand(*[int(s) for s in val.shape]).contiguous()
     try:
         for c in reversed(chain):
             args = [t, *c.args[1:]]
@@ -378,7 +378,7 @@ def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int
                     return None
     except Exception:
         return None
-    if not isinstance(t, torch.Tensor):
+    if not isinstance(t, torch.Tensor) or t.numel() == 0:
         return None
     chans = torch.unique(t)
     a, b = int(chans[0]), int(chans[-1]) + 1

@@ -493,6 +493,21 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
                     guesses[r] = (f"dim of size {g.size[r]} is computed from the inputs by input layers and the "
                                   f"config states it apart from the width ({attrs}): taken as fixed")
                     changed = True
+    # an embedding's feature axis of a size the config states apart from the width, concatenated with other dims
+    # into a scaling one (MobileBERT's readout: [embedding (e) ; extra (w - e)]): if e is fixed, the other part is
+    # w - e, which no proportional expression states -- so the scaling reading is a guess, named
+    for kind, out, parts in g.relations:
+        if kind != "sum" or g.find(out) in S.finite:
+            continue
+        for p in parts:
+            r = g.find(p)
+            prods = flow.producers.get(r, [])
+            if r not in S.finite and g.size[r] != wsize and g.size[r] in hints.sizes and prods and \
+                    all(not fin for _, fin, _dep in prods):
+                attrs = ", ".join(hints.sizes[g.size[r]][:2])
+                guesses.setdefault(r, f"embedding dim of size {g.size[r]} (= {attrs}) is concatenated into a "
+                                      f"scaling dim of size {g.size[g.find(out)]}: taken to scale; if it is fixed "
+                                      "the other part is width minus it, not proportional: pass base=")
     if hints.head_hidden_size is not None:  # a head read only by the readout
         for r in list(counts):
             r = g.find(r)

@@ -669,3 +669,17 @@ def test_reshaped_dim_with_two_scaling_factors_scales_linearly():
     assert mu.plan["blocks.0.attn.qkv.weight"].fan_out == 3 * w
     assert not any("**" in str(expr) for _s, expr, _n in mu.plan.scaling_dims), mu.plan.scaling_dims
     assert any("reshaped dim" in n and "[16] fixed" in n for n in mu.plan.notes), mu.plan.notes
+
+
+def test_embedding_concatenated_into_the_width_is_a_named_guess():
+    """MobileBERT's readout multiplies by cat([word_embeddings.T (embedding_size), dense.weight (hidden - e)]): with
+    e fixed the other part is w - e, which a proportional expression cannot state, so reading e as scaling is a
+    guess that must be named (base= gets it right)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.MobileBertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, embedding_size=24, intra_bottleneck_size=32,
+                                        true_hidden_size=32, max_position_embeddings=32)
+    with pytest.warns(UserWarning, match="mobilebert.embeddings.word_embeddings.weight"):
+        mu = muplify(transformers.MobileBertForMaskedLM(cfg), base_width=32)
+    assert "concatenated into a scaling dim" in mu.plan["mobilebert.embeddings.word_embeddings.weight"].decided_by
+    assert mu.plan["mobilebert.encoder.layer.0.attention.self.query.weight"].decided_by == "graph"
