@@ -521,23 +521,25 @@ _SCALAR_MULS = (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scal
 
 
 def _walk_scalings_back(node: fx.Node) -> list[fx.Node]:
-    """``node`` and what it scales by a constant number (Granite's ``branch * residual_multiplier``), through views:
-    a multiplier on the module output before a constant factor is the same multiplier on the branch."""
-    out = [node]
-    while True:
+    """``node`` and the factors it is a product of, through views: a constant (Granite's ``branch *
+    residual_multiplier``) or a computed gate (DiT's adaLN ``gate * proj(h)``).  A multiplier on a factor that feeds
+    nothing else is the same multiplier on the product, so the module computing that factor can carry it."""
+    out, todo = [], [node]
+    while todo:
+        node = todo.pop(0)
+        out.append(node)  # the node itself may be the module output (a view returned by the module)
         node = _walk_views_back(node)
         out.append(node)
         if not (node.op == "call_function" and node.target in _SCALAR_MULS and len(node.users) == 1):
-            break
+            continue
         a, b = node.args[:2]
         if isinstance(a, fx.Node) and isinstance(b, (int, float)):
-            node = a
+            todo.append(a)
         elif isinstance(b, fx.Node) and isinstance(a, (int, float)) and node.target in (aten.mul.Tensor,
                                                                                     aten.mul.Scalar):
-            node = b
-        else:
-            break
-        out.append(node)
+            todo.append(b)
+        elif node.target == aten.mul.Tensor and isinstance(a, fx.Node) and isinstance(b, fx.Node):
+            todo += [f for f in (b, a) if len(f.users) == 1]  # the later operand first: usually the branch's layer
     return list(dict.fromkeys(out))
 
 

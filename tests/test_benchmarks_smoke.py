@@ -193,3 +193,12 @@ def test_mutransfer_quick(tmp_path):
     _run("mutransfer.py", tmp_path, "--no-plot", timeout=90)
     after = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert {k: r["seconds"] for k, r in after.items()} == before
+
+
+def test_beyond_zoo_quick(tmp_path):
+    p = _run("beyond_zoo.py", tmp_path, timeout=240)
+    rows = {r["model"]: r for r in json.loads((tmp_path / "beyond_zoo.json").read_text())["rows"]}
+    assert set(rows) == {"phimoe", "xlnet", "dit"} and not any("error" in r for r in rows.values())
+    assert rows["phimoe"]["oracle_disagreements"] == {} and all(r["base_identity"] for r in rows.values())
+    assert rows["dit"]["guesses"] == ["t_mlp.0.weight"] and rows["xlnet"]["depth"] == 2
+    assert "| model |" in p.stdout

@@ -128,6 +128,20 @@ class ScaledBlock(nn.Module):
         return x + 0.25 * self.mlp(self.ln2(x))
 
 
+class GatedBlock(ScaledBlock):
+    """DiT / adaLN style: each branch is multiplied by a gate computed from a conditioning signal."""
+
+    def __init__(self, d):
+        super().__init__(d)
+        self.gate = nn.Linear(d, 2 * d)
+
+    def forward(self, x):
+        g1, g2 = self.gate(x.mean(1, keepdim=True)).sigmoid().chunk(2, dim=-1)
+        h = self.ln1(x)
+        x = x + g1 * self.attn(h, h, h, need_weights=False)[0]
+        return x + g2 * self.mlp(self.ln2(x))
+
+
 class GPTJBlock(ParallelBlock):
     """GPT-J / CodeGen order: attn + mlp first, the residual last (the inner add has weights on both sides)."""
 
@@ -152,7 +166,8 @@ class SkipLM(ParallelLM):
         return self.head(self.mix(x) + h0)
 
 
-@pytest.mark.parametrize("block, modules", [(ScaledBlock, ["attn", "mlp"]), (GPTJBlock, ["attn", "mlp"])])
+@pytest.mark.parametrize("block, modules", [(ScaledBlock, ["attn", "mlp"]), (GatedBlock, ["attn", "mlp"]),
+                                           (GPTJBlock, ["attn", "mlp"])])
 def test_constant_scaled_branches_long_skips_and_gptj_order(block, modules):
     model = SkipLM(block=block)
     ref = copy.deepcopy(model)
