@@ -745,10 +745,10 @@ def _einsum(g: DimGraph, node: fx.Node) -> None:
             fan_out = tuple(i for i, c in enumerate(spec) if c in out and c not in others)
             g.use(node, 1, "matmul", fan_in, fan_out, "einsum", arg=op)
             dop = g.dims(op) or []
-            factors = {g.find(p) for kind, _o, parts in g.relations if kind == "prod" for p in parts}
             for i, c in enumerate(spec):  # in the other operands and in the output: a stack (batch) axis
                 if c in others and c in out and i < len(dop):
-                    if g.find(dop[i]) in factors:
+                    if any(kind == "prod" and g.find(dop[i]) in {g.find(p) for p in parts}
+                           for kind, _o, parts in g.relations):
                         # a factor of a regrouped axis (the heads of a (heads, head_dim) view of the width): per-
                         # head matrices, whose count follows the product, not a fixed stack of experts
                         continue

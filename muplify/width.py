@@ -529,44 +529,29 @@ def _one_scaling_axis_per_fan(S: _Solver, g: DimGraph, param_axes: dict[str, lis
     widths grow linearly, so one axis of such a fan scales: the head count (the outer axis) with
     ``head_scaling="heads"``, the inner axis with ``"head_dim"``; the others are fixed, by the same convention that
     fixes head_dim at an attention op."""
+    # dims that multiply into one size: the factors of a reshaped dim ((…, 3w) -> (…, 3, heads, head_dim) with no
+    # attention op), the axes of one multi-axis fan
+    groups = [(parts, f"a dim of size {g.size[out]}") for kind, out, parts in g.relations if kind == "prod"]
+    for ph, uses in g.uses.items():
+        dims = param_axes.get(ph, [])
+        groups += [([dims[a] for a in sorted(a % len(dims) for a in axes)], f"of {ph.removeprefix('p_')}")
+                   for u in uses if u.kind in _CONTRACTING and dims for axes in (u.fan_in_axes, u.fan_out_axes)]
     seen: dict[tuple, list[str]] = {}
     changed = True
     while changed:
         changed = False
-        for kind, out, parts in g.relations:  # a reshape (…, 3w) -> (…, 3, heads, head_dim) with no attention op
-            if kind != "prod" or g.find(out) in S.finite:
-                continue
-            roots = list(dict.fromkeys(g.find(p) for p in parts if g.size[p] > 1))
-            roots = [r for r in roots if r not in S.finite]
+        for dims, where in groups:
+            roots = [r for r in dict.fromkeys(g.find(d) for d in dims if g.size[d] > 1) if r not in S.finite]
             if len(roots) < 2:
                 continue
             keep = next((r for r in roots if r in S.forced), roots[0] if head_scaling == "heads" else roots[-1])
             sizes = tuple(g.size[r] for r in roots)
             fixed = tuple(g.size[r] for r in roots if r != keep and S.mark(
-                r, f"one of several scaling factors of a dim of size {g.size[out]} (sizes {list(sizes)}): fixed "
-                   f"by head_scaling={head_scaling!r}", CONVENTION))
+                r, f"one of several scaling axes multiplied together (sizes {list(sizes)}, {where}): fixed by "
+                   f"head_scaling={head_scaling!r}", CONVENTION))
             if fixed:
                 changed = True
-                seen.setdefault((sizes, g.size[keep], fixed), []).append(f"a dim of size {g.size[out]}")
-        for ph, uses in g.uses.items():
-            dims = param_axes.get(ph, [])
-            for u in uses:
-                if u.kind not in _CONTRACTING or not dims:
-                    continue
-                for axes in (u.fan_in_axes, u.fan_out_axes):
-                    roots = list(dict.fromkeys(g.find(dims[a]) for a in sorted(a % len(dims) for a in axes)
-                                               if g.size[dims[a]] > 1))
-                    roots = [r for r in roots if r not in S.finite]
-                    if len(roots) < 2:
-                        continue
-                    keep = next((r for r in roots if r in S.forced), roots[0] if head_scaling == "heads" else roots[-1])
-                    sizes = tuple(g.size[r] for r in roots)
-                    fixed = tuple(g.size[r] for r in roots if r != keep and S.mark(
-                        r, f"one of several scaling axes of one fan (sizes {list(sizes)}): fixed by "
-                           f"head_scaling={head_scaling!r}", CONVENTION))
-                    if fixed:
-                        changed = True
-                        seen.setdefault((sizes, g.size[keep], fixed), []).append(f"of {ph.removeprefix('p_')}")
+                seen.setdefault((sizes, g.size[keep], fixed), []).append(where)
         S.propagate()
     for (sizes, kept, fixed), names in seen.items():
         notes.append(f"{len(names)} fan(s) or reshaped dim(s) (e.g. {names[0]}) span axes of sizes {list(sizes)} "
