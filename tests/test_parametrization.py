@@ -25,7 +25,7 @@ from muplify.sites import SITE_FINDERS
 from muplify.tools.coord_check import coord_check
 
 BASE = 32
-VOCAB, SEQ = 64, 16
+VOCAB, SEQ = 50, 16
 
 
 def _mlp(width: int, seed: int = 0) -> MLP:
@@ -147,7 +147,7 @@ def test_spectral_gpt_numbers_no_hooks_and_trains_like_mup(width):
 
 
 def test_spectral_refuses_a_tied_readout():
-    with pytest.raises(PlanError, match="spectral.*readout is tied to wte.weight"):
+    with pytest.raises(PlanError, match=r"spectral.*readout is tied \(one tensor: wte.weight, lm_head.weight"):
         muplify(_gpt(4 * BASE, tie_weights=True), base_width=BASE, parametrization="spectral")
 
 
@@ -253,7 +253,9 @@ def test_a_new_family_site_kind_and_parametrization_are_each_one_registered_obje
         assert "parametrization=mup_fixed_eps" in str(mu.plan)
         # ... and under spectral the new kind's multiplier moves into the weights it folds into
         spec = muplify(_mlp(4 * BASE), base_width=BASE, parametrization="spectral")
-        assert spec.plan.forward == [] and spec.plan["net.2.bias"].init_scale == pytest.approx(0.5)
+        rules = spec.plan.rules()
+        assert spec.plan.forward == [] and rules["net.2.bias"].absorbed == rules["net.2.weight"].absorbed == 0.5
+        assert spec.plan["net.2.weight"].init_scale == pytest.approx(0.5)  # hidden, fan-in init: μP factor 1
     finally:
         OPTIMIZER_FAMILIES.pop(ScaledSGD)
         FAMILIES.pop(fam.name)

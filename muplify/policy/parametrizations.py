@@ -167,8 +167,8 @@ class Spectral(Parametrization):
         advice = "What to do: use parametrization='mup' (it applies the multiplier as a forward hook)"
         p = use.param
         if kind.name == "readout" and p is not None and len(p.aliases) > 1:
-            raise PlanError(f"parametrization='spectral' cannot express {what}: the readout is tied to "
-                            f"{', '.join(p.aliases[1:])} (its init and learning rate are the embedding's too), so "
+            raise PlanError(f"parametrization='spectral' cannot express {what}: the readout is tied (one "
+                            f"tensor: {', '.join(p.aliases)}; its init and learning rate are the embedding's too), so "
                             f"the readout's 1/fan_in cannot live in its weights. {advice}, or untie the readout.")
         if site is None or not site.fold:
             raise PlanError(f"parametrization='spectral' cannot express {what}: no weight produces that tensor "
