@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..plan import Plan
 from .derive import forward_multipliers
+from .parametrizations import parametrization_of
 from .site_kinds import depth_mult
 
 __all__ = ["describe", "lint"]
@@ -13,12 +14,13 @@ __all__ = ["describe", "lint"]
 def lint(plan: Plan) -> list[str]:
     """What in the model or configuration is known to break μTransfer, each with what to do."""
     out = []
+    scales = parametrization_of(plan).widths  # the standard parametrization transfers nothing: no transfer lint
     gains = [n for n, p in plan.params.items() if p.gain and p.role == "vector"]
-    if gains and "gain" not in plan.hp.lr_mult:
+    if scales and gains and "gain" not in plan.hp.lr_mult:
         out.append(f"{len(gains)} trainable norm gains (e.g. {gains[0]}): Lingle 2024 found learning-rate transfer "
                    "fails with trainable gains. What to do: tune hp={'lr_mult': {'gain': x}} on the proxy with the "
                    "other hyperparameters (0 freezes them), or build the norms without an elementwise affine.")
-    if plan.options.weight_decay == "scaled":
+    if scales and plan.options.weight_decay == "scaled":
         out.append("weight_decay='scaled' keeps wd while the hidden lr shrinks, so lr·wd per step (AdamW's decay "
                    "timescale) shrinks as width grows and breaks transfer of wd. What to do: use the default "
                    "weight_decay='coupled'.")
