@@ -147,7 +147,7 @@ def test_spectral_gpt_numbers_no_hooks_and_trains_like_mup(width):
 
 
 def test_spectral_refuses_a_tied_readout():
-    with pytest.raises(PlanError, match=r"spectral.*readout is tied \(one tensor: wte.weight, lm_head.weight"):
+    with pytest.raises(PlanError, match=r"spectral.*readout weight is tied \(one tensor: wte.weight, lm_head.weight"):
         muplify(_gpt(4 * BASE, tie_weights=True), base_width=BASE, parametrization="spectral")
 
 

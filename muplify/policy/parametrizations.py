@@ -166,10 +166,10 @@ class Spectral(Parametrization):
         what = f"the {kind.name} multiplier x{factor:.4g} at {where}"
         advice = "What to do: use parametrization='mup' (it applies the multiplier as a forward hook)"
         p = use.param
-        if kind.name == "readout" and p is not None and len(p.aliases) > 1:
-            raise PlanError(f"parametrization='spectral' cannot express {what}: the readout is tied (one "
-                            f"tensor: {', '.join(p.aliases)}; its init and learning rate are the embedding's too), so "
-                            f"the readout's 1/fan_in cannot live in its weights. {advice}, or untie the readout.")
+        if p is not None and len(p.aliases) > 1:
+            raise PlanError(f"parametrization='spectral' cannot express {what}: the {kind.name} weight is tied (one "
+                            f"tensor: {', '.join(p.aliases)}; its init and learning rate serve every use), so the "
+                            f"multiplier cannot live in its weights. {advice}, or untie the weights.")
         if site is None or not site.fold:
             raise PlanError(f"parametrization='spectral' cannot express {what}: no weight produces that tensor "
                             f"linearly, so it cannot be moved into a parameter. {advice}.")
