@@ -63,7 +63,7 @@ def _child(spec: dict) -> dict:
         rss_after = _maxrss_mib()
         return {"layers": layers, "params": sum(p.numel() for p in mu.parameters()),
                 "all_meta": all(p.is_meta for p in mu.parameters()), "build_s": build_s, "muplify_s": sec,
-                "capture_s": mu.plan.options.get("capture_seconds"), "peak_rss_mib": rss_after,
+                "capture_s": mu.plan.capture_seconds, "peak_rss_mib": rss_after,
                 "rss_growth_mib": rss_after - rss_before, "roles": mu.plan.summary()}
 
     if spec.get("warmup"):

@@ -26,6 +26,7 @@ from .classify import build_plan, detect_init_rules
 from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
 from .plan import HyperParams, Options, Plan
+from .policy import get_parametrization
 from .width import analyse
 
 __all__ = ["muplify", "analyze", "MuplifiedModule", "is_muplified"]
@@ -239,7 +240,7 @@ def _unwrap(model):
     return model
 
 
-def _check_args(model, base_width, options: Options) -> None:
+def _check_args(model, base_width) -> None:
     if not isinstance(model, nn.Module):
         raise MuplifyError(f"muplify() takes an nn.Module, got {type(model).__name__}")
     if is_muplified(model):
@@ -247,23 +248,6 @@ def _check_args(model, base_width, options: Options) -> None:
     if not isinstance(base_width, int) or isinstance(base_width, bool) or base_width <= 0:
         raise MuplifyError(f"base_width must be a positive int (the width the hyperparameters were tuned at), "
                            f"got {base_width!r}")
-    choices = {"init": ("auto", "fan_in", "fan_out", "fixed", None), "head_scaling": ("heads", "head_dim"),
-               "weight_decay": ("coupled", "scaled"), "eps": ("scaled", "fixed")}
-    explain = {"head_scaling": "'heads' (head_dim fixed, heads grow) or 'head_dim'"}
-    for key, allowed in choices.items():
-        v = getattr(options, key)
-        if v not in allowed:
-            want = explain.get(key) or " or ".join(repr(a) for a in allowed)
-            raise MuplifyError(f"{key} must be {want}, got {v!r}")
-    for key in ("base_depth", "depth"):
-        v = getattr(options, key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-            raise MuplifyError(f"{key} must be a positive int (a number of residual blocks), got {v!r}")
-    if options.depth is not None and options.base_depth is None:
-        raise MuplifyError("depth= needs base_depth= (the depth the hyperparameters were tuned at)")
-    a = options.depth_alpha
-    if not isinstance(a, (int, float)) or isinstance(a, bool) or not (0 < a <= 1):
-        raise MuplifyError(f"depth_alpha must be in (0, 1] (1.0: CompleteP, 0.5: depth-μP), got {a!r}")
     if not any(True for _ in model.parameters()):
         raise MuplifyError(f"{type(model).__name__} has no parameters: there is nothing to parametrize")
 
@@ -307,25 +291,30 @@ def _base_width_from(wa, base_shapes: dict[str, tuple[int, ...]]) -> int:
     return max(seen, key=seen.get)
 
 
+def _options(options: dict[str, Any], **internal: Any) -> Options:
+    """The keyword options of muplify()/analyze() as one validated :class:`Options` (a Parametrization instance is
+    registered and recorded by name)."""
+    options = dict(options)
+    param = options.get("parametrization")
+    if param is not None and not isinstance(param, str):
+        options["parametrization"] = get_parametrization(param).name
+    return Options.from_kwargs(**options, **internal)
+
+
 def analyze(model: nn.Module, base_width: int | None = None, *, width: int | None = None, example_inputs=None,
-            example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
-            weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
-            query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
-            depth: int | None = None, depth_alpha: float = 1.0, base=None,
-            overrides: dict[str, dict] | None = None) -> Plan:
+            example_kwargs=None, hp: dict | HyperParams | None = None, base=None,
+            overrides: dict[str, dict] | None = None, **options: Any) -> Plan:
     """Stages 1-3 only: return the plan (facts, with the policy's decisions as read-only views) without touching
     the model.  Arguments as :func:`muplify`."""
     model = _unwrap(model)
-    options = Options(head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
-                      readout_zero_init=bool(readout_zero_init), query_zero_init=bool(query_zero_init),
-                      base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, width_given=width is not None)
+    options = _options(options, width_given=width is not None)
     if base is None and base_width is None:
         raise MuplifyError("muplify() needs base_width= (or base=<the model at the base width>, or plan=)")
-    _check_args(model, 1 if base_width is None else base_width, options)
+    _check_args(model, 1 if base_width is None else base_width)
     hp = HyperParams.from_dict(hp)
     base_shapes = _base_shapes(model, base) if base is not None else None
     cap = capture(model, example_inputs, example_kwargs)
-    wa = analyse(cap, width=width, head_scaling=head_scaling)
+    wa = analyse(cap, width=width, head_scaling=options.head_scaling)
     if base_shapes is not None:
         derived = _base_width_from(wa, base_shapes)
         if base_width is not None and base_width != derived:
@@ -343,16 +332,21 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
 
 
 def muplify(model: nn.Module, base_width: int | None = None, *, width: int | None = None, example_inputs=None,
-            example_kwargs=None, head_scaling: str = "heads", init: str | None = "auto",
-            weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
-            query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
-            depth: int | None = None, depth_alpha: float = 1.0, base=None, overrides: dict[str, dict] | None = None,
-            plan: Plan | str | dict | None = None) -> nn.Module:
+            example_kwargs=None, hp: dict | HyperParams | None = None, base=None,
+            overrides: dict[str, dict] | None = None, plan: Plan | str | dict | None = None,
+            **options: Any) -> nn.Module:
     """Give ``model`` the Maximal Update Parametrization relative to ``base_width``, in place.
 
     Returns the same object, its class swapped to a subclass with :class:`MuplifiedModule` mixed in (``.plan``,
     ``.optimizer()``, ``.to_standard()``, ``.mup_init()``).  On any error the model is left untouched.  A
     ``torch.compile`` wrapper is accepted: the module inside it is muplified (and the wrapper returned).
+
+    Keyword ``**options`` are the fields of :class:`muplify.Options`, validated from their types (``head_scaling``,
+    ``init``, ``weight_decay``, ``eps``, ``readout_zero_init``, ``query_zero_init``, ``base_depth``, ``depth``,
+    ``depth_alpha``, ``parametrization``); an unknown name raises, listing the valid ones.
+    ``parametrization=`` is ``"mup"`` (default), ``"sp"`` (standard: nothing scales; baselines through the same
+    plan, optimizer and tools), ``"spectral"`` (Yang, Simon & Bernstein 2023: multipliers absorbed into init and
+    per-layer learning rate, no forward hooks) or a :class:`muplify.policy.Parametrization`.
 
     ``hp=`` sets the μP hyperparameters a proxy sweep tunes (``output_mult``, ``attn_mult``, ``embed_mult``,
     ``init_mult={role: x}``, ``lr_mult={role: x}``), base-anchored: at ``width == base_width`` the model equals the
@@ -372,6 +366,7 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
     wrapper = model if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else None
     model = _unwrap(model)
     if plan is not None:
+        _options(options)  # a misspelt option is an error even when a saved plan decides
         if isinstance(plan, str):
             plan = Plan.from_json(plan)
         elif isinstance(plan, dict):
@@ -381,7 +376,7 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
                             f"{type(plan).__name__}")
         if base_width is not None and base_width != plan.base_width:
             raise PlanError(f"base_width={base_width} disagrees with the plan's base_width={plan.base_width}")
-        _check_args(model, plan.base_width, plan.options)
+        _check_args(model, plan.base_width)
         rewrite.validate_plan(model, plan)
         plan = plan.copy()
         if hp is not None:
@@ -391,9 +386,7 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
         apply_init = False  # a saved plan records an init that already happened; load the checkpoint next
     else:
         plan = analyze(model, base_width, width=width, example_inputs=example_inputs, example_kwargs=example_kwargs,
-                       head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
-                       readout_zero_init=readout_zero_init, query_zero_init=query_zero_init, hp=hp,
-                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, base=base, overrides=overrides)
+                       hp=hp, base=base, overrides=overrides, **options)
         apply_init = True
     plan.rules()  # derive everything now: a missing site or an impossible request raises before any change
     # everything that can fail has run; from here on the model is modified

@@ -22,13 +22,14 @@ import contextlib
 import fnmatch
 import json
 import math
+import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterator, Literal, get_args
+from typing import Any, Iterator, Literal, Union, get_args, get_origin, get_type_hints
 
 import sympy
 
-from .errors import PlanError
+from .errors import MuplifyError, PlanError
 
 __all__ = ["Plan", "ParamPlan", "Site", "FoldTarget", "Attention", "Options", "HyperParams", "Role", "ROLES",
            "role_from_fans", "PLAN_FORMAT"]
@@ -58,27 +59,99 @@ def _policy():
 
 
 # ------------------------------------------------------------------------------------------------ options and hp
+def _positive_int(v: Any) -> str | None:
+    return None if v is None or v > 0 else "a positive int (a number of residual blocks)"
+
+
+def _alpha(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "in (0, 1] (1.0: CompleteP, 0.5: depth-μP)"
+
+
+def _registered_parametrization(v: Any) -> str | None:
+    if POLICY is None or v in POLICY.PARAMETRIZATIONS:
+        return None
+    return f"one of {sorted(POLICY.PARAMETRIZATIONS)} (or a registered muplify.policy.Parametrization)"
+
+
+def _opt(default: Any, doc: str, check: Any = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
 @dataclass(frozen=True)
 class Options:
-    """How muplify was asked to parametrize (the arguments of :func:`muplify.muplify`)."""
+    """How muplify was asked to parametrize (the keyword options of :func:`muplify.muplify`).  Each field is
+    validated from its annotation (a ``Literal`` lists the allowed values) and, where a type is not enough, its
+    ``check``; a bad value raises :class:`MuplifyError` naming the option and what it accepts."""
 
-    head_scaling: Literal["heads", "head_dim"] = "heads"  # heads: head_dim fixed, heads grow; head_dim: the reverse
-    init: Literal["auto", "fan_in", "fan_out", "fixed"] | None = "auto"  # how the current init rule is read; None: keep
-    weight_decay: Literal["coupled", "scaled"] = "coupled"  # coupled: lr·wd per step kept as at base width
-    eps: Literal["scaled", "fixed"] = "scaled"  # scaled: Adam ε follows the gradient scale (1/width_mult)
-    readout_zero_init: bool = False  # zero the readout (and its bias) at init
-    query_zero_init: bool = False  # zero the query projection (rows of a fused qkv) at init
-    base_depth: int | None = None  # CompleteP: depth the hyperparameters were tuned at (None: width-only μP)
-    depth: int | None = None  # number of residual blocks (inferred from the graph)
-    depth_alpha: float = 1.0  # CompleteP exponent: branches × (base_depth/depth)^alpha (1.0 CompleteP, 0.5 depth-μP)
-    width_given: bool = False  # the user passed width= (so the width is not a guess)
+    head_scaling: Literal["heads", "head_dim"] = _opt(
+        "heads", "'heads': head_dim fixed, heads grow; 'head_dim': the reverse")
+    init: Literal["auto", "fan_in", "fan_out", "fixed"] | None = _opt(
+        "auto", "how the current init rule is read; None: keep the current values")
+    weight_decay: Literal["coupled", "scaled"] = _opt("coupled", "coupled: lr·wd per step kept as at base width")
+    eps: Literal["scaled", "fixed"] = _opt("scaled", "scaled: Adam ε follows the gradient scale (1/width_mult)")
+    readout_zero_init: bool = _opt(False, "zero the readout (and its bias) at init")
+    query_zero_init: bool = _opt(False, "zero the query projection (rows of a fused qkv) at init")
+    base_depth: int | None = _opt(None, "CompleteP: depth the hyperparameters were tuned at (None: width only)",
+                                  _positive_int)
+    depth: int | None = _opt(None, "number of residual blocks (inferred from the graph)", _positive_int)
+    depth_alpha: float = _opt(1.0, "CompleteP exponent: branches × (base_depth/depth)^alpha", _alpha)
+    parametrization: str = _opt("mup", "'mup', 'sp' (standard), 'spectral', or a registered Parametrization's name",
+                                _registered_parametrization)
+    width_given: bool = _opt(False, "the user passed width= (so the width is not a guess)")
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """Dict-style access to an option."""
-        return getattr(self, key, default)
+    def __post_init__(self):
+        hints = _option_types()
+        for f in fields(self):
+            v = getattr(self, f.name)
+            why = _type_error(hints[f.name], v)
+            if why is None and f.metadata.get("check") is not None:
+                why = f.metadata["check"](v)
+            if why is not None:
+                raise MuplifyError(f"{f.name} must be {why}, got {v!r} ({f.metadata['doc']})")
+        if self.depth is not None and self.base_depth is None:
+            raise MuplifyError("depth= needs base_depth= (the depth the hyperparameters were tuned at)")
 
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> "Options":
+        """Options from keyword arguments; an unknown name raises, listing the valid ones."""
+        names = [f.name for f in fields(cls) if f.name != "width_given"]
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise MuplifyError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                               f"muplify's options are {', '.join(names)}")
+        return cls(**options)
+
+
+def _option_types() -> dict[str, Any]:
+    global _OPTION_TYPES
+    if _OPTION_TYPES is None:
+        _OPTION_TYPES = get_type_hints(Options)
+    return _OPTION_TYPES
+
+
+_OPTION_TYPES: dict[str, Any] | None = None
+
+
+def _type_error(tp: Any, v: Any) -> str | None:
+    """None if ``v`` fits the annotation ``tp``; otherwise what the annotation allows, in words."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return None if v in args and type(v) is type(next(a for a in args if a == v)) else \
+            " or ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        wants = [_type_error(a, v) for a in args]
+        return None if any(w is None for w in wants) else " or ".join(w for w in wants)
+    if tp is type(None):
+        return None if v is None else "None"
+    if tp is bool:
+        return None if isinstance(v, bool) else "True or False"
+    if tp is int:
+        return None if isinstance(v, int) and not isinstance(v, bool) else "an int"
+    if tp is float:
+        return None if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "a number"
+    if tp is str:
+        return None if isinstance(v, str) else "a string"
+    return None if isinstance(v, tp) else f"a {getattr(tp, '__name__', tp)}"
 
 
 HP_SCALARS = ("output_mult", "attn_mult", "embed_mult")

@@ -49,7 +49,9 @@ LAST_BLOCK = "<last block>"  # along depth: the residual stream after the last b
 DEFAULT_LR = 3e-3
 DEFAULT_STEPS = 3
 LM_BATCH_SIZE, LM_SEQ_LEN = 2, 16  # tokens per batch <= the smallest default width (see the module docstring)
-Parametrization = Literal["sp", "mup", "completep"]
+# coordinate-check arms run through muplify with another parametrization than μP
+_MUPLIFY_PARAMETRIZATION = {"spectral": "spectral", "sp-muplify": "sp"}
+Parametrization = Literal["sp", "mup", "completep", "spectral", "sp-muplify"]
 Axis = Literal["width", "depth"]
 OutputLoss = Callable[..., torch.Tensor]  # loss_fn(output) or loss_fn(output, labels) -> scalar
 
@@ -322,7 +324,9 @@ def coord_check(
             loss)``), else cross-entropy against fixed random labels.  Never a statistic of the output.
         muplify_kwargs: extra keyword args for ``muplify(model, base_width=..., ...)`` (e.g. ``hp=``); by default
             ``example_inputs``/``example_kwargs`` are the first batch.
-        parametrizations: any of ``"sp"``, ``"mup"``, ``"completep"`` (μP with ``base_depth=``); default
+        parametrizations: any of ``"sp"`` (the plain model and optimizer), ``"mup"``, ``"completep"`` (μP with
+            ``base_depth=``), ``"spectral"`` (``muplify(..., parametrization="spectral")``) and ``"sp-muplify"``
+            (``muplify(..., parametrization="sp")``: SP through muplify's plan and optimizer); default
             ``("sp", "mup")`` along width, ``("mup", "completep")`` along depth.
         labels: labels for the default loss, used when the batch does not carry its own.
         tol: pass threshold on ``|slope|`` (default ``log(1.2)/log(2)``, see :mod:`muplify.tools.coord_result`).
@@ -387,12 +391,14 @@ def coord_check(
                     model = factory(value)
                     if device is not None:
                         model = model.to(device)
-                    if param in ("mup", "completep"):
+                    if param != "sp":
                         kw = dict(mk)
                         if "example_inputs" not in kw and "example_kwargs" not in kw:
                             kw["example_inputs"] = batches[0].args
                             if batches[0].kwargs:
                                 kw["example_kwargs"] = batches[0].kwargs
+                        if param in _MUPLIFY_PARAMETRIZATION:
+                            kw["parametrization"] = _MUPLIFY_PARAMETRIZATION[param]
                         if param == "completep":
                             kw["base_depth"] = base_depth or value
                         model = _muplify_fn()(model, base_width=base_width, **kw)

@@ -33,7 +33,8 @@ __all__ = ["Recorder", "OUTPUT_NAME", "ROOT_NAME", "PARAM_LABELS", "READOUT_INIT
 
 OUTPUT_NAME = "<output>"
 ROOT_NAME = "<model>"
-PARAM_LABELS = {"sp": "SP", "mup": "μP", "completep": "μP+CompleteP"}  # how each parametrization is printed
+PARAM_LABELS = {"sp": "SP", "mup": "μP", "completep": "μP+CompleteP", "spectral": "spectral",
+                "sp-muplify": "SP (muplify)"}  # how each parametrization is printed
 #: slope of a non-zero readout's output at initialisation under μP (Θ(1/√width)).
 READOUT_INIT_SLOPE = -0.5
 
