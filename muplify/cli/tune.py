@@ -5,7 +5,7 @@
     python -m muplify transfer mymodels:make_model --width 1024 --base-width 64 --hp best.json
     optuna-dashboard sqlite:///tune.db          # the study in a browser (pip install optuna-dashboard)
 
-``muplify.cli`` registers these with :func:`add_commands`.  FACTORY is ``module:callable`` called with the width
+``muplify.cli`` registers these with :func:`add_commands` (with its ``factory_args``).  FACTORY is ``module:callable`` called with the width
 (see ``python -m muplify plan --help``); the objective is ``module:callable`` taking ``(model, optimizer, report)``
 (plus a keyword for every ``objective.*`` key of the search space).  Usage errors print one line and exit 2.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 DASHBOARD = "optuna-dashboard {storage}  (the study in a browser; pip install optuna-dashboard)"
@@ -45,7 +46,7 @@ class CLIFactory:
 
 
 def _space(items: list[str] | None) -> dict:
-    from .tune import TuneError, parse_dist
+    from muplify.tools.tune import TuneError, parse_dist
 
     out = {}
     for item in items or ():
@@ -66,7 +67,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from muplify.tools.factory import CLIError, load_object, parse_kv
     from muplify.errors import MuplifyError
 
-    from .tune import TuneError, tune
+    from muplify.tools.tune import TuneError, tune
 
     try:
         factory = CLIFactory.resolve(a.factory, a.width_arg, parse_kv(a.arg))  # fails here, not in every trial
@@ -104,7 +105,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 def load_best(path: str) -> dict:
     """``result.best`` from a file written by ``tune --out`` or ``result.to_json`` (whose "best" it takes)."""
-    from .tune import TuneError
+    from muplify.tools.tune import TuneError
 
     try:
         with open(path) as fh:
@@ -127,7 +128,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     from muplify.tools.factory import CLIError, load_object, make_factory, parse_kv
     from muplify.errors import MuplifyError
 
-    from .tune import TuneError
+    from muplify.tools.tune import TuneError
 
     try:
         best = load_best(a.hp)
@@ -153,23 +154,9 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: Any) -> None:
+def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
     """Register ``tune`` and ``transfer`` on ``muplify.cli``'s subparsers."""
-    from .tune import DEFAULT_STORAGE, DEFAULT_STUDY, PRUNERS, SAMPLERS
-
-    if isinstance(subparsers.metavar, str) and subparsers.metavar.endswith("}"):
-        subparsers.metavar = subparsers.metavar[:-1] + ",tune,transfer}"
-
-    def factory_args(sp):
-        sp.add_argument("factory", help="module:callable building the model from a width")
-        sp.add_argument("--width-arg", default=None,
-                        help="keyword the width is passed as (default: the integer argument whose change scales the "
-                             "hidden weights)")
-        sp.add_argument("--arg", action="append", metavar="KEY=VALUE", help="extra keyword argument of the factory")
-        sp.add_argument("--muplify-arg", action="append", metavar="KEY=VALUE",
-                        help="extra keyword argument of muplify(), e.g. readout_zero_init=True")
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback of an error")
+    from muplify.tools.tune import DEFAULT_STORAGE, DEFAULT_STUDY, PRUNERS, SAMPLERS
 
     tu = subparsers.add_parser(
         "tune", help="tune μP hyperparameters on a proxy (Optuna); writes the best as JSON",
@@ -177,7 +164,7 @@ def add_commands(subparsers: Any) -> None:
                     "init multipliers) on the proxy FACTORY(width) with Optuna; see docs/tune.md.",
         epilog="Resume: run the same command again (same --storage and --study); the study ends with --trials "
                "finished trials. Watch it: " + DASHBOARD.format(storage="sqlite:///tune.db"))
-    factory_args(tu)
+    factory_args(tu, batch=False)
     tu.add_argument("--objective", required=True, metavar="MODULE:CALLABLE",
                     help="objective(model, optimizer, report) -> value, lower is better")
     tu.add_argument("--width", type=int, required=True, help="proxy width (= the base width of the transfer)")
@@ -204,7 +191,7 @@ def add_commands(subparsers: Any) -> None:
         "transfer", help="muplify the target with tuned hyperparameters and print its plan",
         description="Build FACTORY(width), muplify it relative to the proxy width with the tuned hp, print the plan "
                     "and the optimizer call to use.")
-    factory_args(tr)
+    factory_args(tr, batch=False)
     tr.add_argument("--width", type=int, required=True, help="target width")
     tr.add_argument("--base-width", type=int, default=None, help="the proxy width (default: the one in --hp)")
     tr.add_argument("--hp", required=True, metavar="BEST.JSON", help="written by `python -m muplify tune --out`")
