@@ -2,6 +2,8 @@
 
     python -m muplify tune mymodels:make_model --objective mytrain:objective --width 64 --trials 64 \\
         --storage sqlite:///tune.db --workers 2 --out best.json
+    python -m muplify tune mymodels:make_model --objective mytrain:objective --width 64 --trials 32 \\
+        --seeds-per-trial 2 --refine 8 --reeval-top 3 --widths 64 128 --check-width 256 --out best.json
     python -m muplify transfer mymodels:make_model --width 1024 --base-width 64 --hp best.json
     optuna-dashboard sqlite:///tune.db          # the study in a browser (pip install optuna-dashboard)
 
@@ -72,11 +74,19 @@ def cmd_tune(a: argparse.Namespace) -> int:
     try:
         factory = CLIFactory.resolve(a.factory, a.width_arg, parse_kv(a.arg))  # fails here, not in every trial
         objective = load_object(a.objective)
+        if a.widths and a.width != a.widths[0]:
+            raise TuneError(f"--width {a.width} but --widths starts at {a.widths[0]}: the proxy width is the first")
         result = tune(factory, a.width, objective, a.optimizer, trials=a.trials, space=_space(a.space),
                       defaults=not a.no_default_space, sampler=a.sampler,
                       pruner=None if a.pruner == "none" else a.pruner, storage=a.storage, study_name=a.study,
                       workers=a.workers, threads=a.threads, seed=a.seed, timeout=a.timeout,
-                      muplify_kwargs=parse_kv(a.muplify_arg), progress=not a.quiet)
+                      muplify_kwargs=parse_kv(a.muplify_arg), progress=not a.quiet,
+                      seeds_per_trial=a.seeds_per_trial, reeval_top=a.reeval_top, reeval_seeds=a.reeval_seeds,
+                      refine=a.refine, refine_shrink=a.refine_shrink, refine_sampler=a.refine_sampler,
+                      widths=a.widths, telescope_trials=a.telescope_trials)
+        check = None
+        if a.check_width is not None:
+            check = result.check_transfer(width=a.check_width, trials=a.check_trials)
         paths = _outputs(a.out)
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(paths["best"], "w") as fh:
@@ -95,6 +105,12 @@ def cmd_tune(a: argparse.Namespace) -> int:
     except TuneError as e:  # too few completed trials for an importance estimate
         print(f"(no importance plot: {e})", file=sys.stderr)
     print(result)
+    if check is not None:
+        paths["check"] = os.path.splitext(a.out)[0] + "_check.json"
+        with open(paths["check"], "w") as fh:
+            fh.write(json.dumps(check.to_dict(), indent=1) + "\n")
+        written.append(paths["check"])
+        print(check)
     print("wrote " + ", ".join(written))
     print(f"transfer: python -m muplify transfer {a.factory} --width <target width> --base-width {a.width} "
           f"--hp {paths['best']}")
@@ -182,6 +198,24 @@ def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
     tu.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
     tu.add_argument("--seed", type=int, default=0, help="trial n runs under seed + n (default 0)")
     tu.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
+    tu.add_argument("--seeds-per-trial", type=int, default=1,
+                    help="a trial's value is the mean over this many init/data seeds (default 1)")
+    tu.add_argument("--reeval-top", type=int, default=0,
+                    help="re-run the best N configurations on fresh seeds before naming the best (default 0: off)")
+    tu.add_argument("--reeval-seeds", type=int, default=3, help="fresh seeds of the re-evaluation (default 3)")
+    tu.add_argument("--refine", type=int, default=0,
+                    help="trials of the local phase in a box narrowed around the best (default 0: off)")
+    tu.add_argument("--refine-shrink", type=float, default=0.3,
+                    help="the refined box's share of each range (log scale for log entries; default 0.3)")
+    tu.add_argument("--refine-sampler", choices=sorted(SAMPLERS), default="tpe",
+                    help="sampler of the local phase (default tpe, a fresh restart; cmaes needs pip install cmaes)")
+    tu.add_argument("--widths", type=int, nargs="+", default=None,
+                    help="telescoping: the sweep at the first (= --width), then a few trials at each larger width")
+    tu.add_argument("--telescope-trials", type=int, default=None,
+                    help="trials at each larger width of --widths (default max(2, trials // 8))")
+    tu.add_argument("--check-width", type=int, default=None,
+                    help="after the sweep: the transferred best vs a short local sweep at this width")
+    tu.add_argument("--check-trials", type=int, default=8, help="trials of the --check-width local sweep (default 8)")
     tu.add_argument("--out", default="muplify-out/tune_best.json",
                     help="the best as JSON; <stem>_trials.json, <stem>_params.png, <stem>_importance.png beside it")
     tu.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -71,7 +71,8 @@ def narrow(space: Mapping[str, Dist], config: Mapping, shrink: float) -> dict[st
             out[key] = Uniform(max(d.lo, a), min(d.hi, b), d.grid_points)
         else:  # IntRange: at least the value itself
             ia, ib = max(d.lo, math.floor(g(a))), min(d.hi, math.ceil(g(b)))
-            out[key] = IntRange(min(ia, int(v)), max(ib, int(v)), d.log) if ia < ib else Fixed(int(v))
+            out[key] = (IntRange(min(ia, int(v)), max(ib, int(v)), step=d.step, log=d.log) if ia < ib
+                        else Fixed(int(v)))
     return out
 
 
