@@ -8,14 +8,16 @@ AdamW with warmup and cosine decay, validation loss in nats/byte), search space 
 
 * **plain**: ``tune(trials=R)``: R single-seed TPE trials (what ``muplify.tune`` did before ``seeds_per_trial``,
   ``refine`` and ``reeval_top``);
-* **improved**: ``tune(trials=G, seeds_per_trial=2, refine=F, reeval_top=3, reeval_seeds=2)`` with
-  2·G + 2·F + 3·2 = R: fewer, averaged trials, a local phase around the incumbent, the top 3 re-run on fresh seeds.
+* **improved**: ``tune(trials=G, seeds_per_trial=2, refine=F, reeval_top=n, reeval_seeds=s)`` with
+  2·G + 2·F + n·s = R: fewer, averaged trials, a local phase around the incumbent, the top n re-run on fresh seeds
+  (full: G = 12, F = 5, n = 3, s = 2, R = 40; quick: G = 2, F = 1, n = 2, s = 2, R = 10 — a smoke run of the
+  pipeline, too small to rank the arms).
 
-Each arm's pick is then trained on 3 fresh seeds (data and init) at the proxy width and transferred to twice the
-proxy width: the mean and seed std of the validation loss are the result (lower is better), beside the arm's own
-claim (its best value) — the plain arm's claim is a single-seed minimum, biased low.
+Each arm's pick is then trained on 3 fresh seeds (quick: 2; data and init) at the proxy width and transferred to
+twice the proxy width: the mean and seed std of the validation loss are the result (lower is better), beside the
+arm's own claim (its best value) — the plain arm's claim is a single-seed minimum, biased low.
 
-    python benchmarks/tune_budget.py --quick         # ~5-10 minutes on 2 shared cores: width 32 -> 64, 40 steps, R = 20
+    python benchmarks/tune_budget.py --quick         # width 32 -> 64, 20 steps, R = 10
     python benchmarks/tune_budget.py                 # width 64 -> 128, 200 steps, R = 40
 
 Outputs in ``--out`` (default ``benchmarks/results/tune_budget[_quick]``): ``results.json`` (both arms: picks, budget
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -42,10 +43,10 @@ from muplify.tools.objectives import byte_lm  # noqa: E402
 from muplify.tools.tune import Fixed, LogUniform, transfer  # noqa: E402
 
 SETTINGS = {
-    "quick": dict(width=32, steps=40, batch_size=8, seq_len=64, eval_every=20, runs=20, global_trials=4, refine=3,
-                  final_seeds=3, out="benchmarks/results/tune_budget_quick"),
+    "quick": dict(width=32, steps=20, batch_size=8, seq_len=64, eval_every=10, runs=10, global_trials=2, refine=1,
+                  reeval_top=2, reeval_seeds=2, final_seeds=2, out="benchmarks/results/tune_budget_quick"),
     "full": dict(width=64, steps=200, batch_size=16, seq_len=128, eval_every=50, runs=40, global_trials=12, refine=5,
-                 final_seeds=3, out="benchmarks/results/tune_budget"),
+                 reeval_top=3, reeval_seeds=2, final_seeds=3, out="benchmarks/results/tune_budget"),
 }
 FINAL_SEED = 9_000  # the final runs' seeds: 9000, 9001, ... (no sweep used them)
 
@@ -74,7 +75,8 @@ def final_runs(best: dict, width: int, seeds: int) -> list[float]:
 def arm(name: str, s: dict, seed: int) -> dict:
     kw = dict(trials=s["runs"])
     if name == "improved":
-        kw = dict(trials=s["global_trials"], seeds_per_trial=2, refine=s["refine"], reeval_top=3, reeval_seeds=2)
+        kw = dict(trials=s["global_trials"], seeds_per_trial=2, refine=s["refine"], reeval_top=s["reeval_top"],
+                  reeval_seeds=s["reeval_seeds"])
     t0 = time.perf_counter()
     r = muplify.tune(make_gpt, s["width"], byte_lm, torch.optim.AdamW, space=space(s), defaults=False, storage=None,
                      seed=seed, progress=False, **kw)
@@ -104,7 +106,7 @@ def plot(results: dict, path: str) -> None:
         ax.errorbar(xs, [a["final"][w]["mean"] for w in widths], yerr=[a["final"][w]["std"] or 0 for w in widths],
                     fmt="o", capsize=4, label=f"{a['arm']} ({a['objective_runs']} runs)")
     ax.set_xticks(range(len(widths)), [f"width {w}" for w in widths])
-    ax.set_ylabel("validation loss (nats/byte), 3 fresh seeds")
+    ax.set_ylabel(f"validation loss (nats/byte), {results['settings']['final_seeds']} fresh seeds")
     ax.set_title(f"plain vs improved muplify.tune at equal runs ({results['mode']})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -122,7 +124,8 @@ def main() -> None:
     s = SETTINGS[mode]
     out = a.out or os.path.join(ROOT, s["out"])
     os.makedirs(out, exist_ok=True)
-    assert 2 * s["global_trials"] + 2 * s["refine"] + 6 == s["runs"], "the arms must have equal objective runs"
+    assert 2 * s["global_trials"] + 2 * s["refine"] + s["reeval_top"] * s["reeval_seeds"] == s["runs"], \
+        "the arms must have equal objective runs"
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     results = {"mode": mode, "settings": s, "command": "python benchmarks/tune_budget.py" + (" --quick" * a.quick),
                "arms": [arm("plain", s, a.seed), arm("improved", s, a.seed)]}

@@ -59,7 +59,8 @@ def factory_args(sp: argparse.ArgumentParser, *, batch: bool = True) -> None:
     if batch:
         sp.add_argument("--batch", default=None, metavar="MODULE:CALLABLE",
                         help="callable returning the forward args (tuple), kwargs (dict) or a Batch")
-    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help="show the full traceback of an error")
 
 
 

@@ -7,9 +7,10 @@
     python -m muplify transfer mymodels:make_model --width 1024 --base-width 64 --hp best.json
     optuna-dashboard sqlite:///tune.db          # the study in a browser (pip install optuna-dashboard)
 
-``muplify.cli`` registers these with :func:`add_commands` (with its ``factory_args``).  FACTORY is ``module:callable`` called with the width
-(see ``python -m muplify plan --help``); the objective is ``module:callable`` taking ``(model, optimizer, report)``
-(plus a keyword for every ``objective.*`` key of the search space).  Usage errors print one line and exit 2.
+``muplify.cli`` registers these with :func:`add_commands` (with its ``factory_args``). FACTORY is
+``module:callable`` called with the width (see ``python -m muplify plan --help``); the objective is
+``module:callable`` taking ``(model, optimizer, report)`` (plus a keyword for every ``objective.*`` key of the
+search space). Usage errors print one line and exit 2.
 """
 from __future__ import annotations
 

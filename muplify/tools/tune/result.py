@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, get_args
+
 from .space import Dist, Fixed, TuneError, assemble, searched, space_from_dict, space_to_dict
 from .trial import (DEFAULT_STORAGE, DEFAULT_STUDY, FAILURE_ATTR, RETRY_ATTR, SEED_ATTR, SPEC_ATTR, VALUES_ATTR,
                     WORKER_ATTR)
@@ -75,7 +76,9 @@ class Convergence:
 class TuneResult:
     """What :func:`tune` found.  ``best`` is plain JSON: ``{"lr", "hp", "optimizer", "objective", "optimizer_class",
     "muplify", "value", "trial", "seed", "width"}``; pass ``hp`` to ``muplify(..., base_width=width)`` and ``lr`` and
-    ``optimizer`` to ``mu.optimizer`` (or call :func:`transfer`)."""
+    ``optimizer`` to ``mu.optimizer`` (or call :func:`transfer`).  After a refine or telescoping phase it also
+    names ``"phase"`` and ``"tuned_at"`` (the width ``value`` was measured at); with a known seed spread
+    ``"value_spread"``; after re-evaluation ``"value_in_sweep"`` (``value`` is then the fresh-seed mean)."""
 
     best: dict | None  # None when no trial completed
     study: Any  # the optuna.Study (storage-backed: open it in optuna-dashboard)

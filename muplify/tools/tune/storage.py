@@ -8,8 +8,10 @@ import os
 import socket
 import warnings
 from typing import Any, Literal
+
 from .space import TuneError
-from .trial import FAILURE_ATTR, GRACE_S, HEARTBEAT_S, MAX_RERUNS, RETRY_ATTR, SEED_ATTR, SPEC_ATTR, SQLITE_TIMEOUT_S, WORKER_ATTR, _Job
+from .trial import (FAILURE_ATTR, GRACE_S, HEARTBEAT_S, MAX_RERUNS, RETRY_ATTR, SEED_ATTR, SPEC_ATTR, SQLITE_TIMEOUT_S,
+                    WORKER_ATTR, _Job)
 from .samplers import make_pruner, make_sampler
 
 

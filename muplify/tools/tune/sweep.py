@@ -9,10 +9,13 @@ import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
 import torch.nn as nn
+
 from ...errors import MuplifyError
 from ...plan import HyperParams, Plan
-from .space import DISTS, HP_ACTS_ON, Dist, TuneError, assemble, check_key, default_space, encode_point, is_number, plan_roles, searched, space_to_dict
+from .space import (DISTS, HP_ACTS_ON, Dist, TuneError, assemble, check_key, default_space, encode_point, is_number,
+                    plan_roles, searched, space_to_dict)
 from .samplers import make_pruner, make_sampler
 from .storage import _create_study, open_storage
 from .result import _result

@@ -10,8 +10,10 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
 import torch
 import torch.nn as nn
+
 from .space import Fixed, TuneError, assemble
 
 
@@ -33,7 +35,7 @@ WORKER_ATTR = "muplify.worker"  # "host:pid" of the process that ran the trial
 FAILURE_ATTR = "muplify.failure"  # why the objective failed (exception, NaN, divergence): the trial's verdict
 RETRY_ATTR = "muplify.retry_of"  # number of the interrupted trial this one re-runs
 SPEC_ATTR = "muplify.tune"  # study attribute: what the sweep was made for (width, space, optimizer, ...)
-VALUES_ATTR = "muplify.seed_values"  # seeds_per_trial > 1: the objective's value under each seed (the trial's is the mean)
+VALUES_ATTR = "muplify.seed_values"  # seeds_per_trial > 1: the value under each seed (the trial's is their mean)
 SEED_STRIDE = 100_003  # seed j of a trial is its seed + j * SEED_STRIDE (no collision with other trials' seeds)
 INPUT_KWARGS = ("example_inputs", "example_kwargs")  # muplify() arguments that are data, not parametrization
 

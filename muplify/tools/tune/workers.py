@@ -10,7 +10,9 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+
 import torch
+
 from .space import TuneError
 from .storage import COUNTED, _detects_dead_workers, _open_study, _pending, _recover, open_storage, trial_state
 from .trial import FAILURE_ATTR, POLL_S, WAIT_S, _Job, _one_line, _run_trial
