@@ -4,7 +4,9 @@ check_transfer, and a noisy objective whose optimum is known (the noise-aware, r
 plain TPE at the same number of objective runs)."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 
 import pytest
@@ -38,8 +40,7 @@ def regression(model, optimizer, report, seed: int = 0, steps: int = 6) -> float
         report(s, loss.item())
     with torch.no_grad():
         value = F.mse_loss(model(x), y).item()
-    RUNS.append({"seed": seed, "width": model.net[0].out_features if hasattr(model, "net") else None,
-                 "value": value, "lr": optimizer.defaults["lr"]})
+    RUNS.append({"seed": seed, "width": _width_of(model), "value": value, "lr": optimizer.defaults["lr"]})
     return value
 
 
@@ -137,7 +138,8 @@ def test_refine_samples_a_narrowed_box_around_the_incumbent_starting_with_it():
     assert "refine 4 trials @16" in r.budget() and "convergence:" in str(r)
 
 
-def test_telescoping_tunes_the_larger_width_in_a_narrowed_box_relative_to_the_proxy_and_states_the_budget(capsys):
+def test_telescoping_tunes_the_larger_width_in_a_narrowed_box_relative_to_the_proxy_and_states_the_budget(
+        capsys, tmp_path):
     RUNS.clear()
     r = muplify.tune(make_model, None, regression, "AdamW", space=SPACE, defaults=False, storage=None, pruner=None,
                      trials=6, widths=[16, 32], telescope_trials=3, progress=True)
@@ -145,7 +147,7 @@ def test_telescoping_tunes_the_larger_width_in_a_narrowed_box_relative_to_the_pr
     assert "budget global 6 trials @16, telescope 3 @32 (9 objective runs at most)" in err
     assert "telescope: 3 trials at width 32 (base width 16)" in err
     assert [(p.name, p.width, p.trials) for p in r.phases] == [("global", 16, 6), ("telescope", 32, 3)]
-    assert [run["width"] for run in RUNS] == [16] * 6 + [32] * 3 or True  # MLP exposes no .net: widths below
+    assert [run["width"] for run in RUNS] == [16] * 6 + [32] * 3
     tele = [t for t in r.trials if t.phase == "telescope"]
     assert len(tele) == 3 and all(t.width == 32 for t in tele)
     assert r.best["tuned_at"] == 32 and r.best["width"] == 16 and r.best["phase"] == "telescope"
@@ -158,6 +160,9 @@ def test_telescoping_tunes_the_larger_width_in_a_narrowed_box_relative_to_the_pr
     mu, opt = muplify.tools.tune.transfer(make_model, r.best, "AdamW", width=32)
     assert _width_of(mu) == 32
     assert "telescope 3 trials @32 (3 runs)" in r.budget()
+    assert os.path.getsize(r.plot(str(tmp_path / "params.png"))) > 0  # the proxy's trials only
+    d = json.loads(r.to_json(str(tmp_path / "trials.json")))
+    assert [p["width"] for p in d["phases"]] == [16, 32] and d["best"]["tuned_at"] == 32
     with pytest.raises(TuneError, match="widths must be increasing"):
         _tune(widths=[32, 16], width=None)
     with pytest.raises(TuneError, match="proxy width is widths"):

@@ -21,8 +21,10 @@ def plot_params(self: TuneResult, path: str, dpi: int = 110) -> str:
     keys = list(searched(self.space))
     if not keys:
         raise TuneError("nothing was searched (every space entry is Fixed): there is nothing to plot")
-    done = [t for t in self.trials if t.state == "complete" and t.config is not None]
-    pruned = [t for t in self.trials if t.state == "pruned" and t.config is not None and t.value is not None]
+    here = [t for t in self.trials if t.width in (None, self.width)]  # telescoping trials are at other widths
+    done = [t for t in here if t.state == "complete" and t.config is not None]
+    pruned = [t for t in here if t.state == "pruned" and t.config is not None and t.value is not None]
+    star = self.best is not None and self.best.get("tuned_at", self.width) == self.width
     ncols = min(4, len(keys))
     nrows = -(-len(keys) // ncols)
     fig = Figure(figsize=(3.3 * ncols, 2.7 * nrows + 0.7))
@@ -43,7 +45,7 @@ def plot_params(self: TuneResult, path: str, dpi: int = 110) -> str:
         if done:
             ax.scatter(xs(done), [t.value for t in done], s=16, c=[t.number / n_max for t in done],
                        cmap="viridis", vmin=0, vmax=1, label="complete")
-        if self.best is not None:
+        if star:
             ax.scatter([_plot_x(d, _leaf(self.best, key))], [self.best["value"]], marker="*", s=140, c="red",
                        edgecolors="k", linewidths=0.5, zorder=5, label="best")
         if isinstance(d, LogUniform) or (isinstance(d, IntRange) and d.log):
