@@ -1,4 +1,4 @@
-"""``python -m muplify {coord-check, plan, demo}`` - see muplify.cli."""
+"""``python -m muplify {coord-check, plan, demo, tune, transfer}`` - see muplify.cli."""
 from muplify.cli import main
 
 if __name__ == "__main__":

@@ -197,3 +197,51 @@ def test_coord_check_along_depth(tmp_path, capsys):
     assert r.returncode == 0 and "μP+CompleteP PASS" in r.stdout and "μP FAIL" in r.stdout
     r = run_here(capsys, "coord-check", "muplify.models:GPT", "--axis", "depth", "--quiet", "--out", "")
     assert r.returncode == 2 and "--depth-arg" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------- one CLI package
+def test_the_cli_docstring_and_help_list_every_subcommand():
+    import muplify.cli as cli
+
+    for cmd in ("coord-check", "plan", "demo", "tune", "transfer"):
+        assert f"``{cmd}``" in cli.__doc__, cmd
+    r = run("--help")
+    assert "{coord-check,plan,demo,tune,transfer}" in r.stdout
+
+
+def test_factory_arguments_are_defined_once_and_shared_by_every_model_command():
+    """plan, coord-check, tune and transfer take the same factory arguments, from muplify.cli.factory_args."""
+    import argparse
+
+    from muplify.cli import build_parser, factory_args
+
+    p = argparse.ArgumentParser()
+    factory_args(p)
+    own = {a.dest for a in p._actions} - {"help"}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for cmd in ("coord-check", "plan", "tune", "transfer"):
+        dests = {a.dest for a in sub.choices[cmd]._actions}
+        missing = own - dests - ({"batch"} if cmd in ("tune", "transfer") else set())
+        assert not missing, (cmd, missing)
+
+
+def test_tune_cli_runs_the_phases_and_the_transfer_check(tmp_path):
+    """A real (tiny) sweep from the shell: seeds per trial, refinement, telescoping 16 -> 32, re-evaluation and the
+    transfer check at 64; best.json names the width it was measured at, the check lands in <stem>_check.json."""
+    out = tmp_path / "best.json"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    r = run("tune", "test_tune:make_model", "--objective", "test_tune:objective", "--width", "16", "--trials", "4",
+            "--no-default-space", "--space", "lr=LogUniform(1e-3, 1e-1)", "--pruner", "none",
+            "--seeds-per-trial", "2", "--refine", "2", "--widths", "16", "32", "--telescope-trials", "2",
+            "--reeval-top", "2", "--reeval-seeds", "2", "--check-width", "64", "--check-trials", "2",
+            "--storage", f"sqlite:///{tmp_path / 't.db'}", "--out", str(out), "--quiet", cwd=tests, timeout=500)
+    assert r.returncode == 0, r.stderr
+    best = json.loads(out.read_text())
+    assert best["width"] == 16 and best["tuned_at"] == 32 and best["value_spread"] >= 0
+    assert "budget: global 4 trials @16 (8 runs), refine 2 trials @16 (4 runs), telescope 2 trials @32 (4 runs), " \
+           "re-evaluation 2 x 2 seeds (4 runs)" in r.stdout
+    check = json.loads((tmp_path / "best_check.json").read_text())
+    assert check["width"] == 64 and check["proxy_width"] == 16 and "verdict" in check
+    assert "transfer check at width 64 (tuned at 16" in r.stdout
+    trials = json.loads((tmp_path / "best_trials.json").read_text())
+    assert [p["name"] for p in trials["phases"]] == ["global", "refine", "telescope"]

@@ -28,7 +28,7 @@ import muplify  # noqa: E402
 from muplify import muplify as mup  # noqa: E402
 from muplify.models import GPT, MLP  # noqa: E402
 from muplify.tools import tune as T  # noqa: E402
-from muplify.tools import tune_space as S  # noqa: E402
+from muplify.tools.tune import space as S  # noqa: E402
 from muplify.tools.tune import Choice, Fixed, IntRange, LogUniform, TuneError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,12 +2,15 @@
 
     python -m muplify tune mymodels:make_model --objective mytrain:objective --width 64 --trials 64 \\
         --storage sqlite:///tune.db --workers 2 --out best.json
+    python -m muplify tune mymodels:make_model --objective mytrain:objective --width 64 --trials 32 \\
+        --seeds-per-trial 2 --refine 8 --reeval-top 3 --widths 64 128 --check-width 256 --out best.json
     python -m muplify transfer mymodels:make_model --width 1024 --base-width 64 --hp best.json
     optuna-dashboard sqlite:///tune.db          # the study in a browser (pip install optuna-dashboard)
 
-``muplify.cli`` registers these with :func:`add_commands`.  FACTORY is ``module:callable`` called with the width
-(see ``python -m muplify plan --help``); the objective is ``module:callable`` taking ``(model, optimizer, report)``
-(plus a keyword for every ``objective.*`` key of the search space).  Usage errors print one line and exit 2.
+``muplify.cli`` registers these with :func:`add_commands` (with its ``factory_args``). FACTORY is
+``module:callable`` called with the width (see ``python -m muplify plan --help``); the objective is
+``module:callable`` taking ``(model, optimizer, report)`` (plus a keyword for every ``objective.*`` key of the
+search space). Usage errors print one line and exit 2.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 DASHBOARD = "optuna-dashboard {storage}  (the study in a browser; pip install optuna-dashboard)"
@@ -45,7 +49,7 @@ class CLIFactory:
 
 
 def _space(items: list[str] | None) -> dict:
-    from .tune import TuneError, parse_dist
+    from muplify.tools.tune import TuneError, parse_dist
 
     out = {}
     for item in items or ():
@@ -66,16 +70,24 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from muplify.tools.factory import CLIError, load_object, parse_kv
     from muplify.errors import MuplifyError
 
-    from .tune import TuneError, tune
+    from muplify.tools.tune import TuneError, tune
 
     try:
         factory = CLIFactory.resolve(a.factory, a.width_arg, parse_kv(a.arg))  # fails here, not in every trial
         objective = load_object(a.objective)
+        if a.widths and a.width != a.widths[0]:
+            raise TuneError(f"--width {a.width} but --widths starts at {a.widths[0]}: the proxy width is the first")
         result = tune(factory, a.width, objective, a.optimizer, trials=a.trials, space=_space(a.space),
                       defaults=not a.no_default_space, sampler=a.sampler,
                       pruner=None if a.pruner == "none" else a.pruner, storage=a.storage, study_name=a.study,
                       workers=a.workers, threads=a.threads, seed=a.seed, timeout=a.timeout,
-                      muplify_kwargs=parse_kv(a.muplify_arg), progress=not a.quiet)
+                      muplify_kwargs=parse_kv(a.muplify_arg), progress=not a.quiet,
+                      seeds_per_trial=a.seeds_per_trial, reeval_top=a.reeval_top, reeval_seeds=a.reeval_seeds,
+                      refine=a.refine, refine_shrink=a.refine_shrink, refine_sampler=a.refine_sampler,
+                      widths=a.widths, telescope_trials=a.telescope_trials)
+        check = None
+        if a.check_width is not None:
+            check = result.check_transfer(width=a.check_width, trials=a.check_trials)
         paths = _outputs(a.out)
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(paths["best"], "w") as fh:
@@ -94,6 +106,12 @@ def cmd_tune(a: argparse.Namespace) -> int:
     except TuneError as e:  # too few completed trials for an importance estimate
         print(f"(no importance plot: {e})", file=sys.stderr)
     print(result)
+    if check is not None:
+        paths["check"] = os.path.splitext(a.out)[0] + "_check.json"
+        with open(paths["check"], "w") as fh:
+            fh.write(json.dumps(check.to_dict(), indent=1) + "\n")
+        written.append(paths["check"])
+        print(check)
     print("wrote " + ", ".join(written))
     print(f"transfer: python -m muplify transfer {a.factory} --width <target width> --base-width {a.width} "
           f"--hp {paths['best']}")
@@ -104,7 +122,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 def load_best(path: str) -> dict:
     """``result.best`` from a file written by ``tune --out`` or ``result.to_json`` (whose "best" it takes)."""
-    from .tune import TuneError
+    from muplify.tools.tune import TuneError
 
     try:
         with open(path) as fh:
@@ -127,7 +145,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     from muplify.tools.factory import CLIError, load_object, make_factory, parse_kv
     from muplify.errors import MuplifyError
 
-    from .tune import TuneError
+    from muplify.tools.tune import TuneError
 
     try:
         best = load_best(a.hp)
@@ -153,23 +171,9 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: Any) -> None:
+def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
     """Register ``tune`` and ``transfer`` on ``muplify.cli``'s subparsers."""
-    from .tune import DEFAULT_STORAGE, DEFAULT_STUDY, PRUNERS, SAMPLERS
-
-    if isinstance(subparsers.metavar, str) and subparsers.metavar.endswith("}"):
-        subparsers.metavar = subparsers.metavar[:-1] + ",tune,transfer}"
-
-    def factory_args(sp):
-        sp.add_argument("factory", help="module:callable building the model from a width")
-        sp.add_argument("--width-arg", default=None,
-                        help="keyword the width is passed as (default: the integer argument whose change scales the "
-                             "hidden weights)")
-        sp.add_argument("--arg", action="append", metavar="KEY=VALUE", help="extra keyword argument of the factory")
-        sp.add_argument("--muplify-arg", action="append", metavar="KEY=VALUE",
-                        help="extra keyword argument of muplify(), e.g. readout_zero_init=True")
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback of an error")
+    from muplify.tools.tune import DEFAULT_STORAGE, DEFAULT_STUDY, PRUNERS, SAMPLERS
 
     tu = subparsers.add_parser(
         "tune", help="tune μP hyperparameters on a proxy (Optuna); writes the best as JSON",
@@ -177,7 +181,7 @@ def add_commands(subparsers: Any) -> None:
                     "init multipliers) on the proxy FACTORY(width) with Optuna; see docs/tune.md.",
         epilog="Resume: run the same command again (same --storage and --study); the study ends with --trials "
                "finished trials. Watch it: " + DASHBOARD.format(storage="sqlite:///tune.db"))
-    factory_args(tu)
+    factory_args(tu, batch=False)
     tu.add_argument("--objective", required=True, metavar="MODULE:CALLABLE",
                     help="objective(model, optimizer, report) -> value, lower is better")
     tu.add_argument("--width", type=int, required=True, help="proxy width (= the base width of the transfer)")
@@ -195,6 +199,24 @@ def add_commands(subparsers: Any) -> None:
     tu.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
     tu.add_argument("--seed", type=int, default=0, help="trial n runs under seed + n (default 0)")
     tu.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
+    tu.add_argument("--seeds-per-trial", type=int, default=1,
+                    help="a trial's value is the mean over this many init/data seeds (default 1)")
+    tu.add_argument("--reeval-top", type=int, default=0,
+                    help="re-run the best N configurations on fresh seeds before naming the best (default 0: off)")
+    tu.add_argument("--reeval-seeds", type=int, default=3, help="fresh seeds of the re-evaluation (default 3)")
+    tu.add_argument("--refine", type=int, default=0,
+                    help="trials of the local phase in a box narrowed around the best (default 0: off)")
+    tu.add_argument("--refine-shrink", type=float, default=0.3,
+                    help="the refined box's share of each range (log scale for log entries; default 0.3)")
+    tu.add_argument("--refine-sampler", choices=sorted(SAMPLERS), default="tpe",
+                    help="sampler of the local phase (default tpe, a fresh restart; cmaes needs pip install cmaes)")
+    tu.add_argument("--widths", type=int, nargs="+", default=None,
+                    help="telescoping: the sweep at the first (= --width), then a few trials at each larger width")
+    tu.add_argument("--telescope-trials", type=int, default=None,
+                    help="trials at each larger width of --widths (default max(2, trials // 8))")
+    tu.add_argument("--check-width", type=int, default=None,
+                    help="after the sweep: the transferred best vs a short local sweep at this width")
+    tu.add_argument("--check-trials", type=int, default=8, help="trials of the --check-width local sweep (default 8)")
     tu.add_argument("--out", default="muplify-out/tune_best.json",
                     help="the best as JSON; <stem>_trials.json, <stem>_params.png, <stem>_importance.png beside it")
     tu.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -204,7 +226,7 @@ def add_commands(subparsers: Any) -> None:
         "transfer", help="muplify the target with tuned hyperparameters and print its plan",
         description="Build FACTORY(width), muplify it relative to the proxy width with the tuned hp, print the plan "
                     "and the optimizer call to use.")
-    factory_args(tr)
+    factory_args(tr, batch=False)
     tr.add_argument("--width", type=int, required=True, help="target width")
     tr.add_argument("--base-width", type=int, default=None, help="the proxy width (default: the one in --hp)")
     tr.add_argument("--hp", required=True, metavar="BEST.JSON", help="written by `python -m muplify tune --out`")

@@ -1,0 +1,115 @@
+"""The sweep's plots (PNG, no pyplot): value against each searched hyperparameter, hyperparameter importance, and the
+phases of a multi-phase sweep."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .space import Choice, Dist, IntRange, LogUniform, TuneError, Uniform, searched
+
+if TYPE_CHECKING:
+    from .result import TuneResult
+
+
+def plot_params(self: TuneResult, path: str, dpi: int = 110) -> str:
+    """Final value against each searched hyperparameter (one panel each): completed trials coloured by trial
+    number, pruned ones as grey crosses at their last reported value, the best as a red star.  PNG, no pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = list(searched(self.space))
+    if not keys:
+        raise TuneError("nothing was searched (every space entry is Fixed): there is nothing to plot")
+    here = [t for t in self.trials if t.width in (None, self.width)]  # telescoping trials are at other widths
+    done = [t for t in here if t.state == "complete" and t.config is not None]
+    pruned = [t for t in here if t.state == "pruned" and t.config is not None and t.value is not None]
+    star = self.best is not None and self.best.get("tuned_at", self.width) == self.width
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = Figure(figsize=(3.3 * ncols, 2.7 * nrows + 0.7))
+    FigureCanvasAgg(fig)
+    vals = sorted(t.value for t in done)
+    ylim = None
+    if len(vals) >= 3:  # diverging trials at 1e3 would flatten everything else: cut at a robust top
+        lo, q = vals[0], vals[int(0.9 * (len(vals) - 1))]
+        ylim = (lo - 0.05 * (q - lo + 1e-12), q + 0.35 * (q - lo + 1e-12))
+    n_max = max((t.number for t in self.trials), default=1) or 1
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        d = self.space[key]
+        xs = lambda ts: [_plot_x(d, _leaf(t.config, key)) for t in ts]  # noqa: E731
+        if pruned:
+            ax.scatter(xs(pruned), [t.value for t in pruned], marker="x", s=14, c="0.6",
+                       label="pruned (last report)")
+        if done:
+            ax.scatter(xs(done), [t.value for t in done], s=16, c=[t.number / n_max for t in done],
+                       cmap="viridis", vmin=0, vmax=1, label="complete")
+        if star:
+            ax.scatter([_plot_x(d, _leaf(self.best, key))], [self.best["value"]], marker="*", s=140, c="red",
+                       edgecolors="k", linewidths=0.5, zorder=5, label="best")
+        if isinstance(d, LogUniform) or (isinstance(d, IntRange) and d.log):
+            ax.set_xscale("log", base=2)
+        if isinstance(d, (LogUniform, Uniform, IntRange)) and d.lo < d.hi:  # the whole searched range
+            pad = (d.hi / d.lo) ** 0.03 if isinstance(d, LogUniform) or getattr(d, "log", False) else None
+            ax.set_xlim(*((d.lo / pad, d.hi * pad) if pad else (d.lo - 0.03 * (d.hi - d.lo),
+                                                               d.hi + 0.03 * (d.hi - d.lo))))
+        if isinstance(d, Choice):
+            ax.set_xticks(range(len(d.values)), [str(v) for v in d.values], fontsize=7, rotation=20)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_xlabel(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if i % ncols == 0:
+            ax.set_ylabel("objective (lower is better)", fontsize=8)
+        if i == 0:
+            ax.legend(fontsize=7, loc="upper right")
+    c = self.counts()
+    fig.suptitle(f"proxy sweep at width {self.width}: {c['complete']} complete, {c['pruned']} pruned, "
+                 f"{c['failed']} failed (colour: trial number, later = yellow)", fontsize=10)
+    fig.tight_layout()
+    _makedirs_for(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+def plot_importance(self: TuneResult, path: str, dpi: int = 110) -> str:
+    """Bar chart of :meth:`importance` (PNG, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    imp = self.importance()
+    names = list(imp)[::-1]
+    fig = Figure(figsize=(6.4, 0.38 * len(names) + 1.3))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh(names, [imp[n] for n in names], color="tab:blue")
+    for y, n in enumerate(names):
+        ax.text(imp[n], y, f" {imp[n]:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(imp.values()) * 1.18 + 1e-9)
+    ax.set_xlabel("importance (Optuna PED-ANOVA, sums to 1)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.set_title(f"hyperparameter importance, proxy width {self.width} "
+                 f"({self.counts()['complete']} complete trials)", fontsize=10)
+    fig.tight_layout()
+    _makedirs_for(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _makedirs_for(path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+
+
+def _leaf(config: Mapping, key: str) -> Any:
+    cur: Any = config
+    for part in key.split("."):
+        cur = cur[part.split("+")[0]]  # "input+output" share one value
+    return cur
+
+
+def _plot_x(d: Dist, v: Any) -> Any:
+    if isinstance(d, Choice):
+        return d.values.index(tuple(v) if isinstance(v, list) and tuple(v) in d.values else v)
+    return v
