@@ -26,22 +26,13 @@ import torch.nn as nn
 from .errors import PlanError
 from .initialization import detect_rule
 from .plan import HyperParams, Layout, Options, ParamPlan, Plan, role_from_fans
-from .shape_rules import Use, found_upstream
+from .rules import CONTRACTING_KINDS, Use, found_upstream
+from .rules import table as ops
 from .sites import SiteContext, find_sites, module_of
 
 __all__ = ["build_plan", "detect_init_rules"]
 
 aten = torch.ops.aten
-
-_CONTRACTING = ("matmul", "conv", "embedding")
-_NORMS = {aten.layer_norm.default: 2, aten.native_layer_norm.default: 2, aten.rms_norm.default: 2,
-          aten.group_norm.default: 2, aten.native_group_norm.default: 1, aten.batch_norm.default: 1,
-          aten._native_batch_norm_legit_no_training.default: 1, aten._native_batch_norm_legit_functional.default: 1,
-          aten._native_batch_norm_legit.default: 1, aten.native_batch_norm.default: 1, aten.instance_norm.default: 1}
-_BIAS_SLOTS = {aten.linear.default: 2, aten.addmm.default: 0, aten.conv1d.default: 2, aten.conv2d.default: 2,
-               aten.conv3d.default: 2, aten.convolution.default: 2, aten.conv1d.padding: 2, aten.conv2d.padding: 2,
-               aten.conv3d.padding: 2}
-
 
 def _prod(exprs, axes) -> sympy.Expr:
     return sympy.Mul(*[exprs[a] for a in axes]) if axes else sympy.Integer(1)
@@ -76,8 +67,8 @@ def _is_gain(pd, uses: list[Use]) -> bool:
     """A vector that scales a normalised activation: a norm op's weight, or ``weight * x`` right after a
     normalisation (HF RMSNorm)."""
     for u in uses:
-        slot = _NORMS.get(u.node.target)
-        if slot is not None and u.operand == slot:
+        norm = ops.norm_slots(u.node.target)
+        if norm is not None and u.operand == norm.weight:
             return True
         if u.node.target == aten.mul.Tensor:
             other = u.node.args[1 - u.operand] if u.operand in (0, 1) else None
@@ -87,17 +78,16 @@ def _is_gain(pd, uses: list[Use]) -> bool:
 
 
 def _normalised(node) -> bool:
-    return found_upstream(node, lambda n: n.target == aten.rsqrt.default or n.target in _NORMS)
+    return found_upstream(node, lambda n: n.target == aten.rsqrt.default or ops.is_norm(n.target))
 
 
 def _bias_of(name: str, uses: list[Use], wa, names_by_ph: dict[str, str]) -> str | None:
     """The weight a bias is added with: the weight operand of the same linear/conv op (name pattern as fallback)."""
     origin = wa.dim_graph.origin
     for u in uses:
-        slot = _BIAS_SLOTS.get(u.node.target)
-        if slot is not None and u.operand == slot:
-            w_slot = {aten.addmm.default: 2}.get(u.node.target, 1)
-            w = u.node.args[w_slot] if len(u.node.args) > w_slot else None
+        layer = ops.layer_slots(u.node.target)
+        if layer is not None and layer.bias is not None and u.operand == layer.bias:
+            w = u.node.args[layer.weight] if len(u.node.args) > layer.weight else None
             if isinstance(w, fx.Node) and w.name in origin:
                 return names_by_ph.get(origin[w.name][0])
     mod, _, leaf = name.rpartition(".")
@@ -166,7 +156,7 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
         t = tensors.get(name)
         exprs, base_sizes = axes[name]
         base_prod = lambda ax: max(1, int(math.prod(base_sizes[a] for a in ax)))  # noqa: E731
-        contracting = [u for u in pd.uses if u.kind in _CONTRACTING]
+        contracting = [u for u in pd.uses if u.kind in CONTRACTING_KINDS]
         layout, readout, note = None, False, ""
         if t is not None and not (t.is_floating_point() or t.is_complex()):
             # an integer/bool Parameter gets no gradient and no init: μP leaves it alone

@@ -1,6 +1,6 @@
 """Stage 2: symbolic width analysis.
 
-Runs the per-op rules of :mod:`muplify.shape_rules` over the captured graph, then decides which dims are *finite*
+Runs the per-op rules of :mod:`muplify.rules` over the captured graph, then decides which dims are *finite*
 (fixed as the model widens) and which are *infinite* (scale with width), from evidence, strongest first:
 
 1. ``hard``: axes of the model's inputs; kernel sizes; axes indexed, counted or selected by integers (embedding rows,
@@ -40,7 +40,7 @@ import torch.fx as fx
 
 from .capture import Capture
 from .errors import WidthError
-from .shape_rules import AttentionSite, DimGraph, Use, apply_rule
+from .rules import AttentionSite, DimGraph, Use, apply_rule
 
 __all__ = ["WidthAnalysis", "ParamDims", "ScalingDim", "analyse", "W"]
 
