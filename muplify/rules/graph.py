@@ -67,6 +67,7 @@ class DimGraph:
     slices: dict[int, int] = field(default_factory=dict)  # dim of a slice's output -> the sliced dim
     # (node, dim) contracted between two activations outside attention (an SSM state, a contrastive embedding)
     act_contractions: list = field(default_factory=list)
+    loss_dims: set[int] = field(default_factory=set)  # class dims a loss indexes by its target
     created: set[int] = field(default_factory=set)  # axes of tensors the forward creates (arange, zeros, literals)
 
     # -- dims -----------------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def _nll(g: DimGraph, node: fx.Node) -> None:
         return
     c_axis = 1 if len(dx) > 1 else 0
     g.finite(dx[c_axis], "class dim indexed by the loss target")
+    if g.size[dx[c_axis]] != 1:
+        g.loss_dims.add(dx[c_axis])
     if dt is not None and dt and not (len(dt) == len(dx)):  # class-index targets
         rest = [d for i, d in enumerate(dx) if i != c_axis]
         for a, b in zip(rest, dt):
