@@ -25,23 +25,14 @@ import torch.nn as nn
 
 from .errors import PlanError
 from .initialization import detect_rule
-from .plan import HyperParams, Layout, Options, ParamPlan, Plan, role_from_fans
-from .shape_rules import Use, found_upstream
+from .plan import Decision, HyperParams, Layout, Options, ParamPlan, Plan, decided_by_text, role_from_fans
+from .rules import CONTRACTING_KINDS, Use, found_upstream
+from .rules import table as ops
 from .sites import SiteContext, find_sites, module_of
 
 __all__ = ["build_plan", "detect_init_rules"]
 
 aten = torch.ops.aten
-
-_CONTRACTING = ("matmul", "conv", "embedding")
-_NORMS = {aten.layer_norm.default: 2, aten.native_layer_norm.default: 2, aten.rms_norm.default: 2,
-          aten.group_norm.default: 2, aten.native_group_norm.default: 1, aten.batch_norm.default: 1,
-          aten._native_batch_norm_legit_no_training.default: 1, aten._native_batch_norm_legit_functional.default: 1,
-          aten._native_batch_norm_legit.default: 1, aten.native_batch_norm.default: 1, aten.instance_norm.default: 1}
-_BIAS_SLOTS = {aten.linear.default: 2, aten.addmm.default: 0, aten.conv1d.default: 2, aten.conv2d.default: 2,
-               aten.conv3d.default: 2, aten.convolution.default: 2, aten.conv1d.padding: 2, aten.conv2d.padding: 2,
-               aten.conv3d.padding: 2}
-
 
 def _prod(exprs, axes) -> sympy.Expr:
     return sympy.Mul(*[exprs[a] for a in axes]) if axes else sympy.Integer(1)
@@ -52,32 +43,22 @@ def _at(expr: sympy.Expr, sym: sympy.Symbol, width: int) -> int:
 
 
 def _output_roots(wa) -> set[int]:
-    """Union-find roots of every axis of the model's outputs, and of class dims read by a loss."""
-    g = wa.dim_graph
+    """Dim ids of every axis of the model's outputs, and of class dims read by a loss."""
     roots: set[int] = set()
     out = next((n for n in wa.graph.nodes if n.op == "output"), None)
-
-    def flat(x):
-        if isinstance(x, int):
-            yield x
-        elif isinstance(x, list):
-            for y in x:
-                yield from flat(y)
-
     if out is not None:
         for a in out.args[0] if isinstance(out.args[0], (tuple, list)) else [out.args[0]]:
             if isinstance(a, fx.Node):
-                roots.update(g.find(d) for d in flat(g.node_dims.get(a.name)))
-    roots.update(g.find(d) for d, why in g.finite_reasons.items() if "loss" in why)
-    return roots
+                roots.update(wa.roots(a))
+    return roots | wa.loss_roots()
 
 
 def _is_gain(pd, uses: list[Use]) -> bool:
     """A vector that scales a normalised activation: a norm op's weight, or ``weight * x`` right after a
     normalisation (HF RMSNorm)."""
     for u in uses:
-        slot = _NORMS.get(u.node.target)
-        if slot is not None and u.operand == slot:
+        norm = ops.norm_slots(u.node.target)
+        if norm is not None and u.operand == norm.weight:
             return True
         if u.node.target == aten.mul.Tensor:
             other = u.node.args[1 - u.operand] if u.operand in (0, 1) else None
@@ -87,19 +68,18 @@ def _is_gain(pd, uses: list[Use]) -> bool:
 
 
 def _normalised(node) -> bool:
-    return found_upstream(node, lambda n: n.target == aten.rsqrt.default or n.target in _NORMS)
+    return found_upstream(node, lambda n: n.target == aten.rsqrt.default or ops.is_norm(n.target))
 
 
 def _bias_of(name: str, uses: list[Use], wa, names_by_ph: dict[str, str]) -> str | None:
     """The weight a bias is added with: the weight operand of the same linear/conv op (name pattern as fallback)."""
-    origin = wa.dim_graph.origin
     for u in uses:
-        slot = _BIAS_SLOTS.get(u.node.target)
-        if slot is not None and u.operand == slot:
-            w_slot = {aten.addmm.default: 2}.get(u.node.target, 1)
-            w = u.node.args[w_slot] if len(u.node.args) > w_slot else None
-            if isinstance(w, fx.Node) and w.name in origin:
-                return names_by_ph.get(origin[w.name][0])
+        layer = ops.layer_slots(u.node.target)
+        if layer is not None and layer.bias is not None and u.operand == layer.bias:
+            w = u.node.args[layer.weight] if len(u.node.args) > layer.weight else None
+            found = wa.origin(w) if isinstance(w, fx.Node) else None
+            if found is not None:
+                return names_by_ph.get(found[0])
     mod, _, leaf = name.rpartition(".")
     return f"{mod}.weight" if leaf == "bias" and f"{mod}.weight" in wa.params else None
 
@@ -112,7 +92,7 @@ def detect_init_rules(plan: Plan, model: nn.Module) -> None:
     with plan._editable():
         for n, p in plan.params.items():
             t = named.get(n)
-            if p.decided_by == "dtype" or t is None:
+            if p.decision is Decision.DTYPE or t is None:
                 p.init_rule = "keep"
                 continue
             if option is None:
@@ -158,7 +138,6 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
     tensors = dict(model.named_parameters())
     names_by_ph = {pd.placeholder: n for n, pd in wa.params.items()}
     out_roots = _output_roots(wa)
-    g = wa.dim_graph
     params: dict[str, ParamPlan] = {}
     chosen_use: dict[str, Use] = {}
     notes = list(wa.notes)
@@ -166,11 +145,12 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
         t = tensors.get(name)
         exprs, base_sizes = axes[name]
         base_prod = lambda ax: max(1, int(math.prod(base_sizes[a] for a in ax)))  # noqa: E731
-        contracting = [u for u in pd.uses if u.kind in _CONTRACTING]
+        contracting = [u for u in pd.uses if u.kind in CONTRACTING_KINDS]
         layout, readout, note = None, False, ""
         if t is not None and not (t.is_floating_point() or t.is_complex()):
             # an integer/bool Parameter gets no gradient and no init: μP leaves it alone
-            role, fan_in, fan_out, decided = "fixed", sympy.Integer(1), sympy.Integer(max(1, t.numel())), "dtype"
+            role, fan_in, fan_out = "fixed", sympy.Integer(1), sympy.Integer(max(1, t.numel()))
+            decided = decided_by_text(Decision.DTYPE)
             base_fans = (1, max(1, t.numel()))
             note = f"non-float parameter ({t.dtype}): fixed, left untouched"
         elif contracting:
@@ -181,18 +161,18 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
             role, fan_in, fan_out, use = next((c for c in cands if c[0] == "output"), cands[0])
             chosen_use[name] = use
             base_fans = (base_prod(use.fan_in_axes), base_prod(use.fan_out_axes))
-            layout, decided = Layout(use.fan_in_axes, use.fan_out_axes), "graph"
-            if getattr(pd, "decided_by", "graph") != "graph" and base_shapes is None:
+            layout, decided = Layout(use.fan_in_axes, use.fan_out_axes), decided_by_text(Decision.GRAPH)
+            if pd.decision is not Decision.GRAPH and base_shapes is None:
                 decided = pd.decided_by  # the analysis fixed or scaled one of its axes by a marked guess
             if len({c[0] for c in cands}) > 1:
                 note = "tied: " + " + ".join(sorted({c[0] for c in cands})) + "; the readout use sets the role"
             if role == "output":
-                dims = g.node_dims.get(pd.placeholder) or []
-                readout = any(g.find(dims[a]) in out_roots for a in use.fan_out_axes if a < len(dims))
+                dims = wa.roots(pd.placeholder)
+                readout = any(dims[a] in out_roots for a in use.fan_out_axes if a < len(dims))
         elif pd.uses and all(u.kind == "elementwise" for u in pd.uses):
             fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
-            role, decided = ("vector" if fan_out.has(sym) else "fixed"), "graph"
-            if getattr(pd, "decided_by", "graph") != "graph" and base_shapes is None:
+            role, decided = ("vector" if fan_out.has(sym) else "fixed"), decided_by_text(Decision.GRAPH)
+            if pd.decision is not Decision.GRAPH and base_shapes is None:
                 decided = pd.decided_by
             base_fans = (1, base_prod(range(len(exprs))))
         else:
@@ -206,8 +186,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 fan_in = exprs[-1] if len(pd.shape) > 1 else sympy.Integer(1)
                 fan_out = exprs[0]
                 base_fans = (base_sizes[-1] if len(pd.shape) > 1 else 1, base_sizes[0])
-            decided = pd.decided_by if str(getattr(pd, "decided_by", "")).startswith("guess") else \
-                f"guess: {why}; role from its shape"
+            decided = pd.decided_by if pd.decision is Decision.GUESS else \
+                decided_by_text(Decision.GUESS, f"{why}; role from its shape")
         params[name] = ParamPlan(
             name=name, aliases=list(pd.aliases), shape=tuple(pd.shape), role=role, fan_in=fan_in, fan_out=fan_out,
             base_fan_in=base_fans[0], base_fan_out=base_fans[1], base_shape=tuple(base_sizes), layout=layout,

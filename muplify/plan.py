@@ -25,13 +25,14 @@ import math
 import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any, Iterator, Literal, Union, get_args, get_origin, get_type_hints
 
 import sympy
 
 from .errors import MuplifyError, PlanError
 
-__all__ = ["Plan", "ParamPlan", "Site", "FoldTarget", "Attention", "Options", "HyperParams", "Role", "ROLES",
+__all__ = ["Decision", "decided_by_text", "Plan", "ParamPlan", "Site", "FoldTarget", "Attention", "Options", "HyperParams", "Role", "ROLES",
            "role_from_fans", "PLAN_FORMAT"]
 
 Role = Literal["input", "hidden", "output", "vector", "fixed"]
@@ -39,6 +40,20 @@ ROLES: tuple[str, ...] = get_args(Role)
 SiteKind = Literal["readout", "query", "embedding", "branch"]
 Where = Literal["input", "output"]
 PLAN_FORMAT = "muplify-plan/2"
+
+
+class Decision(StrEnum):
+    """How a parameter's role was decided (``ParamPlan.decided_by`` is its text: the value, and for a guess why)."""
+
+    GRAPH = "graph"  # every fact the role rests on comes from the graph
+    GUESS = "guess"  # a marked guess: the plan's warnings name it, with why
+    OVERRIDE = "override"  # the user set the role
+    DTYPE = "dtype"  # a non-float parameter: fixed, left untouched
+
+
+def decided_by_text(decision: Decision, why: str = "") -> str:
+    """The plan's ``decided_by`` field: ``"graph"``, ``"override"``, ``"dtype"`` or ``"guess: <why>"``."""
+    return f"{decision.value}: {why}" if decision is Decision.GUESS else decision.value
 
 
 def role_from_fans(fan_in_inf: bool, fan_out_inf: bool) -> Role:
@@ -290,7 +305,7 @@ class ParamPlan:
     base_fan_out: int
     base_shape: tuple[int, ...]
     layout: Layout | None  # None: used elementwise (biases, gains, tokens)
-    decided_by: str  # "graph" | "guess: <why>" | "override" | "dtype"
+    decided_by: str  # decided_by_text(Decision, why): "graph" | "guess: <why>" | "override" | "dtype"
     uses: list[str] = field(default_factory=list)
     readout: bool = False  # an output-role weight producing the model's prediction (not e.g. a MoE router)
     gain: bool = False  # a vector that multiplies a normalised activation (LayerNorm/RMSNorm/BatchNorm weight)
@@ -338,7 +353,12 @@ class ParamPlan:
     @property
     def guessed(self) -> bool:
         """Whether the role was decided without graph evidence (named in the plan's warnings)."""
-        return self.decided_by.startswith("guess")
+        return self.decision is Decision.GUESS
+
+    @property
+    def decision(self) -> Decision:
+        """``decided_by`` as a :class:`Decision` (the field stays text in saved plans)."""
+        return Decision(self.decided_by.partition(":")[0])
 
     # what the policy derives (read-only views)
     def _rules(self):
@@ -516,7 +536,7 @@ class Plan(Mapping):
                 p.user_lr_mult = changes["lr_mult"]
             if "init_mult" in changes:
                 p.user_init_mult = changes["init_mult"]
-            p.decided_by = "override" if "role" in changes else p.decided_by
+            p.decided_by = Decision.OVERRIDE.value if "role" in changes else p.decided_by
             p.note = (p.note + "; " if p.note else "") + changes.get("note", f"overridden: {sorted(changes)}")
         self.invalidate()
         return hits

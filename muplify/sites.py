@@ -15,7 +15,8 @@ import torch
 import torch.fx as fx
 
 from .plan import Attention, FoldTarget, ParamPlan, Site
-from .shape_rules import VIEW_LIKE, Use
+from .rules import CONTRACTING_KINDS, Use
+from .rules import table as ops
 
 aten = torch.ops.aten
 
@@ -59,14 +60,11 @@ def param_dependent_nodes(graph: fx.Graph, param_placeholders: set[str]) -> set[
 
 def _activation_operand(use: Use) -> fx.Node | None:
     node, k = use.node, use.operand
-    t = node.target
-    if t in (aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
-             aten.convolution.default):
-        idx = 0
-    elif t in (aten.addmm.default, aten.baddbmm.default):
-        idx = 1 if k == 2 else 2
-    elif t in (aten.mm.default, aten.bmm.default, aten.matmul.default):
-        idx = 1 - k
+    pair, layer = ops.product_operands(node.target), ops.layer_slots(node.target)
+    if pair is not None and k in pair:
+        idx = pair[1] if k == pair[0] else pair[0]  # the other factor of the product
+    elif layer is not None and layer.input is not None:
+        idx = layer.input
     else:
         return None
     a = node.args[idx]
@@ -74,7 +72,7 @@ def _activation_operand(use: Use) -> fx.Node | None:
 
 
 def _walk_views_back(node: fx.Node) -> fx.Node:
-    while node.op == "call_function" and node.target in VIEW_LIKE and len(node.users) == 1:
+    while node.op == "call_function" and ops.is_view_like(node.target) and len(node.users) == 1:
         src = node.args[0]
         if not isinstance(src, fx.Node):
             break
@@ -83,17 +81,6 @@ def _walk_views_back(node: fx.Node) -> fx.Node:
 
 
 # ------------------------------------------------------------------------------------------------ folding
-_LINEAR_OPS = {aten.linear.default: (1, 2), aten.conv1d.default: (1, 2), aten.conv2d.default: (1, 2),
-               aten.conv3d.default: (1, 2), aten.convolution.default: (1, 2), aten.conv1d.padding: (1, 2),
-               aten.conv2d.padding: (1, 2), aten.conv3d.padding: (1, 2), aten.addmm.default: (2, 0),
-               aten.embedding.default: (0, None)}
-_NORM_OPS = {aten.layer_norm.default: (2, 3), aten.native_layer_norm.default: (2, 3), aten.rms_norm.default: (2, None),
-             aten.group_norm.default: (2, 3), aten.native_group_norm.default: (1, 2), aten.batch_norm.default: (1, 2),
-             aten._native_batch_norm_legit_functional.default: (1, 2), aten._native_batch_norm_legit.default: (1, 2),
-             aten._native_batch_norm_legit_no_training.default: (1, 2), aten.native_batch_norm.default: (1, 2)}
-_PASS = VIEW_LIKE | {aten.dropout.default, aten.alias.default}
-
-
 @dataclass
 class _FoldCtx:
     origin: dict  # node name -> (param placeholder, axis map)
@@ -116,13 +103,9 @@ def _target(ctx: _FoldCtx, name: str, amap: list, out_axis: int | None, channels
     return FoldTarget(name, amap[out_axis], channels[0], channels[1])
 
 
-_SAME_LAST_AXIS = {aten.clone.default, aten.contiguous.default, aten.alias.default, aten.dropout.default,
-                   aten._to_copy.default, aten.to.dtype, aten.type_as.default, aten.detach.default}
-
-
 def _keeps_last_axis(node: fx.Node) -> bool:
     """Whether a view-like op leaves the last axis (the channel axis of a projection's output) in place."""
-    if node.target in _SAME_LAST_AXIS:
+    if ops.keeps_axes(node.target):
         return True
     src = node.args[0]
     try:
@@ -145,33 +128,33 @@ def fold_targets(node: fx.Node, ctx: _FoldCtx, channels: tuple[int, int, int] | 
     if depth > 12 or not isinstance(node, fx.Node) or node.op != "call_function":
         return ()
     t, args = node.target, node.args
-    if t in _PASS and isinstance(args[0], fx.Node):
+    if ops.is_view_like(t) and isinstance(args[0], fx.Node):
         if channels is not None and not _keeps_last_axis(node):
             return ()
         return fold_targets(args[0], ctx, channels, depth + 1)
     if t is operator.getitem and isinstance(args[0], fx.Node) and args[1] == 0:
         return fold_targets(args[0], ctx, channels, depth + 1)  # native_layer_norm returns (out, mean, rstd)
-    if t in _LINEAR_OPS:
-        w_slot, b_slot = _LINEAR_OPS[t]
+    layer, norm = ops.layer_slots(t), ops.norm_slots(t)
+    if layer is not None:
+        w_slot, b_slot = layer.weight, layer.bias
         w = _param_of(ctx, args[w_slot])
         if w is None:
             return ()
         # the weight operand's axis that becomes the output's channels: (out, in) for linear/conv, (in, out) for
         # addmm (GPT-2's Conv1D), (num, dim) for an embedding; the origin map turns it into the stored axis
-        out_axis = {aten.embedding.default: 1, aten.addmm.default: 1}.get(t, 0)
-        targets = [_target(ctx, w[0], w[1], out_axis, channels)]
+        targets = [_target(ctx, w[0], w[1], layer.out_axis, channels)]
         b = _param_of(ctx, args[b_slot]) if b_slot is not None and len(args) > b_slot else None
         if b is not None:
             targets.append(_target(ctx, b[0], b[1], len(b[1]) - 1, channels))
         return () if None in targets else tuple(targets)
-    if t in (aten.mm.default, aten.matmul.default, aten.bmm.default):
+    if ops.product_operands(t) == (0, 1):  # mm, bmm, matmul: x @ W
         w = _param_of(ctx, args[1])
         if w is None or _param_of(ctx, args[0]) is not None:
             return ()
         tgt = _target(ctx, w[0], w[1], len(w[1]) - 1, channels)
         return () if tgt is None else (tgt,)
-    if t in _NORM_OPS:
-        w_slot, b_slot = _NORM_OPS[t]
+    if norm is not None:
+        w_slot, b_slot = norm.weight, norm.bias
         w = _param_of(ctx, args[w_slot]) if len(args) > w_slot else None
         if w is None:
             return ()  # no gain to fold into
@@ -280,7 +263,7 @@ def _weight_fold(use: Use, ctx: _FoldCtx) -> tuple[FoldTarget, ...]:
     """Where a multiplier on a layer's input folds when the weight is reparametrized: weight norm computes
     W = g·v/‖v‖, so scaling v does nothing and the magnitude g carries the factor."""
     w = use.node.args[use.operand] if use.operand < len(use.node.args) else None
-    while isinstance(w, fx.Node) and w.op == "call_function" and w.target in _PASS:
+    while isinstance(w, fx.Node) and w.op == "call_function" and ops.is_view_like(w.target):
         w = w.args[0]
     if isinstance(w, fx.Node) and w.op == "call_function" and w.target == aten._weight_norm.default:
         g = _param_of(ctx, w.args[1])
@@ -320,7 +303,7 @@ def _embeddings(ctx: SiteContext) -> list[Site]:
         pd = ctx.analysis.params[name]
         owners = {a.rpartition(".")[0] for a in p.aliases}
         for u in pd.uses:
-            if u.kind not in ("matmul", "conv", "embedding"):
+            if u.kind not in CONTRACTING_KINDS:
                 continue
             fi = _prod(ctx.axis_exprs[name], u.fan_in_axes)
             fo = _prod(ctx.axis_exprs[name], u.fan_out_axes)
@@ -339,19 +322,13 @@ def _prod(exprs, axes):
     return sympy.Mul(*[exprs[a] for a in axes]) if axes else sympy.Integer(1)
 
 
-_Q_LINEAR = {aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.neg.default, aten.cat.default,
-             aten.stack.default, aten.slice.Tensor, aten.div.Tensor}  # stack: RoPE's rotate_every_two
-# ops that only move or select entries: replayed on a tensor of channel indices to see which channels of a fused
-# projection a query is (timm: qkv(x).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)[0])
-_SELECTS = {aten.unbind.int, aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.select.int,
-            operator.getitem, aten.slice.Tensor, aten.narrow.default}
 
 
 def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int, int, int]] | None:
     """(module output, module, (start, end, total)) when ``n`` is a contiguous block of the last-axis channels of a
     module output inside ``attn_mod``, reached through data movement and at least one selection."""
     chain = []
-    while isinstance(n, fx.Node) and n.op == "call_function" and (n.target in VIEW_LIKE or n.target in _SELECTS):
+    while isinstance(n, fx.Node) and n.op == "call_function" and (ops.is_view_like(n.target) or ops.is_selection(n.target)):
         chain.append(n)
         n = n.args[0]
         if isinstance(n, fx.Node):
@@ -360,7 +337,7 @@ def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int
                 break
     else:
         return None
-    if not isinstance(n, fx.Node) or not any(c.target in _SELECTS for c in chain):
+    if not isinstance(n, fx.Node) or not any(ops.is_selection(c.target) for c in chain):
         return None
     val = n.meta.get("val")
     if not isinstance(val, torch.Tensor) or val.dim() == 0:
@@ -373,7 +350,7 @@ def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int
             try:
                 t = c.target(*args, **c.kwargs)
             except RuntimeError:  # a view of a permuted tensor: the same entries through reshape
-                t = aten.reshape.default(t.contiguous(), *c.args[1:]) if c.target in VIEW_LIKE else None
+                t = aten.reshape.default(t.contiguous(), *c.args[1:]) if ops.is_view_like(c.target) else None
                 if t is None:
                     return None
     except Exception:
@@ -428,7 +405,7 @@ def query_site(attn_node: fx.Node, param_dependent: set[str]) -> tuple[str, tupl
                 continue
             stack.append(src)
             continue
-        if n.target in VIEW_LIKE or n.target in _Q_LINEAR:
+        if ops.is_view_like(n.target) or ops.is_linear_combination(n.target):
             args = [a for a in _flat_args(n.args) if isinstance(a, fx.Node) and a.name in param_dependent]
             if n.target in (aten.mul.Tensor, aten.div.Tensor) and len(args) != 1:
                 return f"the query passes through a product of two computed tensors ('{n.name}')"
@@ -507,7 +484,7 @@ def _uses_params(nodes, origin: dict) -> set[str]:
 def _branch_terms(node: fx.Node, stream: fx.Node, order: dict, origin: dict) -> list[fx.Node]:
     """A parallel block adds several branches (x + attn(ln(x)) + mlp(ln(x))): split a sum of independent
     parameterised terms into its terms."""
-    if node.target in _ADDS and all(isinstance(a, fx.Node) for a in node.args[:2]):
+    if ops.is_add(node.target) and all(isinstance(a, fx.Node) for a in node.args[:2]):
         a, b = node.args[:2]
         anc_a = set(_bounded_ancestors(a, order[stream], order))
         anc_b = set(_bounded_ancestors(b, order[stream], order))
@@ -515,9 +492,6 @@ def _branch_terms(node: fx.Node, stream: fx.Node, order: dict, origin: dict) -> 
                                                      for t in (a, b)):
             return _branch_terms(a, stream, order, origin) + _branch_terms(b, stream, order, origin)
     return [node]
-
-
-_SCALAR_MULS = (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar)
 
 
 def _walk_scalings_back(node: fx.Node) -> list[fx.Node]:
@@ -530,7 +504,7 @@ def _walk_scalings_back(node: fx.Node) -> list[fx.Node]:
         out.append(node)  # the node itself may be the module output (a view returned by the module)
         node = _walk_views_back(node)
         out.append(node)
-        if not (node.op == "call_function" and node.target in _SCALAR_MULS and len(node.users) == 1):
+        if not (node.op == "call_function" and ops.is_scaling(node.target) and len(node.users) == 1):
             continue
         a, b = node.args[:2]
         if isinstance(a, fx.Node) and isinstance(b, (int, float)):
@@ -584,14 +558,11 @@ def _fork(a: fx.Node, b: fx.Node, order: dict) -> fx.Node | None:
         window *= 4
 
 
-_ADDS = (aten.add.Tensor, aten.add_.Tensor)  # non-strict export keeps `x += f(x)` in place
-
-
 def _stream_candidates(side: fx.Node, depth: int = 3) -> list[fx.Node]:
     """The stream a branch was added to: ``side`` itself or, for ``(x + f(x)) + g(x)`` (a parallel block written
     left to right), the operands of the earlier adds."""
     out = [side]
-    if depth and side.op == "call_function" and side.target in _ADDS:
+    if depth and side.op == "call_function" and ops.is_add(side.target):
         for a in side.args[:2]:
             if isinstance(a, fx.Node):
                 out += _stream_candidates(a, depth - 1)
@@ -625,7 +596,7 @@ def find_branches(ctx: SiteContext) -> tuple[list[Branch], list[str]]:
     adds: set[fx.Node] = set()  # residual adds found so far (graph order: inner blocks first)
     inside: set[fx.Node] = set()  # nodes inside the branches found (a parallel block's attn + mlp sum)
     for node in graph.nodes:
-        if node.op != "call_function" or node.target not in _ADDS or len(node.args) < 2:
+        if node.op != "call_function" or not ops.is_add(node.target) or len(node.args) < 2:
             continue
         a, b = node.args[:2]
         if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):

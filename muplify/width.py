@@ -1,6 +1,6 @@
 """Stage 2: symbolic width analysis.
 
-Runs the per-op rules of :mod:`muplify.shape_rules` over the captured graph, then decides which dims are *finite*
+Runs the per-op rules of :mod:`muplify.rules` over the captured graph, then decides which dims are *finite*
 (fixed as the model widens) and which are *infinite* (scale with width), from evidence, strongest first:
 
 1. ``hard``: axes of the model's inputs; kernel sizes; axes indexed, counted or selected by integers (embedding rows,
@@ -32,6 +32,7 @@ down-projection has ``fan_in = 4*w``; finite dims are integers.  The width itsel
 from __future__ import annotations
 
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
 
 import sympy
@@ -40,14 +41,14 @@ import torch.fx as fx
 
 from .capture import Capture
 from .errors import WidthError
-from .shape_rules import AttentionSite, DimGraph, Use, apply_rule
+from .plan import Decision, decided_by_text
+from .rules import CONTRACTING_KINDS, AttentionSite, DimGraph, Use, apply_rule
 
 __all__ = ["WidthAnalysis", "ParamDims", "ScalingDim", "analyse", "W"]
 
 W = sympy.Symbol("w", positive=True, integer=True)
 
 HARD, CONVENTION, READOUT, SOURCE, GUESS = "hard", "convention", "readout", "source", "guess"
-_CONTRACTING = ("matmul", "conv", "embedding")
 
 
 @dataclass
@@ -58,10 +59,14 @@ class ParamDims:
     axis_exprs: list[sympy.Expr]  # per axis, in the width symbol
     uses: list[Use]
     placeholder: str
-    # "graph" when every fact the role rests on comes from the graph; "guess: <why>" otherwise
-    decided_by: str = "graph"
+    decision: Decision = Decision.GRAPH  # GRAPH when every fact the role rests on comes from the graph
+    why: str = ""  # for a GUESS: what was guessed
     axis_roots: list[int] = field(default_factory=list)  # per axis: the dim id (comparable across axes/params)
     axis_why: list[str] = field(default_factory=list)  # per axis: why it is finite, or which scaling dim it is
+
+    @property
+    def decided_by(self) -> str:
+        return decided_by_text(self.decision, self.why)
 
 
 @dataclass
@@ -105,13 +110,37 @@ class WidthAnalysis:
             self.__dict__["_composed_exprs"] = _composed_exprs(self.dim_graph, self.finite_roots, self.width_size)
         return self.__dict__["_composed_exprs"]
 
+    # -- the queries later stages ask (instead of reading the dim graph's union-find) ---------------------------------
+    def roots(self, node) -> list[int]:
+        """The dim ids (union-find roots) of every axis of ``node`` (a node or its name; tuple values flattened)."""
+        g = self.dim_graph
+
+        def flat(x):
+            if isinstance(x, int):
+                yield x
+            elif isinstance(x, list):
+                for y in x:
+                    yield from flat(y)
+
+        name = node.name if isinstance(node, fx.Node) else node
+        return [g.find(d) for d in flat(g.node_dims.get(name))]
+
+    def loss_roots(self) -> set[int]:
+        """Dim ids of class dims a loss reads by its target."""
+        return {self.dim_graph.find(d) for d in self.dim_graph.loss_dims}
+
+    def origin(self, node) -> tuple[str, list] | None:
+        """(parameter placeholder, axis map) when ``node`` is a view of a parameter, else None."""
+        name = node.name if isinstance(node, fx.Node) else node
+        return self.dim_graph.origin.get(name)
+
     def is_infinite(self, name: str, axes) -> bool:
         exprs = self.params[name].axis_exprs
         return any(exprs[a].has(self.width_symbol) for a in axes)
 
     def guessed_params(self) -> dict[str, str]:
         """Parameters whose role rests on a guess, with the reason."""
-        return {n: p.decided_by for n, p in self.params.items() if p.decided_by != "graph"}
+        return {n: p.decided_by for n, p in self.params.items() if p.decision is not Decision.GRAPH}
 
     def axis_table(self) -> dict[tuple[str, int], tuple[int, bool]]:
         """(parameter, axis) -> (size, scales): what a second analysis of the same model at another width (a base
@@ -277,7 +306,7 @@ def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow
     consumed, produced, producers, readers = set(), set(), {}, {}
     for ph, uses in g.uses.items():
         for u in uses:
-            if u.kind not in _CONTRACTING:
+            if u.kind not in CONTRACTING_KINDS:
                 continue
             fin = _use_roots(g, param_axes, ph, u.fan_in_axes)
             fout = _use_roots(g, param_axes, ph, u.fan_out_axes)
@@ -535,7 +564,7 @@ def _one_scaling_axis_per_fan(S: _Solver, g: DimGraph, param_axes: dict[str, lis
     for ph, uses in g.uses.items():
         dims = param_axes.get(ph, [])
         groups += [([dims[a] for a in sorted(a % len(dims) for a in axes)], f"of {ph.removeprefix('p_')}")
-                   for u in uses if u.kind in _CONTRACTING and dims for axes in (u.fan_in_axes, u.fan_out_axes)]
+                   for u in uses if u.kind in CONTRACTING_KINDS and dims for axes in (u.fan_in_axes, u.fan_out_axes)]
     seen: dict[tuple, list[str]] = {}
     changed = True
     while changed:
@@ -623,13 +652,13 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
 
     for ph, uses in g.uses.items():  # a table fed whole as data (rows of fixed count x scaling features)
         dims = param_axes.get(ph, [])
-        for u in uses:
+        for i, u in enumerate(uses):
             if u.detail != "data":
                 continue
             rows = tuple(a for a in u.fan_out_axes if g.size[dims[a]] > 1 and g.find(dims[a]) in finite)
             feats = tuple(a for a in u.fan_out_axes if g.size[dims[a]] > 1 and g.find(dims[a]) not in finite)
-            if rows and feats:
-                u.kind, u.fan_in_axes, u.fan_out_axes = "embedding", rows, feats
+            if rows and feats:  # a new record: the rules' records stay what the rules said
+                uses[i] = dataclasses.replace(u, kind="embedding", fan_in_axes=rows, fan_out_axes=feats)
 
     composed = _composed_exprs(g, finite, width_size)
     expr = lambda d: _dim_expr(g, finite, width_size, d, composed)  # noqa: E731
@@ -647,7 +676,7 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
         why = [w or ("width" if g.find(d) == root else f"scales (size {g.size[d]})") for w, d in zip(why, dims)]
         pd = ParamDims(names[0], names, tuple(g.size[d] for d in dims), [expr(d) for d in dims], uses, ph,
                        axis_roots=[g.find(d) for d in dims], axis_why=why)
-        pd.decided_by = _decided_by(pd, cap, g, guesses)
+        pd.decision, pd.why = _decided_by(pd, cap, g, guesses)
         params[names[0]] = pd
 
     scaling = _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, composed)
@@ -677,15 +706,15 @@ def _one_placeholder_per_param(g: DimGraph, cap: Capture) -> dict[str, list[str]
     return keep
 
 
-def _decided_by(pd: ParamDims, cap: Capture, g: DimGraph, guesses: dict[int, str]) -> str:
+def _decided_by(pd: ParamDims, cap: Capture, g: DimGraph, guesses: dict[int, str]) -> tuple[Decision, str]:
     if pd.name in cap.unused_params or not pd.uses or all(u.detail.startswith("shape guess") for u in pd.uses):
-        return "guess: not used by the captured forward (pass example inputs that use it); role from its shape"
+        return Decision.GUESS, "not used by the captured forward (pass example inputs that use it); role from its shape"
     known = [u for u in pd.uses if u.kind != "unknown"]
     if not known:
         ops = ", ".join(sorted({str(u.node.target) for u in pd.uses}))
-        return f"guess: used only by ops without a shape rule ({ops}); role from its shape"
+        return Decision.GUESS, f"used only by ops without a shape rule ({ops}); role from its shape"
     why = [guesses[r] for r in dict.fromkeys(pd.axis_roots) if r in guesses]
-    return "guess: " + "; ".join(why) if why else "graph"
+    return (Decision.GUESS, "; ".join(why)) if why else (Decision.GRAPH, "")
 
 
 def _scaling_dims(g, cap, param_axes, counts, root, width_size, guesses, composed) -> list[ScalingDim]:

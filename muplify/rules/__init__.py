@@ -1,0 +1,81 @@
+"""Per-op dimension rules and the op table: how each ATen op relates the dimensions of its inputs and outputs, and
+what the op is (a view, a norm with a gain slot, a layer with a bias slot, a softmax, a selection).
+
+:mod:`.graph` holds the dim graph the rules write to; :mod:`.table` the registry every stage asks; the rules live by
+family in :mod:`.elementwise`, :mod:`.views`, :mod:`.reductions`, :mod:`.contractions`, :mod:`.indexing`,
+:mod:`.norms` and :mod:`.attention`.  A parameter that an op reads as data rather than as a weight (a learned table
+fed to a norm) gets an elementwise use with detail "data"; views of a parameter (transposes, slices, ``W[e]``, weight
+norm's direction, cat/stack of parameters) carry its origin so that the op using the view records the use.
+Supporting a new op is one function::
+
+    @rule(torch.ops.aten.my_norm, norm=Norm(weight=1, bias=2))   # every overload of the packet
+    def _my_norm(g: DimGraph, node: fx.Node) -> None:
+        g.eq_axes(node.args[0], node)                          # e.g. shape-preserving
+
+and classify (the gain), the sites (folding a multiplier into gain and bias) read its properties from the table.
+Ops tagged ``pointwise`` by ATen need no rule; an in-place op uses its out-of-place op's rule; a custom op is
+registered by its name (``@rule("ns.op.default")``).  Ops with no rule leave their output dims unconstrained, are
+listed in the plan's notes, and a parameter used only by them is a marked guess.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.fx as fx
+
+from . import table
+from .graph import CONTRACTING_KINDS, AttentionSite, DimGraph, Use
+from .table import Layer, Norm, declare, rule, unregister
+
+# the rule families register themselves on import
+from . import elementwise, views, reductions, contractions, indexing, norms, attention  # noqa: E402,F401,I001
+from .attention import found_upstream
+from .elementwise import _no_op, pointwise
+
+table._builtins_loaded()
+
+__all__ = ["DimGraph", "Use", "AttentionSite", "CONTRACTING_KINDS", "rule", "declare", "unregister", "Norm", "Layer",
+           "table", "apply_rule", "found_upstream"]
+
+
+def apply_rule(g: DimGraph, node: fx.Node, recurse: Callable[[fx.Node], None]) -> None:
+    fn = table.rule_for(node.target)
+    if fn is not None:
+        before = {p: len(us) for p, us in g.uses.items()}
+        try:
+            fn(g, node)
+        except Exception as e:
+            # as torch.fx.passes.shape_prop does: say which node the rule failed on
+            e.add_note(f"while applying the dimension rule {fn.__module__}.{fn.__name__} to: {node.format_node()}")
+            raise
+        if fn is not _no_op:
+            _data_uses(g, node, before)
+    elif table.is_pointwise(node.target):
+        pointwise(g, node)
+    elif node.target is not None and "wrap_with" in str(node.target) or (
+            isinstance(node.target, torch._ops.HigherOrderOperator)):
+        recurse(node)
+    else:
+        key = str(node.target)
+        g.unknown_ops[key] = g.unknown_ops.get(key, 0) + 1
+        for i, a in enumerate(node.args):
+            for param, _ in g.origins(a):
+                g.uses.setdefault(param, []).append(Use("unknown", node, i, (), ()))
+
+
+def _data_uses(g: DimGraph, node: fx.Node, before: dict[str, int]) -> None:
+    """A parameter the rule neither used nor viewed is an operand fed as data (a learned table through a norm, a
+    learned query into a projection): record it as used elementwise, every axis a feature axis."""
+    derived = {p for p, _ in g.origins(node)}
+    derived |= {p for (name, _), orgs in g.item_origins.items() if name == node.name for p, _ in orgs}
+    for i, a in enumerate(node.args):
+        for x in (a if isinstance(a, (list, tuple)) else [a]):
+            for param, amap in g.origins(x):
+                if param in derived:
+                    continue
+                new = g.uses.get(param, [])[before.get(param, 0):]
+                if any(u.node is node for u in new):
+                    continue
+                axes = tuple(a for a in amap if a is not None)
+                g.uses.setdefault(param, []).append(Use("elementwise", node, i, (), axes, "data"))

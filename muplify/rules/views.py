@@ -1,0 +1,271 @@
+"""Op rules: views and regroupings (reshape, permute, expand, slice, select, split, cat, stack)."""
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import torch
+import torch.fx as fx
+
+from .graph import DimGraph, Use, _ndim, _norm_axis, _ops
+from .table import rule
+
+aten = torch.ops.aten
+
+
+def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair up axes of two shapes with equal products (contiguous groups), skipping size-1 axes."""
+    groups, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj, pa, pb = [], [], 1, 1
+        while i < len(a) and a[i] == 1:
+            i += 1
+        while j < len(b) and b[j] == 1:
+            j += 1
+        if i >= len(a) or j >= len(b):
+            break
+        gi.append(i); pa *= a[i]; i += 1  # noqa: E702
+        gj.append(j); pb *= b[j]; j += 1  # noqa: E702
+        while pa != pb:
+            if pa < pb and i < len(a):
+                gi.append(i); pa *= a[i]; i += 1  # noqa: E702
+            elif pb < pa and j < len(b):
+                gj.append(j); pb *= b[j]; j += 1  # noqa: E702
+            else:
+                return groups
+        groups.append((gi, gj))
+    return groups
+
+
+@rule("view", "reshape", view_like=True, softmax_path=True)
+@rule("_unsafe_view", "flatten.using_ints", "unflatten.int", "squeeze", "squeeze.dim", "squeeze.dims", "unsqueeze",
+      view_like=True)
+@rule("view.dtype")
+def _reshape(g: DimGraph, node: fx.Node) -> None:
+    src = node.args[0]
+    di, do = g.dims(src), g.dims(node)
+    if di is None or do is None:
+        return
+    si, so = [g.size[d] for d in di], [g.size[d] for d in do]
+    axis_map: list = [None] * len(do)
+    for gi, gj in _reshape_groups(si, so):
+        if len(gi) == 1 and len(gj) == 1:
+            g.eq(di[gi[0]], do[gj[0]])
+            axis_map[gj[0]] = gi[0]
+        else:
+            g.prod([do[j] for j in gj], [di[i] for i in gi])
+    g.derive(node, src, axis_map)
+
+
+_REVERSE_ALL = {aten.numpy_T.default} if hasattr(aten, "numpy_T") else set()
+
+
+_LAST_TWO = set(_ops("mT.default", "mH.default", "adjoint.default"))
+
+
+@rule("permute", "transpose.int", view_like=True, softmax_path=True)
+@rule("t", view_like=True)
+@rule("swapaxes", "swapdims", "numpy_T", "mT", "mH", "adjoint", "movedim.int", "movedim.intlist")
+def _permute(g: DimGraph, node: fx.Node) -> None:
+    """Transposes of every spelling (``W.T``, ``W.mT``, ``W.t()``, ``permute``, ``movedim``): a view with its axes
+    permuted, so a parameter used as ``h @ W.T`` keeps its fans."""
+    src = node.args[0]
+    n = _ndim(g, src)
+    if node.target == aten.permute.default:
+        perm = [_norm_axis(p, n) for p in node.args[1]]
+    elif node.target in _REVERSE_ALL:
+        perm = list(range(n))[::-1]
+    elif "movedim" in str(node.target):
+        s, d = node.args[1], node.args[2]
+        s, d = ([s], [d]) if isinstance(s, int) else (list(s), list(d))
+        s, d = [_norm_axis(a, n) for a in s], [_norm_axis(a, n) for a in d]
+        rest = iter([a for a in range(n) if a not in s])
+        placed = dict(zip(d, s))
+        perm = [placed[i] if i in placed else next(rest) for i in range(n)]
+    else:
+        perm = list(range(n))
+        if n >= 2:
+            if node.target in _LAST_TWO:
+                a, b = n - 2, n - 1
+            else:
+                a, b = (node.args[1], node.args[2]) if len(node.args) > 2 else (0, 1)
+            a, b = _norm_axis(a, n), _norm_axis(b, n)
+            perm[a], perm[b] = perm[b], perm[a]
+    g.eq_axes(src, node, [(p, i) for i, p in enumerate(perm)])
+    g.derive(node, src, perm)
+
+
+@rule("expand", view_like=True, softmax_path=True)
+@rule("expand_as", "repeat", "broadcast_to")
+def _expand(g: DimGraph, node: fx.Node) -> None:
+    src = node.args[0]
+    di, do = g.dims(src), g.dims(node)
+    if di is None or do is None:
+        return
+    off = len(do) - len(di)
+    axis_map: list = [None] * len(do)
+    for i, d in enumerate(di):
+        if node.target == aten.repeat.default and g.size[d] != g.size[do[off + i]]:
+            continue
+        g.eq(d, do[off + i])
+        axis_map[off + i] = i
+    g.derive(node, src, axis_map)
+
+
+@rule("slice.Tensor", selection=True, linear_combination=True)
+@rule("narrow", selection=True)
+def _slice(g: DimGraph, node: fx.Node) -> None:
+    src = node.args[0]
+    di, do = g.dims(src), g.dims(node)
+    if di is None or do is None:
+        return
+    for i, (a, b) in enumerate(zip(di, do)):
+        g.eq(a, b)  # only unifies axes the slice leaves whole (eq ignores different sizes)
+        if g.size[a] != g.size[b] and g.size[b] > 0:
+            g.slices[b] = a
+    g.derive(node, src, list(range(len(do))))
+
+
+@rule("select.int", selection=True)
+def _select(g: DimGraph, node: fx.Node) -> None:
+    src, axis = node.args[0], node.args[1]
+    di, do = g.dims(src), g.dims(node)
+    if di is None or do is None:
+        return
+    axis = _norm_axis(axis, len(di))
+    keep = [i for i in range(len(di)) if i != axis]
+    g.eq_axes(src, node, [(i, j) for j, i in enumerate(keep)])
+    _indexed_by_int(g, src, di[axis], "indexed by a Python integer (W[i])")
+    g.derive(node, src, keep)
+
+
+def _indexed_by_int(g: DimGraph, src, d: int, why: str) -> None:
+    """A weight indexed by a Python integer is a stack of fixed count (experts); an activation may be indexed for
+    many reasons (a cls token, a shape), so there the axis is only a selection: finite if no layer reads it."""
+    if g.is_param_derived(src):
+        g.finite(d, why)
+    else:
+        g.selected.setdefault(d, "indexed by a Python integer (x[..., i])")
+
+
+@rule("split.Tensor", "split_with_sizes", "chunk", "unbind.int", selection=True)
+@rule("split.sizes")
+def _split(g: DimGraph, node: fx.Node) -> None:
+    src = node.args[0]
+    di, outs = g.dims(src), g.node_dims.get(node.name)
+    if di is None or not outs:
+        return
+    axis = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    if node.target == aten.unbind.int:
+        axis = node.args[1] if len(node.args) > 1 else 0
+    axis = _norm_axis(axis, len(di))
+    for o in outs:
+        if node.target == aten.unbind.int:
+            for j, i in enumerate(k for k in range(len(di)) if k != axis):
+                g.eq(di[i], o[j])
+            continue
+        for i in range(len(di)):
+            if i != axis:
+                g.eq(di[i], o[i])
+    if node.target != aten.unbind.int and g.size[di[axis]] > 1 and all(g.size[o[axis]] == 1 for o in outs):
+        # split into single elements, each read on its own: an enumerated (fixed) axis, as with unbind
+        _indexed_by_int(g, src, di[axis], "split into single elements")
+    elif node.target != aten.unbind.int:
+        g.sum(di[axis], [o[axis] for o in outs])
+    else:
+        _indexed_by_int(g, src, di[axis], "unbound into a fixed number of tensors")
+    if g.is_param_derived(src):  # a fused parameter split into parts: each part keeps the source's axes
+        for j, o in enumerate(outs):
+            keep = [k for k in range(len(di)) if k != axis] if node.target == aten.unbind.int else \
+                list(range(len(di)))
+            g.derive_item(node, j, src, keep)
+
+
+@rule(operator.getitem, selection=True)
+def _getitem(g: DimGraph, node: fx.Node) -> None:
+    src, idx = node.args
+    outs = g.node_dims.get(src.name) if isinstance(src, fx.Node) else None
+    mine = g.dims(node)
+    if not outs or mine is None or not isinstance(idx, int) or idx >= len(outs):
+        return
+    theirs = outs[idx]
+    if isinstance(theirs, list) and len(theirs) == len(mine) and all(isinstance(t, int) for t in theirs):
+        for a, b in zip(theirs, mine):
+            g.eq(a, b)
+    origins = g.item_origins.get((src.name, idx))
+    if origins:
+        g.origin[node.name] = origins[0]
+        if len(origins) > 1:
+            g.more_origins[node.name] = origins[1:]
+
+
+@rule("cat", linear_combination=True)
+@rule("concat")
+def _cat(g: DimGraph, node: fx.Node) -> None:
+    parts = [p for p in node.args[0] if isinstance(p, fx.Node)]
+    axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    do = g.dims(node)
+    if do is None:
+        return
+    axis = _norm_axis(axis, len(do))
+    sizes = []
+    for i, p in enumerate(node.args[0]):
+        dp = g.dims(p)
+        if dp is None or len(dp) != len(do):
+            continue
+        for k in range(len(do)):
+            if k != axis:
+                g.eq(dp[k], do[k])
+        sizes.append(dp[axis])
+    g.sum(do[axis], sizes)
+    _reassembled(g, do[axis], sizes)
+    _combine_params(g, node, node.args[0], lambda dp: list(range(len(dp))))
+
+
+def _reassembled(g: DimGraph, out: int, parts: list[int]) -> None:
+    """cat of slices that tile one axis (partial rotary: x[..., :r] rotated, x[..., r:] kept) is that axis again."""
+    if len(parts) < 2:
+        return
+    by_root: dict[int, set[int]] = {}
+    for s, src in g.slices.items():  # slices of several tensors can share a root (q and k rotated by one cos)
+        by_root.setdefault(g.find(s), set()).add(g.find(src))
+    common = set.intersection(*(by_root.get(g.find(p), set()) for p in parts))
+    total = sum(g.size[p] for p in parts)
+    for src in common:
+        if g.size[src] == total:
+            g.eq(out, src)
+
+
+def _combine_params(g: DimGraph, node: fx.Node, parts, axis_map_of) -> None:
+    """cat/stack: of parameters only (separate q/k/v weights fused, expert weights stacked), the result is a view
+    of each of them; a parameter joined with activations (a cls token concatenated to the tokens) is used like a
+    vector."""
+    parts = [p for p in parts if isinstance(p, fx.Node)]
+    if parts and all(g.is_param_derived(p) for p in parts):
+        derived = []
+        for p in parts:
+            amap = axis_map_of(g.dims(p) or [])
+            derived += [(param, [None if a is None else src_map[a] for a in amap]) for param, src_map in g.origins(p)]
+        g.origin[node.name] = derived[0]
+        g.more_origins[node.name] = derived[1:]
+        return
+    for p in parts:
+        for param, amap in g.origins(p):
+            g.uses.setdefault(param, []).append(
+                Use("elementwise", node, 0, (), tuple(a for a in amap if a is not None), "data"))
+
+
+@rule("stack", linear_combination=True)  # stack: RoPE's rotate_every_two
+def _stack(g: DimGraph, node: fx.Node) -> None:
+    axis = node.args[1] if len(node.args) > 1 else 0
+    do = g.dims(node)
+    if do is None:
+        return
+    axis = _norm_axis(axis, len(do))
+    for p in node.args[0]:
+        dp = g.dims(p)
+        if dp is not None:
+            g.eq_axes(p, node, [(i, i if i < axis else i + 1) for i in range(len(dp))])
+    g.finite(do[axis], "stacked from a fixed number of tensors")
+    _combine_params(g, node, node.args[0], lambda dp: [i if i < axis else (None if i == axis else i - 1)
+                                                        for i in range(len(dp) + 1)])
