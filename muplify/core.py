@@ -21,7 +21,8 @@ import torch.nn as nn
 import warnings
 
 from . import rewrite
-from .capture import capture
+from .capture import capture as _capture
+from .twin import CAPTURE_MODES, shallow_plan
 from .classify import build_plan, detect_init_rules
 from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
@@ -312,9 +313,11 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
             weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
             query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
             depth: int | None = None, depth_alpha: float = 1.0, base=None,
-            overrides: dict[str, dict] | None = None) -> Plan:
+            overrides: dict[str, dict] | None = None, capture: str = "shallow") -> Plan:
     """Stages 1-3 only: return the plan (facts, with the policy's decisions as read-only views) without touching
-    the model.  Arguments as :func:`muplify`."""
+    the model.  Arguments as :func:`muplify`.  ``capture="shallow"`` (default) analyses a shallow twin of repeated
+    block stacks (:mod:`muplify.twin`; ``plan.notes`` says when the full model was captured instead and why);
+    ``capture="full"`` captures every block."""
     model = _unwrap(model)
     options = Options(head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
                       readout_zero_init=bool(readout_zero_init), query_zero_init=bool(query_zero_init),
@@ -324,16 +327,26 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
     _check_args(model, 1 if base_width is None else base_width, options)
     hp = HyperParams.from_dict(hp)
     base_shapes = _base_shapes(model, base) if base is not None else None
-    cap = capture(model, example_inputs, example_kwargs)
-    wa = analyse(cap, width=width, head_scaling=head_scaling)
-    if base_shapes is not None:
-        derived = _base_width_from(wa, base_shapes)
-        if base_width is not None and base_width != derived:
-            raise MuplifyError(f"base_width={base_width} disagrees with the base model, whose width dim has size "
-                               f"{derived}; pass one of them")
-        base_width = derived
-    plan = build_plan(wa, model, base_width, options=options, hp=hp, base_shapes=base_shapes)
-    plan.capture_seconds = round(cap.seconds, 3)
+
+    def derive(model: nn.Module, to_full) -> Plan:  # capture -> analysis -> facts, on the model or its shallow twin
+        shapes = None if base_shapes is None else {n: base_shapes[to_full(n)] for n, _ in model.named_parameters()}
+        cap = _capture(model, example_inputs, example_kwargs)
+        wa = analyse(cap, width=width, head_scaling=head_scaling)
+        bw = base_width
+        if shapes is not None:
+            derived = _base_width_from(wa, shapes)
+            if bw is not None and bw != derived:
+                raise MuplifyError(f"base_width={bw} disagrees with the base model, whose width dim has size "
+                                   f"{derived}; pass one of them")
+            bw = derived
+        plan = build_plan(wa, model, bw, options=options, hp=hp, base_shapes=shapes)
+        plan.capture_seconds = round(cap.seconds, 3)
+        return plan
+
+    if capture not in CAPTURE_MODES:
+        raise MuplifyError(f"capture must be one of {CAPTURE_MODES} ('shallow': one capture per kind of repeated "
+                           f"block; 'full': every block), got {capture!r}")
+    plan = shallow_plan(model, derive, depth is not None) if capture == "shallow" else derive(model, lambda n: n)
     for pattern, fields in (overrides or {}).items():
         if not isinstance(fields, dict):
             raise PlanError(f"overrides maps a name pattern to fields, e.g. {{'lm_head.weight': {{'role': "
@@ -347,7 +360,7 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
             weight_decay: str = "coupled", eps: str = "scaled", readout_zero_init: bool = False,
             query_zero_init: bool = False, hp: dict | HyperParams | None = None, base_depth: int | None = None,
             depth: int | None = None, depth_alpha: float = 1.0, base=None, overrides: dict[str, dict] | None = None,
-            plan: Plan | str | dict | None = None) -> nn.Module:
+            plan: Plan | str | dict | None = None, capture: str = "shallow") -> nn.Module:
     """Give ``model`` the Maximal Update Parametrization relative to ``base_width``, in place.
 
     Returns the same object, its class swapped to a subclass with :class:`MuplifiedModule` mixed in (``.plan``,
@@ -393,7 +406,8 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
         plan = analyze(model, base_width, width=width, example_inputs=example_inputs, example_kwargs=example_kwargs,
                        head_scaling=head_scaling, init=init, weight_decay=weight_decay, eps=eps,
                        readout_zero_init=readout_zero_init, query_zero_init=query_zero_init, hp=hp,
-                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, base=base, overrides=overrides)
+                       base_depth=base_depth, depth=depth, depth_alpha=depth_alpha, base=base, overrides=overrides,
+                       capture=capture)
         apply_init = True
     plan.rules()  # derive everything now: a missing site or an impossible request raises before any change
     # everything that can fail has run; from here on the model is modified
