@@ -65,7 +65,7 @@ class Stack:
         return i
 
 
-def _plain_attrs(m: nn.Module, ignore: tuple[str, ...]) -> tuple:
+def _plain_attrs(m: nn.Module, ignore: tuple[str, ...] | set[str]) -> tuple:
     out = []
     for k, v in sorted(vars(m).items()):
         if k.startswith("_") or k in ignore:
@@ -79,13 +79,14 @@ def _ignored_here(m: nn.Module) -> tuple[str, ...]:
     return _CACHE_INDEX_ATTRS if type(m).__module__.startswith("transformers.") else ()
 
 
-def signature(m: nn.Module) -> tuple:
-    """A hashable description of ``m``'s structure: two blocks with equal signatures are of the same kind."""
+def signature(m: nn.Module, skip: frozenset = frozenset()) -> tuple:
+    """A hashable description of ``m``'s structure: two blocks with equal signatures are of the same kind.
+    ``skip``: plain attribute names left out (the block's index, judged separately)."""
     return (type(m),
             tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m._parameters.items() if p is not None),
             tuple((n, tuple(b.shape), b.dtype) for n, b in m._buffers.items() if b is not None),
-            _plain_attrs(m, _ignored_here(m)),
-            tuple((n, signature(c)) for n, c in m._modules.items() if c is not None))
+            _plain_attrs(m, set(_ignored_here(m)) | skip),
+            tuple((n, signature(c, skip)) for n, c in m._modules.items() if c is not None))
 
 
 def _index_attrs(children: list[nn.Module]) -> tuple[list[str], list[str]]:
@@ -140,15 +141,18 @@ def find_stacks(model: nn.Module) -> tuple[list[Stack], list[str]]:
         children = list(m._modules.values())
         if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(children) >= MIN_RUN_PERIODS and \
                 all(c is not None for c in children) and list(m._modules) == [str(i) for i in range(len(children))]:
+            refused, allowed = _index_attrs(children)
+            skip = frozenset(a.rsplit(".", 1)[-1] for a in refused + allowed)
             sigs: dict[tuple, int] = {}
-            kinds = [sigs.setdefault(signature(c), len(sigs)) for c in children]
+            kinds = [sigs.setdefault(signature(c, skip), len(sigs)) for c in children]
             segs = _segments(kinds)
             if segs:
-                reason = _not_interchangeable(path, segs, children)
+                reason = _not_interchangeable(path, children) or (
+                    f"{path}: blocks carry their index in {refused[0]!r}, which forward may read (the structure does "
+                    "not show how)" if refused else "")
                 if reason:
                     refusals.append(reason)
                 else:
-                    _, allowed = _index_attrs([children[i] for i in range(segs[0].start, segs[0].stop)])
                     stacks.append(Stack(path, m, len(children), segs, allowed))
                     return  # nothing nested in a stack is looked at (its children are renumbered in the twin)
         for name, c in m._modules.items():
@@ -159,16 +163,9 @@ def find_stacks(model: nn.Module) -> tuple[list[Stack], list[str]]:
     return stacks, refusals
 
 
-def _not_interchangeable(path: str, segs: list[Segment], children: list[nn.Module]) -> str:
-    """Why the blocks of these runs cannot stand for one another ('' when they can)."""
+def _not_interchangeable(path: str, children: list[nn.Module]) -> str:
+    """Why the blocks cannot stand for one another ('' when they can)."""
     ids = [id(c) for c in children]
     if len(set(ids)) != len(ids):
         return f"{path}: the same block object appears twice (weights shared across depth)"
-    for s in segs:
-        for r in range(s.period):
-            run = children[s.start + r:s.stop:s.period]
-            refused, _ = _index_attrs(run)
-            if refused:
-                return (f"{path}: blocks carry their index in {refused[0]!r}, which forward may read (the structure "
-                        "does not show how)")
     return ""
