@@ -89,6 +89,8 @@ def _facts(plan) -> dict:
     d = plan.to_dict()
     d["notes"] = [re.sub(r"\d+", "N", n) for n in d["notes"] if not n.startswith("capture: ")]
     d["warnings"] = list(plan.warnings)
+    for a in d["attention"]:  # why a query site is missing names a graph node, numbered by the graph's size
+        a["missing"] = re.sub(r"'[a-z_]+_\d+'", "'node'", a["missing"])
     return d
 
 

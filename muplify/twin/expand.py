@@ -49,22 +49,42 @@ class _Stacks:
         return go(value)
 
     def expand_list(self, items: list, key) -> list:
-        """Each maximal run of consecutive items of one stack becomes, for every full block in order, the run's items
-        of that block's representative, renamed."""
+        """The full model's list from the twin's: within each maximal run of consecutive items of one stack, the
+        items of each shortened segment become, for every full block of the segment in order, the items of that
+        block's representative, renamed; items of blocks outside the segments keep their place.  An item without a
+        name (a branch no module carries) between two items of one block belongs to that block."""
+        locs = [self.locate(key(x)) for x in items]
+        for n, loc in enumerate(locs):
+            if loc is None and 0 < n and locs[n - 1] is not None:
+                nxt = next((lc for lc in locs[n + 1:] if lc is not None), None)
+                if not key(items[n]) and nxt is not None and nxt == locs[n - 1]:
+                    locs[n] = locs[n - 1]
         out, n = [], 0
         while n < len(items):
-            loc = self.locate(key(items[n]))
-            if loc is None:
+            if locs[n] is None:
                 out.append(items[n])
                 n += 1
                 continue
-            k = loc[0]
-            m = n
-            while m < len(items) and (lk := self.locate(key(items[m]))) is not None and lk[0] == k:
+            k, m = locs[n][0], n
+            while m < len(items) and locs[m] is not None and locs[m][0] == k:
                 m += 1
-            run = items[n:m]
-            for i, j in enumerate(self.twin_of[k]):
-                out += [self.rename(copy.deepcopy(x), k, j, i) for x in run if self.locate(key(x))[1] == j]
+            stack = self.stacks[k]
+            seg_of = {i: s for s in stack.segments for i in range(s.start, s.stop)}
+            group = lambda a: id(seg_of.get(stack.kept[locs[a][1]]))  # noqa: E731
+            a = n
+            while a < m:
+                b = a
+                while b < m and group(b) == group(a):
+                    b += 1
+                seg = seg_of.get(stack.kept[locs[a][1]])
+                if seg is None:
+                    out += [self.rename(copy.deepcopy(items[c]), k, locs[c][1], stack.kept[locs[c][1]])
+                            for c in range(a, b)]
+                else:
+                    for i in range(seg.start, seg.stop):
+                        j = self.twin_of[k][i]
+                        out += [self.rename(copy.deepcopy(items[c]), k, j, i) for c in range(a, b) if locs[c][1] == j]
+                a = b
             n = m
         return out
 
