@@ -28,17 +28,21 @@ _LAYER_KEYS = {"num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_de
                "decoder_layers"}
 
 
+_DEEPENED: dict[int, set] = {}  # id(config) -> keys already multiplied
+
+
 @contextlib.contextmanager
 def deepened(monkeypatch_ctx=None):
     """Every model built inside has FACTOR times its layers (each config key multiplied once per config object)."""
     import transformers
 
+    _DEEPENED.clear()
     mp = pytest.MonkeyPatch()
     real_setattr = transformers.PretrainedConfig.__setattr__
 
     def setattr_(self, key, value):
         if key in _LAYER_KEYS and isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            done = self.__dict__.setdefault("_twin_deepened", set())
+            done = _DEEPENED.setdefault(id(self), set())
             if key not in done:
                 done.add(key)
                 value = value * FACTOR

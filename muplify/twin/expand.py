@@ -9,6 +9,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..classify import detect_init_rules
 from ..plan import Plan
 from .stacks import Stack
 
@@ -48,6 +49,29 @@ class _Stacks:
             return v
         return go(value)
 
+    def outside(self, value: Any) -> Any:
+        """An item outside every stack that names a block (the head's fold into the last block's norm): a block of
+        a shortened run's second period stands for the last block of its kind in the run, others for themselves."""
+        value = copy.deepcopy(value)
+        for k, stack in enumerate(self.stacks):
+            full = {}
+            for j, i0 in enumerate(stack.kept):
+                seg = next((s for s in stack.segments if s.start + s.period <= i0 < s.start + 2 * s.period), None)
+                full[j] = max(i for i in range(seg.start, seg.stop) if seg.rep(i) == i0) if seg else i0
+            pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
+            sub = lambda m, full=full, pre=self.pre[k]: pre + str(full.get(int(m.group(1)), int(m.group(1))))  # noqa
+
+            def go(v):
+                if isinstance(v, str):
+                    return pat.sub(sub, v)
+                if isinstance(v, list):
+                    return [go(x) for x in v]
+                if isinstance(v, dict):
+                    return {a: go(b) for a, b in v.items()}
+                return v
+            value = go(value)
+        return value
+
     def expand_list(self, items: list, key) -> list:
         """The full model's list from the twin's: within each maximal run of consecutive items of one stack, the
         items of each shortened segment become, for every full block of the segment in order, the items of that
@@ -57,12 +81,12 @@ class _Stacks:
         for n, loc in enumerate(locs):
             if loc is None and 0 < n and locs[n - 1] is not None:
                 nxt = next((lc for lc in locs[n + 1:] if lc is not None), None)
-                if not key(items[n]) and nxt is not None and nxt == locs[n - 1]:
+                if not key(items[n]) and (nxt is None or nxt[0] == locs[n - 1][0]):
                     locs[n] = locs[n - 1]
         out, n = [], 0
         while n < len(items):
             if locs[n] is None:
-                out.append(items[n])
+                out.append(self.outside(items[n]))
                 n += 1
                 continue
             k, m = locs[n][0], n
@@ -98,7 +122,7 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
     for full_name, _ in model.named_parameters():
         loc = st.locate(full_name)
         if loc is None:
-            params.append(by_name[full_name])
+            params.append(st.outside(by_name[full_name]))
             continue
         k, i = loc
         j = st.twin_of[k][i]
@@ -130,6 +154,7 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
         notes.append(f"capture: per-block {', '.join(ignored[:3])} only addresses the KV cache (off in capture)")
     d["notes"] = notes
     plan = Plan.from_dict(d)
+    detect_init_rules(plan, model)  # read off the full model's values (a statistic over all of them)
     plan.capture_seconds = twin.capture_seconds
     plan.lint = list(twin.lint)
     return plan
