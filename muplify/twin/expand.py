@@ -72,7 +72,7 @@ class _Stacks:
             value = go(value)
         return value
 
-    def expand_list(self, items: list, key) -> list:
+    def expand_list(self, items: list, key, blocks: list[str] | None = None) -> list:
         """The full model's list from the twin's: within each maximal run of consecutive items of one stack, the
         items of each shortened segment become, for every full block of the segment in order, the items of that
         block's representative, renamed; items of blocks outside the segments keep their place.  An item without a
@@ -83,6 +83,11 @@ class _Stacks:
                 nxt = next((lc for lc in locs[n + 1:] if lc is not None), None)
                 if not key(items[n]) and (nxt is None or nxt[0] == locs[n - 1][0]):
                     locs[n] = locs[n - 1]
+        unnamed = [n for n, x in enumerate(items) if locs[n] is None and not key(x)]
+        block_locs = [self.locate(b) for b in blocks or []]
+        if unnamed and len(unnamed) == len(block_locs) and all(b is not None for b in block_locs):
+            for n, b in zip(unnamed, block_locs):  # one branch no module carries per residual block (Falcon)
+                locs[n] = b
         out, n = [], 0
         while n < len(items):
             if locs[n] is None:
@@ -130,7 +135,7 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
         params.append(st.rename(copy.deepcopy(by_name[tname]), k, j, i))
         extra[tname] = extra.get(tname, -1) + 1
     d["params"] = params
-    d["sites"] = st.expand_list(d["sites"], lambda s: s["module"])
+    d["sites"] = st.expand_list(d["sites"], lambda s: s["module"], d["blocks"])
     d["attention"] = st.expand_list(d["attention"], lambda a: a["module"])
     twin_blocks = list(d["blocks"])
     d["blocks"] = st.expand_list(twin_blocks, lambda b: b)
