@@ -1,16 +1,24 @@
 #!/usr/bin/env python
-"""How long does ``muplify()`` take, and how much memory, on a 7B-parameter model built on the meta device?
+"""How long does ``muplify()`` take, and how much memory, on deep models built on the meta device (issue 20)?
 
-1. HF ``LlamaForCausalLM`` with the Llama-2-7B shape (hidden 4096, intermediate 11008, 32 heads, 32 layers, vocab
-   32000: 6.74e9 parameters) built under ``torch.device("meta")``, then ``muplify(model, base_width=256)``.  Measured
-   in a fresh subprocess: wall time of the call (the first muplify() in the process, as a user sees it) and peak RSS
-   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, whole process, imports included) plus its growth during the call.
-   Targets: <= 10 s and <= 2 GiB.  The parameters would take 27 GB in fp32; none is allocated.
-2. Scaling with depth: the same width at 4 / 16 / 64 layers (one fresh subprocess each, after a 1-layer warm-up call
-   so that one-time costs are excluded).  The time should grow at most linearly in the number of layers.
+Every case runs in a fresh Python process, as a user runs it (the first muplify() of the process, imports not
+counted in the time): ``muplify(model, base_width=256, example_inputs=16 tokens)`` with the default shallow capture
+(:mod:`muplify.twin`), and, in another fresh process, a plain ``torch.export.export`` of the same model with the same
+inputs (``use_cache=False``), the cost muplify paid before the shallow twin.  Cases:
 
-    python benchmarks/muplify_scale.py                    # ~1-2 minutes on 2 CPU cores
-    python benchmarks/muplify_scale.py --out results/     # also writes results/muplify_scale.json
+* HF ``LlamaForCausalLM`` with the Llama-2-7B layer shapes (hidden 4096, intermediate 11008, 32 heads, vocab 32000)
+  at 2 / 8 / 32 / 64 / 126 layers (32 layers: the 7B model itself);
+* a 126-layer Llama with the Llama-3.1-405B shapes (hidden 16384, intermediate 53248, 128 heads, 8 KV heads, vocab
+  128256);
+* DeepSeek-V3: ``DeepseekV3ForCausalLM(DeepseekV3Config())`` (61 layers, the first 3 dense, 256 routed experts).
+
+Recorded per case: wall time of the call, ``capture_s`` (the capture inside it: ``mu.plan.capture_seconds``), peak
+RSS of the process (``ru_maxrss``, imports and model building included), whether every parameter stayed on meta.
+Targets (issue 20): 7B <= 1.5 s, 405B <= 2 s, DeepSeek-V3 <= 3 s, peak RSS <= 1 GiB; the cost of depth 2 -> 126
+stated as a ratio (goal <= 1.3x).  Writes ``muplify_scale.json`` and ``muplify_scale.png`` (time vs depth, both).
+
+    python benchmarks/muplify_scale.py --out benchmarks/results/muplify_scale     # ~5 minutes on 2 cores
+    python benchmarks/muplify_scale.py --quick                                    # 2 and 8 layers only
 
 The child mode (``--child SPEC``) is what :func:`measure` runs; tests/test_meta.py uses :func:`measure` too.
 """
@@ -27,6 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
                 num_key_value_heads=32, num_hidden_layers=32)
+LLAMA_405B = dict(vocab_size=128256, hidden_size=16384, intermediate_size=53248, num_attention_heads=128,
+                  num_key_value_heads=8, num_hidden_layers=126)
+TOKENS = 16
+BASE_WIDTH = 256
+TARGETS = {"llama_7b_s": 1.5, "llama_405b_s": 2.0, "deepseek_v3_s": 3.0, "peak_rss_mib": 1024.0,
+           "depth_2_to_126_ratio": 1.3}
 
 
 def _maxrss_mib() -> float:
@@ -36,13 +50,29 @@ def _maxrss_mib() -> float:
     return kb / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def _build(kind: str, config: dict, layers: int | None):
+    import torch
+
+    if kind == "deepseek_v3":
+        from transformers import DeepseekV3Config as C, DeepseekV3ForCausalLM as M
+        cfg = C(**config)
+    else:
+        from transformers import LlamaConfig as C, LlamaForCausalLM as M
+        cfg = C(**{**LLAMA_7B, **config})
+    if layers is not None:
+        cfg.num_hidden_layers = layers
+    with torch.device("meta"):
+        model = M(cfg)
+        ids = torch.zeros(1, TOKENS, dtype=torch.long)
+    return model, ids
+
+
 def _child(spec: dict) -> dict:
-    """Runs in a fresh process: build meta Llamas and muplify them, one after the other."""
+    """Runs in a fresh process: build the meta model(s) and muplify (or export) each, one after the other."""
     t0 = time.perf_counter()
     import torch
 
     torch.set_num_threads(spec.get("threads", 1))
-    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     from muplify import muplify
@@ -50,21 +80,29 @@ def _child(spec: dict) -> dict:
     hf_logging.set_verbosity_error()
     out = {"import_s": time.perf_counter() - t0, "runs": []}
 
-    def one(layers: int) -> dict:
-        cfg = LlamaConfig(**{**LLAMA_7B, **spec.get("config", {}), "num_hidden_layers": layers})
+    def one(layers) -> dict:
         t = time.perf_counter()
-        with torch.device("meta"):
-            model = LlamaForCausalLM(cfg)
+        model, ids = _build(spec.get("kind", "llama"), spec.get("config", {}), layers)
         build_s = time.perf_counter() - t
         rss_before = _maxrss_mib()
+        rec = {"layers": model.config.num_hidden_layers, "params": sum(p.numel() for p in model.parameters()),
+               "build_s": build_s, "mode": spec.get("mode", "muplify")}
         t = time.perf_counter()
-        mu = muplify(model, base_width=spec.get("base_width", 256))
-        sec = time.perf_counter() - t
-        rss_after = _maxrss_mib()
-        return {"layers": layers, "params": sum(p.numel() for p in mu.parameters()),
-                "all_meta": all(p.is_meta for p in mu.parameters()), "build_s": build_s, "muplify_s": sec,
-                "capture_s": mu.plan.capture_seconds, "peak_rss_mib": rss_after,
-                "rss_growth_mib": rss_after - rss_before, "roles": mu.plan.summary()}
+        if rec["mode"] == "export":
+            torch.export.export(model, (ids,), {"use_cache": False}, strict=False)
+            rec["export_s"] = time.perf_counter() - t
+            rec["all_meta"] = all(p.is_meta for p in model.parameters())
+        else:
+            mu = muplify(model, base_width=spec.get("base_width", BASE_WIDTH), example_inputs=(ids,),
+                         capture=spec.get("capture", "shallow"))
+            rec["muplify_s"] = time.perf_counter() - t
+            rec["capture_s"] = mu.plan.capture_seconds
+            rec["all_meta"] = all(p.is_meta for p in mu.parameters())
+            rec["roles"] = mu.plan.summary()
+            rec["twin"] = next((n for n in mu.plan.notes if n.startswith("capture: ")), "")
+        rec["peak_rss_mib"] = _maxrss_mib()
+        rec["rss_growth_mib"] = rec["peak_rss_mib"] - rss_before
+        return rec
 
     if spec.get("warmup"):
         out["warmup"] = one(1)
@@ -73,11 +111,12 @@ def _child(spec: dict) -> dict:
     return out
 
 
-def measure(layers: list[int], *, warmup: bool = False, config: dict | None = None, timeout: float = 300.0,
-            threads: int = 1) -> dict:
+def measure(layers: list, *, warmup: bool = False, config: dict | None = None, timeout: float = 600.0,
+            threads: int = 1, kind: str = "llama", mode: str = "muplify", capture: str = "shallow") -> dict:
     """Run :func:`_child` in a fresh Python process (so that ru_maxrss is this measurement's own) and return its
-    result.  ``layers``: layer counts measured one after the other in that process."""
-    spec = {"layers": list(layers), "warmup": warmup, "config": config or {}, "threads": threads}
+    result.  ``layers``: layer counts measured one after the other in that process (None: the config's)."""
+    spec = {"layers": list(layers), "warmup": warmup, "config": config or {}, "threads": threads, "kind": kind,
+            "mode": mode, "capture": capture}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
@@ -87,10 +126,34 @@ def measure(layers: list[int], *, warmup: bool = False, config: dict | None = No
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _plot(series: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["layers"] for r in series]
+    ax.plot(xs, [r["muplify_s"] for r in series], "o-", label="muplify() (shallow twin)")
+    ax.plot(xs, [r["export_s"] for r in series], "s--", label="torch.export.export (whole model)")
+    ax.set_xlabel("layers (Llama 7B layer shapes, meta device, 16 tokens)")
+    ax.set_ylabel("seconds (fresh process)")
+    ax.set_title("muplify() time vs depth")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument("--out", default=None, help="directory for muplify_scale.json")
-    ap.add_argument("--layers", type=int, nargs="+", default=[4, 16, 64], help="depths for the scaling series")
+    ap.add_argument("--out", default=None, help="directory for muplify_scale.json and muplify_scale.png")
+    ap.add_argument("--layers", type=int, nargs="+", default=[2, 8, 32, 64, 126], help="depths of the 7B series")
+    ap.add_argument("--quick", action="store_true", help="2 and 8 layers only, no 405B / DeepSeek-V3")
+    ap.add_argument("--no-export", action="store_true", help="skip the plain torch.export comparison")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -101,38 +164,53 @@ def main(argv=None) -> dict:
     from common import env_info, write_json
 
     t0 = time.perf_counter()
-    big = measure([LLAMA_7B["num_hidden_layers"]])["runs"][0]
-    series = [measure([n], warmup=True)["runs"][0] for n in args.layers]
-    result = {"meta": env_info(), "config": LLAMA_7B, "base_width": 256, "llama_7b": big, "scaling": series,
-              "targets": {"muplify_s": 10.0, "peak_rss_mib": 2048.0}}
+    depths = [2, 8] if args.quick else args.layers
+    cases = [("llama_7b_shapes", "llama", {}, n) for n in depths]
+    if not args.quick:
+        cases += [("llama_405b", "llama", LLAMA_405B, None), ("deepseek_v3", "deepseek_v3", {}, None)]
+    rows = []
+    for tag, kind, config, n in cases:
+        r = measure([n], kind=kind, config=config)["runs"][0]
+        if not args.no_export:
+            e = measure([n], kind=kind, config=config, mode="export")["runs"][0]
+            r["export_s"], r["export_peak_rss_mib"] = e["export_s"], e["peak_rss_mib"]
+        r["case"] = tag
+        rows.append(r)
+        print(f"{tag:16s} {r['layers']:4d} layers  muplify {r['muplify_s']:6.2f} s (capture {r['capture_s']:.2f} s)"
+              + (f"  torch.export {r['export_s']:6.2f} s" if "export_s" in r else "")
+              + f"  peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+    series = [r for r in rows if r["case"] == "llama_7b_shapes"]
+    by = {(r["case"], r["layers"]): r for r in rows}
+    result = {"meta": env_info(), "tokens": TOKENS, "base_width": BASE_WIDTH, "config_7b": LLAMA_7B,
+              "config_405b": LLAMA_405B, "rows": rows, "targets": TARGETS,
+              "command": "python benchmarks/muplify_scale.py" + (" --quick" if args.quick else "")}
+    first, last = series[0], series[-1]
+    result["depth_ratio"] = {"from": first["layers"], "to": last["layers"],
+                             "muplify": last["muplify_s"] / first["muplify_s"],
+                             "export": (last["export_s"] / first["export_s"]) if "export_s" in last else None}
+    checks = {}
+    if ("llama_7b_shapes", 32) in by:
+        checks["llama_7b_s"] = by[("llama_7b_shapes", 32)]["muplify_s"]
+    if ("llama_405b", 126) in by:
+        checks["llama_405b_s"] = by[("llama_405b", 126)]["muplify_s"]
+    if ("deepseek_v3", 61) in by:
+        checks["deepseek_v3_s"] = by[("deepseek_v3", 61)]["muplify_s"]
+    checks["peak_rss_mib"] = max(r["peak_rss_mib"] for r in rows)
+    if first["layers"] == 2 and last["layers"] == 126:
+        checks["depth_2_to_126_ratio"] = result["depth_ratio"]["muplify"]
+    result["pass"] = {k: v <= TARGETS[k] for k, v in checks.items()}
+    result["measured"] = checks
 
-    rows = [("model", "layers", "params", "muplify s", "capture s", "s / layer", "peak RSS MiB", "RSS growth MiB")]
-    for tag, r in [("7B (cold)", big)] + [("7B width (warm)", r) for r in series]:
-        rows.append((tag, str(r["layers"]), f"{r['params'] / 1e9:.2f}e9", f"{r['muplify_s']:.2f}",
-                     f"{r['capture_s']:.2f}", f"{r['muplify_s'] / r['layers']:.3f}", f"{r['peak_rss_mib']:.0f}",
-                     f"{r['rss_growth_mib']:.0f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print("\nmuplify() on a meta-device HF Llama (hidden 4096, intermediate 11008, vocab 32000), base_width=256\n")
-    for i, r in enumerate(rows):
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    ratios = {f"{b['layers']}/{a['layers']}": {"time_ratio": b["muplify_s"] / a["muplify_s"],
-                                               "layer_ratio": b["layers"] / a["layers"]}
-              for a, b in zip(series, series[1:])}
-    result["ratios"] = ratios
-    ok_time, ok_rss = big["muplify_s"] <= 10.0, big["peak_rss_mib"] <= 2048.0
-    result["pass"] = {"time": ok_time, "rss": ok_rss,
-                      "linear": all(v["time_ratio"] <= 1.25 * v["layer_ratio"] for v in ratios.values())}
-    print(f"\n7B: muplify {big['muplify_s']:.2f} s (target <= 10: {'ok' if ok_time else 'MISSED'}), peak RSS "
-          f"{big['peak_rss_mib']:.0f} MiB (target <= 2048: {'ok' if ok_rss else 'MISSED'}), every parameter still "
-          f"on meta: {big['all_meta']}")
-    for k, v in ratios.items():
-        print(f"layers {k}: time x{v['time_ratio']:.2f} for x{v['layer_ratio']:.0f} layers")
+    print(f"\ndepth {first['layers']} -> {last['layers']}: muplify x{result['depth_ratio']['muplify']:.2f}"
+          + (f", torch.export x{result['depth_ratio']['export']:.2f}" if result["depth_ratio"]["export"] else ""))
+    for k, v in checks.items():
+        print(f"{k}: {v:.2f} (target <= {TARGETS[k]}: {'ok' if result['pass'][k] else 'MISSED'})")
     print(f"(benchmark wall time {time.perf_counter() - t0:.0f} s)")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         write_json(Path(args.out) / "muplify_scale.json", result)
+        if all("export_s" in r for r in series) and _plot(series, Path(args.out) / "muplify_scale.png"):
+            print(f"wrote {Path(args.out) / 'muplify_scale.png'}")
         print(f"wrote {Path(args.out) / 'muplify_scale.json'}")
     return result
 

@@ -21,7 +21,8 @@ import torch.nn as nn
 import warnings
 
 from . import rewrite
-from .capture import capture
+from .capture import capture as _capture
+from .twin import shallow_plan
 from .classify import build_plan, detect_init_rules
 from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
@@ -305,7 +306,9 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
             example_kwargs=None, hp: dict | HyperParams | None = None, base=None,
             overrides: dict[str, dict] | None = None, **options: Any) -> Plan:
     """Stages 1-3 only: return the plan (facts, with the policy's decisions as read-only views) without touching
-    the model.  Arguments as :func:`muplify`."""
+    the model.  Arguments as :func:`muplify`.  ``capture="shallow"`` (default) analyses a shallow twin of repeated
+    block stacks (:mod:`muplify.twin`; ``plan.notes`` says when the full model was captured instead and why);
+    ``capture="full"`` captures every block."""
     model = _unwrap(model)
     options = _options(options, width_given=width is not None)
     if base is None and base_width is None:
@@ -313,16 +316,24 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
     _check_args(model, 1 if base_width is None else base_width)
     hp = HyperParams.from_dict(hp)
     base_shapes = _base_shapes(model, base) if base is not None else None
-    cap = capture(model, example_inputs, example_kwargs)
-    wa = analyse(cap, width=width, head_scaling=options.head_scaling)
-    if base_shapes is not None:
-        derived = _base_width_from(wa, base_shapes)
-        if base_width is not None and base_width != derived:
-            raise MuplifyError(f"base_width={base_width} disagrees with the base model, whose width dim has size "
-                               f"{derived}; pass one of them")
-        base_width = derived
-    plan = build_plan(wa, model, base_width, options=options, hp=hp, base_shapes=base_shapes)
-    plan.capture_seconds = round(cap.seconds, 3)
+
+    def derive(model: nn.Module, to_full) -> Plan:  # capture -> analysis -> facts, on the model or its shallow twin
+        shapes = None if base_shapes is None else {n: base_shapes[to_full(n)] for n, _ in model.named_parameters()}
+        cap = _capture(model, example_inputs, example_kwargs)
+        wa = analyse(cap, width=width, head_scaling=options.head_scaling)
+        bw = base_width
+        if shapes is not None:
+            derived = _base_width_from(wa, shapes)
+            if bw is not None and bw != derived:
+                raise MuplifyError(f"base_width={bw} disagrees with the base model, whose width dim has size "
+                                   f"{derived}; pass one of them")
+            bw = derived
+        plan = build_plan(wa, model, bw, options=options, hp=hp, base_shapes=shapes)
+        plan.capture_seconds = round(cap.seconds, 3)
+        return plan
+
+    plan = shallow_plan(model, derive, options.depth is not None) if options.capture == "shallow" \
+        else derive(model, lambda n: n)
     for pattern, fields in (overrides or {}).items():
         if not isinstance(fields, dict):
             raise PlanError(f"overrides maps a name pattern to fields, e.g. {{'lm_head.weight': {{'role': "

@@ -112,6 +112,8 @@ class Options:
     depth_alpha: float = _opt(1.0, "CompleteP exponent: branches × (base_depth/depth)^alpha", _alpha)
     parametrization: str = _opt("mup", "'mup', 'sp' (standard), 'spectral', or a registered Parametrization's name",
                                 _registered_parametrization)
+    capture: Literal["shallow", "full"] = _opt(
+        "shallow", "'shallow': capture a twin with two blocks of each repeated stack; 'full': every block")
     width_given: bool = _opt(False, "the user passed width= (so the width is not a guess)")
 
     def __post_init__(self):

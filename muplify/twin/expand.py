@@ -1,0 +1,179 @@
+"""Expand the plan of a shallow twin to the full model: every block gets its representative's facts, renamed; the
+depth facts (residual blocks, CompleteP's depth and its notes, parameter-axis counts) come from the full stack."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from typing import Any
+
+import torch.nn as nn
+
+from ..classify import detect_init_rules
+from ..plan import Plan
+from .stacks import Stack
+
+__all__ = ["expand_plan"]
+
+
+class _Stacks:
+    """Name bookkeeping: twin index j <-> full indices i of every stack."""
+
+    def __init__(self, stacks: list[Stack]):
+        self.stacks = stacks
+        self.pre = [s.path + "." if s.path else "" for s in stacks]
+        # twin index of the representative of every full child
+        self.twin_of = [[s.kept.index(s.rep(i)) for i in range(s.size)] for s in stacks]
+
+    def locate(self, name: str) -> tuple[int, int] | None:
+        """(stack number, index in the container) of a module/parameter path inside a stack, else None."""
+        for k, pre in enumerate(self.pre):
+            if name.startswith(pre):
+                head = name[len(pre):].split(".")[0]
+                if head.isdigit():
+                    return k, int(head)
+        return None
+
+    def rename(self, value: Any, k: int, j: int, i: int) -> Any:
+        """Every mention of block ``j`` of stack ``k`` (twin) in ``value`` renamed to block ``i`` (full)."""
+        pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k] + str(j)) + r"(?!\d)")
+        rep = self.pre[k] + str(i)
+
+        def go(v):
+            if isinstance(v, str):
+                return pat.sub(rep, v)
+            if isinstance(v, list):
+                return [go(x) for x in v]
+            if isinstance(v, dict):
+                return {a: go(b) for a, b in v.items()}
+            return v
+        return go(value)
+
+    def outside(self, value: Any) -> Any:
+        """An item outside every stack that names a block (the head's fold into the last block's norm): a block of
+        a shortened run's second period stands for the last block of its kind in the run, others for themselves."""
+        value = copy.deepcopy(value)
+        for k, stack in enumerate(self.stacks):
+            full = {}
+            for j, i0 in enumerate(stack.kept):
+                seg = next((s for s in stack.segments if s.start + s.period <= i0 < s.start + 2 * s.period), None)
+                full[j] = max(i for i in range(seg.start, seg.stop) if seg.rep(i) == i0) if seg else i0
+            pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
+            sub = lambda m, full=full, pre=self.pre[k]: pre + str(full.get(int(m.group(1)), int(m.group(1))))  # noqa
+
+            def go(v):
+                if isinstance(v, str):
+                    return pat.sub(sub, v)
+                if isinstance(v, list):
+                    return [go(x) for x in v]
+                if isinstance(v, dict):
+                    return {a: go(b) for a, b in v.items()}
+                return v
+            value = go(value)
+        return value
+
+    def expand_list(self, items: list, key, blocks: list[str] | None = None) -> list:
+        """The full model's list from the twin's: within each maximal run of consecutive items of one stack, the
+        items of each shortened segment become, for every full block of the segment in order, the items of that
+        block's representative, renamed; items of blocks outside the segments keep their place.  An item without a
+        name (a branch no module carries) between two items of one block belongs to that block."""
+        locs = [self.locate(key(x)) for x in items]
+        for n, loc in enumerate(locs):
+            if loc is None and 0 < n and locs[n - 1] is not None:
+                nxt = next((lc for lc in locs[n + 1:] if lc is not None), None)
+                if not key(items[n]) and (nxt is None or nxt[0] == locs[n - 1][0]):
+                    locs[n] = locs[n - 1]
+        unnamed = [n for n, x in enumerate(items) if locs[n] is None and not key(x)]
+        block_locs = [self.locate(b) for b in blocks or []]
+        if unnamed and len(unnamed) == len(block_locs) and all(b is not None for b in block_locs):
+            for n, b in zip(unnamed, block_locs):  # one branch no module carries per residual block (Falcon)
+                locs[n] = b
+        out, n = [], 0
+        while n < len(items):
+            if locs[n] is None:
+                out.append(self.outside(items[n]))
+                n += 1
+                continue
+            k, m = locs[n][0], n
+            while m < len(items) and locs[m] is not None and locs[m][0] == k:
+                m += 1
+            stack = self.stacks[k]
+            seg_of = {i: s for s in stack.segments for i in range(s.start, s.stop)}
+            group = lambda a: id(seg_of.get(stack.kept[locs[a][1]]))  # noqa: E731
+            a = n
+            while a < m:
+                b = a
+                while b < m and group(b) == group(a):
+                    b += 1
+                seg = seg_of.get(stack.kept[locs[a][1]])
+                if seg is None:
+                    out += [self.rename(copy.deepcopy(items[c]), k, locs[c][1], stack.kept[locs[c][1]])
+                            for c in range(a, b)]
+                else:
+                    for i in range(seg.start, seg.stop):
+                        j = self.twin_of[k][i]
+                        out += [self.rename(copy.deepcopy(items[c]), k, j, i) for c in range(a, b) if locs[c][1] == j]
+                a = b
+            n = m
+        return out
+
+
+def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: bool) -> Plan:
+    """The full model's plan from the twin's (``twin``'s names are the twin's: stacks renumbered 0..k-1)."""
+    st = _Stacks(stacks)
+    d = twin.to_dict()
+    by_name = {p["name"]: p for p in d["params"]}
+    params, extra = [], {}  # extra: twin name -> copies beyond the first (for the axis counts)
+    for full_name, _ in model.named_parameters():
+        loc = st.locate(full_name)
+        if loc is None:
+            params.append(st.outside(by_name[full_name]))
+            continue
+        k, i = loc
+        j = st.twin_of[k][i]
+        tname = st.pre[k] + str(j) + full_name[len(st.pre[k]) + len(str(i)):]
+        params.append(st.rename(copy.deepcopy(by_name[tname]), k, j, i))
+        extra[tname] = extra.get(tname, -1) + 1
+    d["params"] = params
+    d["sites"] = st.expand_list(d["sites"], lambda s: s["module"], d["blocks"])
+    d["attention"] = st.expand_list(d["attention"], lambda a: a["module"])
+    twin_blocks = list(d["blocks"])
+    d["blocks"] = st.expand_list(twin_blocks, lambda b: b)
+    d["scaling_dims"] = _expand_axes(d["scaling_dims"], by_name, extra, twin.width == twin.base_width)
+    notes = list(d["notes"])
+    opts = twin.options
+    if opts.base_depth is not None:
+        from ..classify import _depth  # the same rule, on the full stack's blocks
+        base = dataclasses.replace(opts, depth=opts.depth if depth_given else None)
+        _, twin_notes = _depth(base, twin_blocks, model)
+        full_opts, full_notes = _depth(base, d["blocks"], model)
+        at = next((n for n, x in enumerate(notes) if x in twin_notes), len(notes))
+        notes = [x for x in notes if x not in twin_notes]
+        notes[at:at] = full_notes
+        d["options"]["depth"] = full_opts.depth
+    sizes = ", ".join(f"{s.path or type(model).__name__}: {s.size} blocks as {len(s.kept)}" for s in stacks)
+    notes.append(f"capture: shallow twin ({sizes}); every block has its representative's facts "
+                 "(capture='full' to capture every block)")
+    ignored = sorted({a for s in stacks for a in s.ignored})
+    if ignored:
+        notes.append(f"capture: per-block {', '.join(ignored[:3])} only addresses the KV cache (off in capture)")
+    d["notes"] = notes
+    plan = Plan.from_dict(d)
+    detect_init_rules(plan, model)  # read off the full model's values (a statistic over all of them)
+    plan.capture_seconds = twin.capture_seconds
+    plan.lint = list(twin.lint)
+    return plan
+
+
+def _expand_axes(dims: list, by_name: dict, extra: dict, same_width: bool) -> list:
+    """(size, expression, parameter axes): the axes of the blocks the twin left out counted too."""
+    out = []
+    for size, expr, n in dims:
+        for tname, copies in extra.items():
+            if copies <= 0:
+                continue
+            p = by_name[tname]
+            hits = sum(1 for a, s in enumerate(p["shape"]) if s == size and (same_width or p["base_shape"][a] != s))
+            n += hits * copies
+        out.append([size, expr, n])
+    return out
