@@ -15,7 +15,7 @@ kept apart from the built-ins (:func:`user_ops`) and can be removed (:func:`unre
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
