@@ -27,6 +27,7 @@ from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
 from .plan import HyperParams, Options, Plan
 from .width import analyse
+from .width_source import reconsider_width
 
 __all__ = ["muplify", "analyze", "MuplifiedModule", "is_muplified"]
 
@@ -326,6 +327,10 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
     base_shapes = _base_shapes(model, base) if base is not None else None
     cap = capture(model, example_inputs, example_kwargs)
     wa = analyse(cap, width=width, head_scaling=head_scaling)
+    width_lint: list[str] = []
+    if base_shapes is None and width is None:  # base_width naming another scaling dim: the width it means
+        wa, width_lint = reconsider_width(wa, model, base_width,
+                                          lambda w: analyse(cap, width=w, head_scaling=head_scaling))
     if base_shapes is not None:
         derived = _base_width_from(wa, base_shapes)
         if base_width is not None and base_width != derived:
@@ -334,6 +339,7 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
         base_width = derived
     plan = build_plan(wa, model, base_width, options=options, hp=hp, base_shapes=base_shapes)
     plan.capture_seconds = round(cap.seconds, 3)
+    plan.lint.extend(width_lint)
     for pattern, fields in (overrides or {}).items():
         if not isinstance(fields, dict):
             raise PlanError(f"overrides maps a name pattern to fields, e.g. {{'lm_head.weight': {{'role': "

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from .batch import Batch, as_batch, first_float_tensor, output_loss, own_loss, to_device
+from .lint_once import lint_once
 from .coord_record import OUTPUT_NAME, ROOT_NAME, Recorder
 from .coord_result import DEFAULT_TOL, PARAM_LABELS, CoordCheckResult
 from .train import TrainOptions, train
@@ -279,6 +280,7 @@ def _progress_bar(total: int, enabled: bool | None):
     return tqdm(total=total, desc="coord_check", unit="run", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+@lint_once
 def coord_check(
     factory: Callable[[int], nn.Module],
     batch: Any = None,

@@ -91,10 +91,11 @@ CAUSES: list[_Cause] = [
                          f"layer is dead; try a smaller lr (now {r.config.get('lr')}) or look at that layer."),
     _Cause(lambda r, fs: any(f.step == 0 and not f.readout for f in fs),
            lambda r, fs: (lambda w: f"{w.layer} is already off at step 0 (slope {w.slope:.2f} before any update): "
-                                    "the initial values are scaled wrong, not the learning rate; check the 'init' "
-                                    "column of print(mu.plan) (the rule read off each weight's values, and any 'init "
-                                    "of ...: GUESS' note) and force it with muplify(..., init='fan_in'|'fan_out'|"
-                                    "'fixed') or overrides=... if it is wrong.")(_worst(fs, lambda f: f.step == 0
+                                    "the initial values are scaled wrong (a parameter feeding it has the wrong init "
+                                    "rule or role), not the learning rate; check the 'init' and 'role' columns of "
+                                    "print(mu.plan) (the init rule is read off each weight's values; see any 'init of "
+                                    "...: GUESS' note) and fix it with muplify(..., init='fan_in'|'fan_out'|'fixed') "
+                                    "or overrides=....")(_worst(fs, lambda f: f.step == 0
                                                                                      and not f.readout))),
     _Cause(lambda r, fs: any(f.readout and f.slope < 0 for f in fs),
            lambda r, fs: f"The readout ({_worst(fs, lambda f: f.readout).layer}) shrinks faster than 1/√width: its "
