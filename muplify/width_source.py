@@ -4,15 +4,19 @@ The width analysis picks the model's width from what the model states (``config.
 ``feature_info[0]``) or, failing that, the dimension most parameter axes use.  On a stage-width model (Swin, an
 EfficientNet, a ResNet, a CNN with stages of w and 2w channels) that pick and the user's ``base_width`` may refer to
 different dimensions, and μP would then apply a width_mult the user never meant (×4 at the base model, ×0.5 at the
-base model).  :func:`reconsider_width` decides, from the scaling dimensions alone (a shape-only fact):
+base model).  Which dimension is the width must not depend on ``base_width`` (a proxy and its target would otherwise
+be measured on different dimensions: the issue-18 item-1 failure), so :func:`decide` changes the width only on a
+base-independent fact and otherwise warns with the candidates:
 
-* ``base_width`` equals the size of another scaling dimension and is larger than the width picked: the model is at
-  (or above) its base on that dimension, and a width_mult < 1 is not what anyone tunes for: that dimension is the
-  width (EfficientNet's 32-channel stem against ``feature_info[0]``'s 16).
-* ``base_width`` equals the size of another scaling dimension that the model or its config names as a width
-  (``config.embed_dim``, ``self.width``...): that dimension is the width (Swin built at ``embed_dim=32``).
-* ``base_width`` equals another scaling dimension that nothing names: ambiguous, a warning with the candidates.
-* ``base_width`` larger than the width and equal to no scaling dimension: a warning (width_mult < 1).
+* the width was the most-used dimension and the model names exactly one width attribute (``self.width``,
+  ``config.embed_dim``) that is another scaling dimension: that dimension is the width;
+* ``base_width`` equals the size of another scaling dimension (Swin built at ``embed_dim=32`` with
+  ``base_width=32`` while the width is ``config.hidden_size``=128; a timm EfficientNet whose ``feature_info[0]`` is
+  narrower than the 32-channel stem; a CNN with stages of w and 2w channels): a warning naming every scaling
+  dimension and what to pass;
+* ``base_width`` larger than the width: a warning (width_mult < 1);
+* the width taken from a config/timm attribute while the model names another width attribute that is a different
+  scaling dimension (Swin's ``embed_dim`` beside ``hidden_size``): a warning saying which one is measured.
 
 The plan header names where the width came from (``plan.width_source``)."""
 from __future__ import annotations
@@ -75,34 +79,45 @@ def reconsider_width(wa, model: nn.Module, base_width: int, reanalyse: Callable[
 
 
 def decide(wa, model: nn.Module, base_width: int) -> WidthChoice:
+    """The decision, from the scaling dimensions and the model's width-named attributes; which dimension is the
+    width never depends on ``base_width`` (the proxy and the target must measure on the same one), only the
+    warnings do."""
     width = wa.width_size
-    dims = {d.size: d for d in getattr(wa, "scaling_dims", [])}
-    if base_width == width:
-        return WidthChoice()
-    listing = ", ".join(f"{s} ({dims[s].expr}, {dims[s].param_axes} axes)" for s in sorted(dims))
+    dims, axes = {}, {}  # several dims may share a size: the first one's expression, their axes summed
+    for d in getattr(wa, "scaling_dims", []):
+        dims.setdefault(d.size, d)
+        axes[d.size] = axes.get(d.size, 0) + d.param_axes
+    named = {k: v for k, v in width_attributes(model).items() if v in dims and v != width}
+    if wa.width_source == "most-used" and len(set(named.values())) == 1:
+        # the model names its width (self.width = 32) and nothing else stated one: measure on it
+        k, v = sorted(named.items())[0]
+        return WidthChoice(v, f"{k} (the model's width-named attribute; the most-used dimension is {width})")
+    lint: list[str] = []
+    listing = ", ".join(f"{s} ({dims[s].expr}, {axes[s]} axes)" for s in sorted(dims))
     picked = f"width {width} ({wa.width_source})"
-    if base_width in dims:
-        expr = dims[base_width].expr
-        if base_width > width:
-            return WidthChoice(base_width, f"the {expr} dimension, equal to base_width={base_width} (the width "
-                                           f"analysis picked {wa.width_source}={width}, which would give width_mult "
-                                           f"{width / base_width:g} < 1)")
-        named = sorted(k for k, v in width_attributes(model).items() if v == base_width)
-        if named:
-            return WidthChoice(base_width, f"{named[0]} = base_width (the model is built at its base size; "
-                                           f"{wa.width_source}={width} is {_relative(width, base_width)} of it)")
-        return WidthChoice(lint=[
-            f"base_width={base_width} is the size of another scaling dimension ({expr} of the {picked}), so μP "
-            f"applies width_mult {width / base_width:g}. What to do: if this model is built at its base size, pass "
-            f"width={base_width}; if {width} is the width and {base_width} was the base model's, pass width={width} "
-            f"to say so. Scaling dimensions: {listing}."])
-    if base_width > width:
-        return WidthChoice(lint=[
+    if base_width != width and base_width in dims:
+        lint.append(
+            f"base_width={base_width} is the size of another scaling dimension ({dims[base_width].expr} of the "
+            f"{picked}), so μP applies width_mult {width / base_width:g}"
+            + (" < 1" if width < base_width else "") + f". What to do: if this model is built at its base size "
+            f"(width_mult 1), pass width={base_width} here and width=<that dimension's size> for every other "
+            f"model (the proxy and the target measured alike; README: stage-width models); if {width} is the "
+            f"width and {base_width} was the base model's, pass width={width} to say so. Scaling dimensions: "
+            f"{listing}.")
+    elif base_width > width:
+        lint.append(
             f"base_width={base_width} is larger than the {picked}: μP applies width_mult {width / base_width:g} < 1 "
             f"(the model narrower than the one the hyperparameters were tuned at). What to do: pass the base "
             f"model's size of the dimension you mean as base_width, or width=<size> to pick another dimension. "
-            f"Scaling dimensions: {listing}."])
-    return WidthChoice()
+            f"Scaling dimensions: {listing}.")
+    if named and wa.width_source.startswith(("config.", "timm ")) and not lint:
+        k, v = sorted(named.items())[0]
+        lint.append(
+            f"the width is {wa.width_source}={width}, and the model also names {k}={v} ({dims[v].expr}), another "
+            f"scaling dimension (a stage-width model): width_mult {width / base_width:g} is measured on "
+            f"{wa.width_source}. What to do: if base_width={base_width} is the base model's {k}, pass width={v} "
+            f"(the same way for the proxy and the target; README: stage-width models).")
+    return WidthChoice(lint=lint)
 
 
 def _relative(a: int, b: int) -> str:
