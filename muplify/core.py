@@ -27,7 +27,7 @@ from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
 from .plan import HyperParams, Options, Plan
 from .width import analyse
-from .width_source import reconsider_width
+from .width_source import reconsider_width, rounded_dim_notes
 
 __all__ = ["muplify", "analyze", "MuplifiedModule", "is_muplified"]
 
@@ -340,6 +340,8 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
     plan = build_plan(wa, model, base_width, options=options, hp=hp, base_shapes=base_shapes)
     plan.capture_seconds = round(cap.seconds, 3)
     plan.lint.extend(width_lint)
+    if base_shapes is None:
+        plan.notes.extend(rounded_dim_notes(wa, base_width))
     for pattern, fields in (overrides or {}).items():
         if not isinstance(fields, dict):
             raise PlanError(f"overrides maps a name pattern to fields, e.g. {{'lm_head.weight': {{'role': "

@@ -122,3 +122,33 @@ def decide(wa, model: nn.Module, base_width: int) -> WidthChoice:
 
 def _relative(a: int, b: int) -> str:
     return f"{a // b}×" if a % b == 0 else f"{a / b:g}×"
+
+
+def rounded_dim_notes(wa, base_width: int) -> list[str]:
+    """Notes on scaling dimensions whose ratio to the width is close to a simple fraction but not equal to it: a
+    size rounded to a multiple (a SwiGLU hidden size 8w/3 rounded to a multiple of 8: 680 at w = 256).  Its base
+    size is taken symbolically (680·64/256 = 170) while a model built at the base width rounds on its own (168)."""
+    import sympy
+
+    notes, seen = [], set()
+    sym = wa.width_symbol
+    for d in getattr(wa, "scaling_dims", []):
+        if d.size in seen:
+            continue
+        seen.add(d.size)
+        coef = sympy.nsimplify(d.expr / sym) if d.expr.has(sym) else None
+        if coef is None or not coef.is_Rational:
+            continue
+        c = float(coef)
+        for q in (1, 2, 3, 4):
+            p = round(c * q)
+            if p > 0 and sympy.Rational(p, q) != coef and abs(p / q - c) / c < 0.03:
+                simple = sympy.Rational(p, q)
+                notes.append(
+                    f"the scaling dimension {d.size} = {d.expr} is close to {simple}·w but not equal (a size rounded "
+                    f"to a multiple, e.g. a SwiGLU hidden size): its base size is taken as {d.expr.subs(sym, base_width)}"
+                    f" (symbolic), while a model built at base_width={base_width} may round it differently "
+                    f"(≈{float(simple * base_width):g}); pass base=<the model built at the base width> for exact base "
+                    f"fans.")
+                break
+    return notes
