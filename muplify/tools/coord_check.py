@@ -39,6 +39,7 @@ from .lint_once import lint_once
 from .coord_record import OUTPUT_NAME, ROOT_NAME, Recorder
 from .coord_result import DEFAULT_TOL, PARAM_LABELS, CoordCheckResult
 from .train import TrainOptions, train
+from ..inputs import embedding_fed_by_input
 from ..optim import resolve_optimizer
 
 __all__ = ["coord_check", "CoordCheckResult", "Batch", "DEFAULT_TOL", "DEFAULT_WIDTHS", "DEFAULT_DEPTHS", "DEFAULT_LR",
@@ -57,15 +58,20 @@ OutputLoss = Callable[..., torch.Tensor]  # loss_fn(output) or loss_fn(output, l
 
 # --------------------------------------------------------------------------------------------------------- data
 def language_model_vocab(model: nn.Module) -> int | None:
-    """The vocabulary size when ``model`` reads token ids (HF ``input_ids`` models, or a first parametrized layer
-    that is an ``nn.Embedding``); None otherwise."""
+    """The vocabulary size when ``model`` reads token ids (HF ``input_ids`` models, a first parametrized layer that
+    is an ``nn.Embedding``, or any model whose input reaches an ``nn.Embedding``); None otherwise."""
     config = getattr(model, "config", None)
     if getattr(model, "main_input_name", None) == "input_ids" and getattr(config, "vocab_size", None):
         return int(config.vocab_size)
     for mod in model.modules():
         if any(True for _ in mod.parameters(recurse=False)):
-            return mod.num_embeddings if isinstance(mod, nn.Embedding) else None
-    return None
+            if isinstance(mod, nn.Embedding):
+                return mod.num_embeddings
+            break
+    # the first parametrized module is not an embedding (a top-level scalar such as a logit temperature, or an
+    # embedding defined after the layers): whether the input reaches an nn.Embedding decides
+    emb = embedding_fed_by_input(model)
+    return emb.num_embeddings if emb is not None else None
 
 
 def _max_positions(model: nn.Module) -> int | None:
