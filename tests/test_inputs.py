@@ -87,3 +87,14 @@ def test_mup_example_transformer_is_muplified_without_example_inputs():
     assert mu.plan.width == 64 and mu.plan.width_mult == 2
     out = mu(torch.randint(0, 100, (8, 2)))
     assert out.shape == (8, 2, 100) and torch.isfinite(out).all()
+
+
+def test_coord_check_on_inputs_that_do_not_fit_says_what_to_pass():
+    import pytest
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"could not run TempLM on its inputs .*What to pass: batch=") as e:
+            coord_check(TempLM, torch.randn(2, 8), labels=torch.randint(0, 96, (2, 8)), widths=[16, 32], steps=1,
+                        seeds=1, progress=False, parametrizations=("sp",))
+    assert "--batch module:callable" in str(e.value)

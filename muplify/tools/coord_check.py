@@ -25,6 +25,7 @@ shrinks like 1/√width at small widths (`mup`'s own examples use batch size 1).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import sys
@@ -39,6 +40,7 @@ from .lint_once import lint_once
 from .coord_record import OUTPUT_NAME, ROOT_NAME, Recorder
 from .coord_result import DEFAULT_TOL, PARAM_LABELS, CoordCheckResult
 from .train import TrainOptions, train
+from ..errors import CaptureError
 from ..inputs import embedding_fed_by_input
 from ..optim import resolve_optimizer
 
@@ -286,6 +288,40 @@ def _progress_bar(total: int, enabled: bool | None):
     return tqdm(total=total, desc="coord_check", unit="run", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+def _one_run(model, param, value, mk, batches, base_width, base_depth, opt_cls, lr, opt_kwargs, loss):
+    """Muplify (μP / CompleteP) or not (SP), build the optimizer, train: ``(model, sizes per step)``."""
+    if param in ("mup", "completep"):
+        kw = dict(mk)
+        if "example_inputs" not in kw and "example_kwargs" not in kw:
+            kw["example_inputs"] = batches[0].args
+            if batches[0].kwargs:
+                kw["example_kwargs"] = batches[0].kwargs
+        if param == "completep":
+            kw["base_depth"] = base_depth or value
+        model = _muplify_fn()(model, base_width=base_width, **kw)
+        opt = model.optimizer(opt_cls, lr=lr, **opt_kwargs)
+    else:
+        opt = _plain_optimizer(model, opt_cls, lr, opt_kwargs, base_width, batches[0], mk)
+    return model, _run(model, opt, batches, loss)
+
+
+@contextlib.contextmanager
+def _inputs_hint(model: nn.Module, data: str, first: bool):
+    """On the first run, an error raised by the model on its inputs (a dtype, a shape, a missing argument) says what
+    to pass instead of only torch's message."""
+    try:
+        yield
+    except (RuntimeError, TypeError, IndexError, CaptureError) as e:
+        if not first:
+            raise
+        line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"coord_check could not run {type(model).__name__} on its inputs ({data}): {type(e).__name__}: {line}. "
+            "What to pass: batch=(inputs,) or (args, kwargs) matching one ordinary forward call, and labels= "
+            "(or loss_fn=); from the command line, --batch module:callable returning them; a language model "
+            "taking token ids into an nn.Embedding needs neither (the built-in corpus).") from e
+
+
 @lint_once
 def coord_check(
     factory: Callable[[int], nn.Module],
@@ -395,21 +431,11 @@ def coord_check(
                     model = factory(value)
                     if device is not None:
                         model = model.to(device)
-                    if param in ("mup", "completep"):
-                        kw = dict(mk)
-                        if "example_inputs" not in kw and "example_kwargs" not in kw:
-                            kw["example_inputs"] = batches[0].args
-                            if batches[0].kwargs:
-                                kw["example_kwargs"] = batches[0].kwargs
-                        if param == "completep":
-                            kw["base_depth"] = base_depth or value
-                        model = _muplify_fn()(model, base_width=base_width, **kw)
-                        opt = model.optimizer(opt_cls, lr=lr, **opt_kwargs)
-                        if readouts is None and axis == "width":
-                            readouts = readout_modules(model, model.plan)
-                    else:
-                        opt = _plain_optimizer(model, opt_cls, lr, opt_kwargs, base_width, batches[0], mk)
-                    sizes_per_step = _run(model, opt, batches, loss)
+                    with _inputs_hint(model, data, first=not records):
+                        model, sizes_per_step = _one_run(model, param, value, mk, batches, base_width, base_depth,
+                                                         opt_cls, lr, opt_kwargs, loss)
+                    if readouts is None and axis == "width" and param in ("mup", "completep"):
+                        readouts = readout_modules(model, model.plan)
                     for t in range(steps):
                         # a diverged run stopped early: its remaining steps count as infinite sizes
                         sizes = sizes_per_step[t] if t < len(sizes_per_step) else dict.fromkeys(
@@ -422,7 +448,7 @@ def coord_check(
                                             "layer": layer, "size": size})
                     if bar is not None:
                         bar.update(1)
-                    del model, opt
+                    del model
     finally:
         if bar is not None:
             bar.close()
