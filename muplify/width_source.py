@@ -28,9 +28,10 @@ import torch.nn as nn
 
 __all__ = ["WidthChoice", "reconsider_width", "width_attributes"]
 
-_WIDTH_WORDS = ("width", "dim", "channel", "chs", "hidden", "embd", "embed", "d_model", "features", "planes")
-_NOT_WIDTH = ("head", "vocab", "layer", "depth", "patch", "image", "window", "kernel", "stride", "position", "label",
-              "class", "intermediate", "max_", "num_", "n_", "mlp_ratio", "seq", "token")
+# attribute names that state a model's width (exact, lower-case): a FFN size (DistilBERT's hidden_dim, intermediate_size)
+# or a head count is not one
+_WIDTH_NAMES = frozenset({"width", "base_width", "embed_dim", "d_model", "hidden_size", "dim", "n_embd", "model_dim",
+                          "channels", "base_channels", "stem_width", "stem_chs", "num_channels"})
 
 
 @dataclass
@@ -44,8 +45,7 @@ class WidthChoice:
 
 
 def _widthish(name: str) -> bool:
-    n = name.lower()
-    return any(w in n for w in _WIDTH_WORDS) and not any(x in n for x in _NOT_WIDTH)
+    return name.lower() in _WIDTH_NAMES
 
 
 def width_attributes(model: nn.Module) -> dict[str, int]:
