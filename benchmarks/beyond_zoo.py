@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """muplify on models that no test contains, called as a new user calls it: the check behind "works on your model".
 
-The test zoo (tests/zoo.py, 58 models) is what the suite runs; this is the wider net a session casts before calling
+The test zoo (muplify_dev/zoo.py, 58 models) is what the suite runs; this is the wider net a session casts before calling
 the analysis done: 33 more transformers and timm families from tiny configs and 8 hand-written models of common
 public patterns (U-Net, DiT with adaLN and sinusoidal timesteps, RWKV-4 time mixing, a message-passing GNN, a conv
 VAE; issue 18: a token LM on torch's Xavier-initialised MultiheadAttention with a scalar temperature first, a
 stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/).  Per model, built at twice its base width:
 
 * ``muplify(model, base_width=...)`` (bare for transformers/timm, with example inputs otherwise): roles against the
-  two-width shape-diff oracle (tests/oracle.py; "n/a" where the oracle does not know a raw parameter's layout),
+  two-width shape-diff oracle (muplify_dev/oracle.py; "n/a" where the oracle does not know a raw parameter's layout),
   the width and where it came from, the parameters resting on a marked guess;
 * base-width identity: at ``base_width`` = the model's width the forward is bit-identical to the original;
 * export: ``mu.to_standard()`` with ``hp={"output_mult": 2, "attn_mult": 0.5}`` against the muplified model
@@ -34,16 +34,16 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import common  # noqa: E402,F401  (puts the repository root, hence muplify and muplify_dev, on sys.path)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers as T  # noqa: E402
 
 from muplify import muplify  # noqa: E402
-from oracle import oracle_roles  # noqa: E402
-from zoo import HEAD_DIM, MAX_POS, VOCAB, _images, _tokens, ensure_torchvision  # noqa: E402
+from muplify_dev.oracle import oracle_roles  # noqa: E402
+from muplify_dev.zoo import HEAD_DIM, MAX_POS, VOCAB, _images, _tokens, ensure_torchvision  # noqa: E402
 
 ensure_torchvision()
 import timm  # noqa: E402
@@ -351,7 +351,7 @@ class StageCNN(nn.Module):
 
 
 def _mup_example(w):
-    from mup_example_transformer import TransformerModel  # tests/: the mup package's example Transformer
+    from muplify_dev.mup_example_transformer import TransformerModel  # the mup package's example Transformer
 
     return TransformerModel(100, w, 2, 2 * w, 2)
 

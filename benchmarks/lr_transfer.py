@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ResultStore, env_info, finite_or_none, import_muplify, set_threads  # noqa: E402
 
 from muplify.models import GPT  # noqa: E402

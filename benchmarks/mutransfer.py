@@ -68,7 +68,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lr_transfer  # noqa: E402
 from common import ResultStore, env_info, finite_or_none, set_threads  # noqa: E402
 

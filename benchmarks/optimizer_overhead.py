@@ -22,33 +22,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import env_info, interleaved_timings, median, set_threads, write_json  # noqa: E402
 
 from muplify import muplify, register_rule  # noqa: E402
 from muplify.models import GPT  # noqa: E402
-
-
-class Lion(torch.optim.Optimizer):
-    """Lion (Chen et al. 2023) with foreach ops: the sign family's representative."""
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
-        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for g in self.param_groups:
-            ps = [p for p in g["params"] if p.grad is not None]
-            if not ps:
-                continue
-            grads = [p.grad for p in ps]
-            ms = [self.state[p].setdefault("m", torch.zeros_like(p)) for p in ps]
-            b1, b2 = g["betas"]
-            torch._foreach_mul_(ps, 1 - g["lr"] * g["weight_decay"])
-            upd = torch._foreach_lerp(grads, ms, b1)  # b1·m + (1−b1)·g
-            torch._foreach_sign_(upd)
-            torch._foreach_add_(ps, upd, alpha=-g["lr"])
-            torch._foreach_lerp_(ms, grads, 1 - b2)
+from muplify_dev.optimizers import Lion  # noqa: E402
 
 
 register_rule(Lion, "sign")

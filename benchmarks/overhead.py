@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     env_info,
     import_muplify,

@@ -19,14 +19,14 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import common  # noqa: E402,F401  (puts the repository root, hence muplify and muplify_dev, on sys.path)
 import torch  # noqa: E402
 
 import muplify.core as core  # noqa: E402
 from muplify import muplify  # noqa: E402
-from oracle import oracle_roles  # noqa: E402
-from zoo import ZOO, ZOO_NAMES, build, ensure_torchvision, widths_for  # noqa: E402
+from muplify_dev.oracle import oracle_roles  # noqa: E402
+from muplify_dev.zoo import ZOO, ZOO_NAMES, build, ensure_torchvision, widths_for  # noqa: E402
 
 
 def run_one(name: str) -> dict:

@@ -29,7 +29,7 @@ def build(name: str, device: str = "cpu", plan=None):
             blocks = lambda m: list(m.blocks)
             loss_fn = lambda m, x: m(x, x)[1]
         elif name == "llama":
-            import zoo
+            from muplify_dev import zoo
 
             model, _, _ = zoo.build("hf_llama", 64)
             blocks = lambda m: list(m.model.layers)

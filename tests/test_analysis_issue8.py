@@ -23,8 +23,8 @@ import muplify.core as core
 from muplify import CaptureError, muplify
 from muplify.capture import capture, default_example_inputs
 from muplify.width import analyse
-from oracle import infinite_axes, oracle_roles
-from zoo import build, widths_for
+from muplify_dev.oracle import infinite_axes, oracle_roles
+from muplify_dev.zoo import build, widths_for
 
 X8 = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
 
@@ -657,7 +657,7 @@ def test_axes_of_tensors_the_forward_creates_are_fixed():
 def test_reshaped_dim_with_two_scaling_factors_scales_linearly():
     """timm CaiT's talking-heads attention mixes the heads with Linear(heads, heads): no attention op fixes head_dim,
     so (…, 3w) -> (…, 3, heads, head_dim) had two scaling factors and qkv's fan_out read 3*w**2/64."""
-    from zoo import ensure_torchvision
+    from muplify_dev.zoo import ensure_torchvision
 
     ensure_torchvision()
     import timm

@@ -18,7 +18,8 @@ from muplify import (CaptureError, MuplifyError, OptimizerRuleError, Plan, PlanE
 from muplify.models import MLP
 from muplify.optim import OPTIMIZER_FAMILIES, register_rule
 from muplify.rewrite import MuScale
-from zoo import build
+from muplify_dev.optimizers import Lion
+from muplify_dev.zoo import build
 
 X16 = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
 
@@ -251,18 +252,6 @@ def test_hand_edited_plan_with_invalid_entries(edit):
                                               ({"net.2.weight": {"fan_in": 3}}, "cannot override")])
 def test_bad_overrides(overrides, match):
     raises_untouched(_mlp(), PlanError, match, base_width=32, overrides=overrides)
-
-
-class Lion(torch.optim.Optimizer):
-    def __init__(self, params, lr=1e-4):
-        super().__init__(params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad.sign(), alpha=-g["lr"])
 
 
 def test_unknown_optimizer_class():

@@ -1,8 +1,5 @@
-"""Smoke tests for benchmarks/: run the --quick modes as subprocesses and check their output files.
-
-The μP assertions are skipped (not failed) only while ``from muplify import muplify`` cannot be imported at all;
-once the core imports, every μP run must succeed.
-"""
+"""Smoke tests for benchmarks/: run the --quick modes as subprocesses and check their output files (every μP run
+must succeed)."""
 from __future__ import annotations
 
 import json
@@ -15,14 +12,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-
-
-def _muplify_importable() -> bool:
-    try:
-        from muplify import muplify  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def _run(script: str, out: Path, *extra: str, timeout: float) -> subprocess.CompletedProcess:
@@ -84,8 +73,6 @@ def test_lr_transfer_quick_resumes(lr_quick):
 
 
 def test_lr_transfer_quick_mup(lr_quick):
-    if not _muplify_importable():
-        pytest.skip("`from muplify import muplify` does not import yet")
     out, _ = lr_quick
     res = json.loads((out / "results.json").read_text())
     mup = [r for r in res["runs"].values() if r["config"]["param"] == "mup"]
@@ -111,15 +98,14 @@ def test_overhead_quick(tmp_path):
     sections = {r["section"] for r in res["rows"]}
     assert "muplify()" in sections
     assert "| muplify() on |" in p.stdout
-    if _muplify_importable():
-        errors = [(r["section"], r.get("error")) for r in res["rows"] if r.get("error")]
-        assert not errors, errors
-        assert {"train step (eager)", "optimizer step"} <= sections
-        for r in res["rows"]:
-            if r["section"] != "muplify()":
-                assert r["ratio"] > 0
-            else:
-                assert r["muplify_s"] > 0
+    errors = [(r["section"], r.get("error")) for r in res["rows"] if r.get("error")]
+    assert not errors, errors
+    assert {"train step (eager)", "optimizer step"} <= sections
+    for r in res["rows"]:
+        if r["section"] != "muplify()":
+            assert r["ratio"] > 0
+        else:
+            assert r["muplify_s"] > 0
 
 
 def test_depth_transfer_quick(tmp_path):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from muplify import MuplifyError, PlanError, muplify
 from muplify.models import GPT
-from zoo import build
+from muplify_dev.zoo import build
 
 VOCAB, SEQ = 64, 16
 

@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from muplify import muplify  # noqa: E402
-from zoo import build  # noqa: E402
+from muplify_dev.zoo import build  # noqa: E402
 
 BASE, WIDE = 32, 64
 

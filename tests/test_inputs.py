@@ -75,7 +75,7 @@ def test_cli_coord_check_without_batch_takes_the_corpus_for_it():
 
 
 def test_mup_example_transformer_is_muplified_without_example_inputs():
-    from mup_example_transformer import TransformerModel
+    from muplify_dev.mup_example_transformer import TransformerModel
 
     model = TransformerModel(100, 64, 2, 128, 2)
     args, _ = default_example_inputs(model)

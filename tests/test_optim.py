@@ -7,6 +7,7 @@ from torch.optim import lr_scheduler as S
 
 from muplify import OptimizerRuleError, muplify
 from muplify.models import GPT
+from muplify_dev.optimizers import Lion
 
 BASE, WIDE = 32, 128  # width_mult 4
 
@@ -127,17 +128,6 @@ def test_foreach_and_fused(flag):
 
 
 def test_unknown_optimizer_needs_rule():
-    class Lion(torch.optim.Optimizer):
-        def __init__(self, params, lr=1e-4):
-            super().__init__(params, dict(lr=lr))
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            for g in self.param_groups:
-                for p in g["params"]:
-                    if p.grad is not None:
-                        p.add_(p.grad.sign(), alpha=-g["lr"])
-
     mu = _mu()
     with pytest.raises(OptimizerRuleError, match="rule='adam'"):
         mu.optimizer(Lion, lr=1e-3)

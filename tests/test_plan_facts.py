@@ -154,8 +154,8 @@ def test_plan_argument_types(tmp_path):
 # ------------------------------------------------------------------------------------------------ base= route
 @pytest.mark.parametrize("name", ["gpt_sdpa", "hf_llama", "hf_bert", "timm_vit", "timm_resnet", "cnn"])
 def test_base_model_route_agrees_with_the_oracle(name):
-    from oracle import oracle_roles
-    from zoo import ZOO, build, widths_for
+    from muplify_dev.oracle import oracle_roles
+    from muplify_dev.zoo import ZOO, build, widths_for
 
     base, wide = widths_for(name)
     model, args, kwargs = build(name, wide)

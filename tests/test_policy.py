@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from muplify import HyperParams, OptimizerFamily, PlanError, muplify, register_family
 from muplify.models import GPT, MLP
 from muplify.optim import FAMILIES, OPTIMIZER_FAMILIES, CombinedOptimizer
+from muplify_dev.optimizers import Lion
 
 BASE, WIDE = 32, 64
 VOCAB, SEQ = 64, 16
@@ -153,7 +154,7 @@ class RopeStackAttention(nn.Module):
 
 
 def _timm_vit(width):
-    from zoo import ensure_torchvision
+    from muplify_dev.zoo import ensure_torchvision
 
     ensure_torchvision()
     import timm
@@ -360,25 +361,6 @@ def test_adafactor_first_step_follows_adams_rule():
         med[width] = {n: d[n].abs().median().item() for n in ("blocks.0.mlp.0.weight", "wpe.weight")}
     assert med[4 * BASE]["blocks.0.mlp.0.weight"] / med[BASE]["blocks.0.mlp.0.weight"] == pytest.approx(1 / 4, rel=0.15)
     assert med[4 * BASE]["wpe.weight"] / med[BASE]["wpe.weight"] == pytest.approx(1.0, rel=0.15)
-
-
-class Lion(torch.optim.Optimizer):
-    """Lion (Chen et al. 2023), written here: update = sign(β1·m + (1−β1)·g), decoupled decay."""
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
-        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for g in self.param_groups:
-            b1, b2 = g["betas"]
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                m = self.state[p].setdefault("m", torch.zeros_like(p))
-                p.mul_(1 - g["lr"] * g["weight_decay"])
-                p.add_(torch.sign(b1 * m + (1 - b1) * p.grad), alpha=-g["lr"])
-                m.mul_(b2).add_(p.grad, alpha=1 - b2)
 
 
 def test_sign_family_rule_and_lint():

@@ -3,7 +3,7 @@
 For random MLPs, CNNs, built-in GPTs and hand-written transformer blocks (GLU or GELU MLP, RMSNorm or LayerNorm,
 ``nn.Linear`` or an (in, out)-layout linear computed as ``x @ W``):
 
-* the roles muplify infers from the graph equal the two-width shape-diff oracle (tests/oracle.py);
+* the roles muplify infers from the graph equal the two-width shape-diff oracle (muplify_dev/oracle.py);
 * base-width identity: at width == base_width the muplified model computes (and takes an AdamW step) exactly as the
   original;
 * determinism: muplifying the same model twice gives the identical plan JSON (and identical rescaled weights).
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import oracle
+from muplify_dev import oracle
 from muplify import muplify
 from muplify.models import GPT, MLP
 from muplify.rewrite import MuScale

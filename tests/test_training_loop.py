@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from muplify import Plan, PlanError, is_muplified, muplify
 from muplify.models import GPT
 from muplify.rewrite import MuScale
-from zoo import build
+from muplify_dev.zoo import build
 
 BASE, WIDE = 32, 64
 VOCAB = 128

@@ -47,9 +47,9 @@ def test_swin_built_at_its_base_embed_dim_warns_with_candidates_and_width_fixes_
 
 
 def test_timm_efficientnet_at_its_base_stem_width_warns():
-    import zoo
+    from muplify_dev.zoo import ensure_torchvision
 
-    zoo.ensure_torchvision()
+    ensure_torchvision()
     import timm
 
     model = timm.create_model("efficientnet_b0", pretrained=False, num_classes=10)

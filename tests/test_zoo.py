@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 import conftest
-from oracle import canonical_names, infinite_axes, oracle_role, oracle_roles, param_layout
-from zoo import CORE_NAMES, ZOO, ZOO_NAMES, build, widths_for
+from muplify_dev.oracle import canonical_names, infinite_axes, oracle_role, oracle_roles, param_layout
+from muplify_dev.zoo import CORE_NAMES, ZOO, ZOO_NAMES, build, widths_for
 
 ROLES = {"input", "hidden", "output", "vector", "fixed"}
 
@@ -200,7 +200,9 @@ def test_oracle_refuses_unknown_layouts():
 
 # ------------------------------------------------------------------------------------------------ torchvision
 def _load_standin_misc():
-    path = os.path.join(os.path.dirname(__file__), "torchvision_shim", "torchvision", "ops", "misc.py")
+    from muplify_dev import torchvision_shim
+
+    path = os.path.join(torchvision_shim.SHIM_DIR, "torchvision", "ops", "misc.py")
     spec = importlib.util.spec_from_file_location("_standin_tv_ops_misc", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

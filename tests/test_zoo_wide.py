@@ -1,10 +1,10 @@
 """Issue 8's acceptance test: every architecture of the zoo, called the way a new user calls muplify.
 
-Per model (tests/zoo.py, tiny configs, random init):
+Per model (muplify_dev/zoo.py, tiny configs, random init):
 
 * the headline call ``muplify(model, base_width=...)`` without example inputs works (entries with ``bare=False``
   have no submodule to build inputs from: the bare call must say what to pass, the explicit call must work);
-* the roles equal the two-width shape-diff oracle (tests/oracle.py);
+* the roles equal the two-width shape-diff oracle (muplify_dev/oracle.py);
 * the width muplify reports is the model's declared width (``ZooEntry.width_attr``: the config's hidden size, the
   timm width attribute), and it says where it took it from;
 * no parameter rests on an unmarked guess: every role that does not come from graph evidence has
@@ -21,8 +21,8 @@ import torch.utils._pytree as pytree
 
 import muplify.core as core
 from muplify import CaptureError, muplify
-from oracle import oracle_roles
-from zoo import ZOO, ZOO_NAMES, build, declared_width, widths_for
+from muplify_dev.oracle import oracle_roles
+from muplify_dev.zoo import ZOO, ZOO_NAMES, build, declared_width, widths_for
 
 
 def loss_of(out) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """A zoo of tiny models for muplify's tests: every entry builds a model at a given width.
 
-    >>> from zoo import ZOO, ZOO_NAMES, build, widths_for
+    >>> from muplify_dev.zoo import ZOO, ZOO_NAMES, build, widths_for
     >>> model, args, kwargs = build("hf_llama", 64)
     >>> out = model(*args, **kwargs)
 
@@ -45,12 +45,10 @@ NUM_CLASSES = 10  # classifier outputs (finite)
 IMG = 32  # example image side
 
 def ensure_torchvision() -> bool:
-    """Let ``import timm`` work without a working torchvision (tests/torchvision_shim); a no-op when the real one
+    """Let ``import timm`` work without a working torchvision (muplify_dev/torchvision_shim); a no-op when the real one
     imports.  Returns True when timm gets the stand-in.  Idempotent; tests/conftest.py calls it first thing."""
-    try:
-        import torchvision_shim
-    except ImportError:  # zoo imported as tests.zoo
-        from tests import torchvision_shim
+    from muplify_dev import torchvision_shim
+
     return torchvision_shim.install()
 
 

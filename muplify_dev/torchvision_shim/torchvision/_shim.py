@@ -4,7 +4,7 @@ from __future__ import annotations
 __all__ = ["TorchvisionShimError", "unavailable_class", "unavailable_function"]
 
 _WHY = (
-    "is not available: this is muplify's minimal torchvision stand-in (tests/torchvision_shim), which only "
+    "is not available: this is muplify's minimal torchvision stand-in (muplify_dev/torchvision_shim), which only "
     "provides what timm needs to build and run models (torchvision.ops.misc.FrozenBatchNorm2d). "
     "Install a torchvision that matches your torch to use data transforms or datasets."
 )

@@ -5,7 +5,7 @@ build the model at two widths and diff parameter shapes name by name.  Roles the
 module layouts (which axis of a stored weight is fan-in and which is fan-out), not from the graph, so it can check
 muplify's graph-based inference.
 
-    >>> from oracle import infinite_axes, oracle_role, oracle_roles
+    >>> from muplify_dev.oracle import infinite_axes, oracle_role, oracle_roles
     >>> axes = infinite_axes("gpt_sdpa", 32, 64)        # or infinite_axes(build_fn, w0, w1)
     >>> axes["blocks.0.attn.c_attn.weight"]
     (True, True)
@@ -43,10 +43,8 @@ Layout = Union[tuple[tuple[int, ...], tuple[int, ...]], None]  # (in_axes, out_a
 
 
 def _zoo():
-    try:
-        import zoo
-    except ImportError:  # imported as tests.oracle from the repository root
-        from tests import zoo
+    from muplify_dev import zoo
+
     return zoo
 
 
@@ -183,7 +181,7 @@ def param_layout(module: nn.Module, attr: str, param: torch.Tensor) -> Layout:
     if param.shape[0] == 1:  # broadcast-shaped: cls/dist/reg tokens, pos_embed, MHA bias_k/bias_v, ...
         return None
     raise ValueError(f"oracle does not know the layout of {type(module).__qualname__}.{attr} "
-                     f"{tuple(param.shape)}; extend tests/oracle.py:param_layout")
+                     f"{tuple(param.shape)}; extend muplify_dev/oracle.py:param_layout")
 
 
 def _role_from_layout(layout: Layout, axes: tuple[bool, ...], module: nn.Module) -> str:
