@@ -2,9 +2,10 @@
 """muplify on models that no test contains, called as a new user calls it: the check behind "works on your model".
 
 The test zoo (muplify_dev/zoo.py, 58 models) is what the suite runs; this is the wider net a session casts before calling
-the analysis done: 33 more transformers and timm families from tiny configs and 5 hand-written models of common
+the analysis done: 33 more transformers and timm families from tiny configs and 8 hand-written models of common
 public patterns (U-Net, DiT with adaLN and sinusoidal timesteps, RWKV-4 time mixing, a message-passing GNN, a conv
-VAE).  Per model, built at twice its base width:
+VAE; issue 18: a token LM on torch's Xavier-initialised MultiheadAttention with a scalar temperature first, a
+stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/).  Per model, built at twice its base width:
 
 * ``muplify(model, base_width=...)`` (bare for transformers/timm, with example inputs otherwise): roles against the
   two-width shape-diff oracle (muplify_dev/oracle.py; "n/a" where the oracle does not know a raw parameter's layout),
@@ -14,7 +15,7 @@ VAE).  Per model, built at twice its base width:
   (a refusal is reported with its reason);
 * depth: ``base_depth=1``: blocks and residual branches found, or the reason there are none.
 
-    python benchmarks/beyond_zoo.py                 # all 38 models (~1-2 minutes on 2 cores)
+    python benchmarks/beyond_zoo.py                 # all 41 models (~1-2 minutes on 2 cores)
     python benchmarks/beyond_zoo.py --quick         # 3 models (CI smoke run)
     python benchmarks/beyond_zoo.py --only phimoe xlnet
 
@@ -319,8 +320,47 @@ class VAE(nn.Module):
         return self.d2(F.relu(self.d1(F.relu(self.from_lat(z))))), mu, logvar
 
 
+class MHALM(nn.Module):
+    """Issue 18 item 2: a token LM on torch's nn.TransformerEncoderLayer (its MultiheadAttention in_proj is
+    Xavier-uniform, the init rule once read from noise), a learnable logit temperature owned by the root first
+    (item 6: token inputs read from the graph)."""
+    def __init__(self, w):
+        super().__init__()
+        self.log_temp = nn.Parameter(torch.zeros(()))
+        self.emb = nn.Embedding(128, w)
+        self.block = nn.TransformerEncoderLayer(w, max(1, w // 16), 2 * w, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(w, 128)
+
+    def forward(self, ids):
+        return self.head(self.block(self.emb(ids))) * self.log_temp.exp()
+
+
+class StageCNN(nn.Module):
+    """Issue 18 item 4: stages of w and 2w channels, 2w the most-used; names its width (self.width)."""
+    def __init__(self, w):
+        super().__init__()
+        self.width = w
+        self.stem, self.down = nn.Conv2d(3, w, 3, padding=1), nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(2 * w)
+        self.stage2 = nn.Sequential(*[nn.Conv2d(2 * w, 2 * w, 3, padding=1) for _ in range(4)])
+        self.head = nn.Linear(2 * w, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.down(F.relu(self.stem(x)))))
+        return self.head(self.stage2(x).mean((2, 3)))
+
+
+def _mup_example(w):
+    from muplify_dev.mup_example_transformer import TransformerModel  # the mup package's example Transformer
+
+    return TransformerModel(100, w, 2, 2 * w, 2)
+
+
 G = torch.Generator().manual_seed(0)
 HAND_WRITTEN = {
+    "mha_lm": (MHALM, lambda: ((torch.randint(0, 128, (2, 6), generator=G),), {}), 32),
+    "stage_cnn": (StageCNN, lambda: ((torch.randn(2, 3, 16, 16, generator=G),), {}), 16),
+    "mup_example_transformer": (_mup_example, lambda: ((torch.randint(0, 100, (6, 2), generator=G),), {}), 32),
     "unet": (UNet, lambda: ((torch.randn(2, 3, 16, 16, generator=G),), {}), 32),
     "dit": (DiT, lambda: ((torch.randn(2, 4, 8, 8, generator=G), torch.rand(2, generator=G),
                            torch.randint(0, 10, (2,), generator=G)), {}), 64),

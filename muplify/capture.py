@@ -30,6 +30,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import CaptureError
+from .inputs import embedding_fed_by_input, token_inputs
 
 __all__ = ["Capture", "ModelHints", "capture", "default_example_inputs", "model_hints"]
 
@@ -273,6 +274,11 @@ def default_example_inputs(model: nn.Module) -> tuple[tuple, dict]:
                 isinstance(proj, nn.Conv2d):
             return (torch.randn(_BATCH, proj.in_channels, *img, device=dev),), {}
     n_args = max(1, _required_positional(model))
+    first = next((m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear, nn.Conv1d, nn.Conv2d,
+                                                                nn.Conv3d, nn.TransformerEncoderLayer,
+                                                                nn.TransformerDecoderLayer))), None)
+    if first is not None and not isinstance(first, nn.Embedding) and (emb := embedding_fed_by_input(model)):
+        return token_inputs(model, emb.num_embeddings, dev), {}  # token ids reach an embedding defined later
     for mod in model.modules():
         if isinstance(mod, nn.Embedding):
             # every required argument of a token model gets tokens (a seq2seq model's source and target)

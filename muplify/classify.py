@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import PlanError
-from .initialization import detect_rule
+from .initialization import note_init_reading, read_init
 from .plan import Decision, HyperParams, Layout, Options, ParamPlan, Plan, decided_by_text, role_from_fans
 from .rules import CONTRACTING_KINDS, Use, found_upstream
 from .rules import table as ops
@@ -89,6 +89,7 @@ def detect_init_rules(plan: Plan, model: nn.Module) -> None:
     scaled; 'deferred' on the meta device).  ``plan.options.init`` forces a rule or (None) keeps every value."""
     option = plan.options.init
     named = dict(model.named_parameters())
+    readings = {}
     with plan._editable():
         for n, p in plan.params.items():
             t = named.get(n)
@@ -102,13 +103,17 @@ def detect_init_rules(plan: Plan, model: nn.Module) -> None:
             else:
                 layer = plan.params.get(p.bias_of) if p.bias_of else None
                 if layer is not None:
-                    p.init_rule = detect_rule(t, layer._size(layer.fan_in), ())[0]
+                    r = read_init(t, layer._size(layer.fan_in), (), in_scales=layer.fan_in.has(plan.width_symbol),
+                                  prior=getattr(readings.get(p.bias_of), "initializer", None))
                 elif p.role in ("vector", "fixed"):
-                    p.init_rule = detect_rule(t, 1, ())[0]
+                    r = read_init(t, 1, ())
                 else:
                     shape = tuple(t.shape)
                     conv_fan_out = t.numel() // max(1, shape[1]) if len(shape) > 2 else 1
-                    p.init_rule = detect_rule(t, p._size(p.fan_in), (p._size(p.fan_out), conv_fan_out))[0]
+                    r = read_init(t, p._size(p.fan_in), (p._size(p.fan_out), conv_fan_out),
+                                  in_scales=p.fan_in.has(plan.width_symbol), out_scales=p.fan_out.has(plan.width_symbol))
+                p.init_rule, readings[n] = r.rule, r
+                note_init_reading(plan, n, r)
 
 
 def axis_facts(wa, base_width: int, base_shapes: dict[str, tuple[int, ...]] | None):

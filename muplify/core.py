@@ -29,6 +29,7 @@ from .optim import make_optimizer, watch_plain_optimizers
 from .plan import HyperParams, Options, Plan
 from .policy import get_parametrization
 from .width import analyse
+from .width_source import reconsider_width, rounded_dim_notes
 
 __all__ = ["muplify", "analyze", "MuplifiedModule", "is_muplified"]
 
@@ -316,11 +317,14 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
     _check_args(model, 1 if base_width is None else base_width)
     hp = HyperParams.from_dict(hp)
     base_shapes = _base_shapes(model, base) if base is not None else None
-
     def derive(model: nn.Module, to_full) -> Plan:  # capture -> analysis -> facts, on the model or its shallow twin
         shapes = None if base_shapes is None else {n: base_shapes[to_full(n)] for n, _ in model.named_parameters()}
         cap = _capture(model, example_inputs, example_kwargs)
         wa = analyse(cap, width=width, head_scaling=options.head_scaling)
+        width_lint: list[str] = []
+        if shapes is None and width is None:  # base_width naming another scaling dim: the width it means
+            wa, width_lint = reconsider_width(wa, model, base_width,
+                                              lambda w: analyse(cap, width=w, head_scaling=options.head_scaling))
         bw = base_width
         if shapes is not None:
             derived = _base_width_from(wa, shapes)
@@ -330,6 +334,9 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
             bw = derived
         plan = build_plan(wa, model, bw, options=options, hp=hp, base_shapes=shapes)
         plan.capture_seconds = round(cap.seconds, 3)
+        plan.lint.extend(width_lint)
+        if shapes is None:
+            plan.notes.extend(rounded_dim_notes(wa, bw))
         return plan
 
     plan = shallow_plan(model, derive, options.depth is not None) if options.capture == "shallow" \

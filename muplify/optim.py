@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .errors import OptimizerRuleError
+from .optim_args import check_optimizer_class
 from .plan import Plan
 from .policy import FAMILIES, OPTIMIZER_FAMILIES, OptimizerFamily, family_for, param_rules, register_family, \
     register_rule
@@ -34,7 +35,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpo
 
 def resolve_optimizer(optimizer: Any) -> type:
     """An optimizer class from a class or a name in ``torch.optim`` (case-insensitive: "adamw", "AdamW")."""
-    if isinstance(optimizer, type):
+    if not isinstance(optimizer, str):
+        check_optimizer_class(optimizer)  # a module class, an optimizer instance...: a sentence, not a repr
         return optimizer
     if isinstance(optimizer, str):
         names = {k.lower(): getattr(torch.optim, k) for k in dir(torch.optim)
@@ -45,7 +47,6 @@ def resolve_optimizer(optimizer: Any) -> type:
             raise OptimizerRuleError(f"unknown optimizer name {optimizer!r}: torch.optim has "
                                      f"{', '.join(sorted(c.__name__ for c in names.values()))}; or pass the class")
         return cls
-    raise OptimizerRuleError(f"optimizer must be a torch.optim.Optimizer class or its name, got {optimizer!r}")
 
 
 def _strip(name: str) -> str:

@@ -1,9 +1,9 @@
-"""The README works as written: its public names import as it shows them, its Python blocks run top to bottom (as a
-new user would paste them, in one session), its links point at pages that exist; the docs show the FSDP2 example the
-tests run.
+"""The README works as written: its public names import as it shows them, each of its Python blocks runs on its own
+(as a new user would paste one of them into a fresh session), its links point at pages that exist; the docs show the
+FSDP2 example the tests run.
 
 Convention: a ```python block preceded by ``<!-- not-run: reason -->`` is an illustration and is skipped; every other
-block runs, in order, in one namespace, in a temporary directory.  Keep the not-run list short.
+block runs in a fresh namespace, in one temporary directory.  Keep the not-run list short.
 """
 from __future__ import annotations
 
@@ -43,13 +43,14 @@ def test_the_not_run_blocks_are_few_and_say_why():
     assert len(skipped) <= MAX_NOT_RUN, skipped
 
 
-def test_readme_python_blocks_run_top_to_bottom(tmp_path, monkeypatch):
+def test_readme_python_blocks_each_run_standalone(tmp_path, monkeypatch):
+    """Each block in a fresh namespace: a block that uses a name an earlier block defined fails (NameError)."""
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__readme__"}
     ran = 0
     for line, code, reason in python_blocks(README):
         if reason is not None:
             continue
+        namespace: dict = {"__name__": "__readme__"}
         try:
             exec(compile(code, f"README.md:{line}", "exec"), namespace)
         except Exception as e:

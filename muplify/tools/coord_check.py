@@ -25,6 +25,7 @@ shrinks like 1/√width at small widths (`mup`'s own examples use batch size 1).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import sys
@@ -35,9 +36,12 @@ import torch
 import torch.nn as nn
 
 from .batch import Batch, as_batch, first_float_tensor, output_loss, own_loss, to_device
+from .lint_once import lint_once
 from .coord_record import OUTPUT_NAME, ROOT_NAME, Recorder
 from .coord_result import DEFAULT_TOL, PARAM_LABELS, CoordCheckResult
 from .train import TrainOptions, train
+from ..errors import CaptureError
+from ..inputs import embedding_fed_by_input
 from ..optim import resolve_optimizer
 
 __all__ = ["coord_check", "CoordCheckResult", "Batch", "DEFAULT_TOL", "DEFAULT_WIDTHS", "DEFAULT_DEPTHS", "DEFAULT_LR",
@@ -58,15 +62,20 @@ OutputLoss = Callable[..., torch.Tensor]  # loss_fn(output) or loss_fn(output, l
 
 # --------------------------------------------------------------------------------------------------------- data
 def language_model_vocab(model: nn.Module) -> int | None:
-    """The vocabulary size when ``model`` reads token ids (HF ``input_ids`` models, or a first parametrized layer
-    that is an ``nn.Embedding``); None otherwise."""
+    """The vocabulary size when ``model`` reads token ids (HF ``input_ids`` models, a first parametrized layer that
+    is an ``nn.Embedding``, or any model whose input reaches an ``nn.Embedding``); None otherwise."""
     config = getattr(model, "config", None)
     if getattr(model, "main_input_name", None) == "input_ids" and getattr(config, "vocab_size", None):
         return int(config.vocab_size)
     for mod in model.modules():
         if any(True for _ in mod.parameters(recurse=False)):
-            return mod.num_embeddings if isinstance(mod, nn.Embedding) else None
-    return None
+            if isinstance(mod, nn.Embedding):
+                return mod.num_embeddings
+            break
+    # the first parametrized module is not an embedding (a top-level scalar such as a logit temperature, or an
+    # embedding defined after the layers): whether the input reaches an nn.Embedding decides
+    emb = embedding_fed_by_input(model)
+    return emb.num_embeddings if emb is not None else None
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -281,6 +290,43 @@ def _progress_bar(total: int, enabled: bool | None):
     return tqdm(total=total, desc="coord_check", unit="run", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+def _one_run(model, param, value, mk, batches, base_width, base_depth, opt_cls, lr, opt_kwargs, loss):
+    """Muplify (μP / CompleteP / spectral / SP through muplify) or not (SP), build the optimizer, train: ``(model, sizes per step)``."""
+    if param != "sp":
+        kw = dict(mk)
+        if "example_inputs" not in kw and "example_kwargs" not in kw:
+            kw["example_inputs"] = batches[0].args
+            if batches[0].kwargs:
+                kw["example_kwargs"] = batches[0].kwargs
+        if param in _MUPLIFY_PARAMETRIZATION:
+            kw["parametrization"] = _MUPLIFY_PARAMETRIZATION[param]
+        if param == "completep":
+            kw["base_depth"] = base_depth or value
+        model = _muplify_fn()(model, base_width=base_width, **kw)
+        opt = model.optimizer(opt_cls, lr=lr, **opt_kwargs)
+    else:
+        opt = _plain_optimizer(model, opt_cls, lr, opt_kwargs, base_width, batches[0], mk)
+    return model, _run(model, opt, batches, loss)
+
+
+@contextlib.contextmanager
+def _inputs_hint(model: nn.Module, data: str, first: bool):
+    """On the first run, an error raised by the model on its inputs (a dtype, a shape, a missing argument) says what
+    to pass instead of only torch's message."""
+    try:
+        yield
+    except (RuntimeError, TypeError, IndexError, CaptureError) as e:
+        if not first:
+            raise
+        line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"coord_check could not run {type(model).__name__} on its inputs ({data}): {type(e).__name__}: {line}. "
+            "What to pass: batch=(inputs,) or (args, kwargs) matching one ordinary forward call, and labels= "
+            "(or loss_fn=); from the command line, --batch module:callable returning them; a language model "
+            "taking token ids into an nn.Embedding needs neither (the built-in corpus).") from e
+
+
+@lint_once
 def coord_check(
     factory: Callable[[int], nn.Module],
     batch: Any = None,
@@ -391,23 +437,11 @@ def coord_check(
                     model = factory(value)
                     if device is not None:
                         model = model.to(device)
-                    if param != "sp":
-                        kw = dict(mk)
-                        if "example_inputs" not in kw and "example_kwargs" not in kw:
-                            kw["example_inputs"] = batches[0].args
-                            if batches[0].kwargs:
-                                kw["example_kwargs"] = batches[0].kwargs
-                        if param in _MUPLIFY_PARAMETRIZATION:
-                            kw["parametrization"] = _MUPLIFY_PARAMETRIZATION[param]
-                        if param == "completep":
-                            kw["base_depth"] = base_depth or value
-                        model = _muplify_fn()(model, base_width=base_width, **kw)
-                        opt = model.optimizer(opt_cls, lr=lr, **opt_kwargs)
-                        if readouts is None and axis == "width":
-                            readouts = readout_modules(model, model.plan)
-                    else:
-                        opt = _plain_optimizer(model, opt_cls, lr, opt_kwargs, base_width, batches[0], mk)
-                    sizes_per_step = _run(model, opt, batches, loss)
+                    with _inputs_hint(model, data, first=not records):
+                        model, sizes_per_step = _one_run(model, param, value, mk, batches, base_width, base_depth,
+                                                         opt_cls, lr, opt_kwargs, loss)
+                    if readouts is None and axis == "width" and param != "sp":
+                        readouts = readout_modules(model, model.plan)
                     for t in range(steps):
                         # a diverged run stopped early: its remaining steps count as infinite sizes
                         sizes = sizes_per_step[t] if t < len(sizes_per_step) else dict.fromkeys(
@@ -420,7 +454,7 @@ def coord_check(
                                             "layer": layer, "size": size})
                     if bar is not None:
                         bar.update(1)
-                    del model, opt
+                    del model
     finally:
         if bar is not None:
             bar.close()

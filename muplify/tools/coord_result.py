@@ -89,6 +89,14 @@ CAUSES: list[_Cause] = [
     _Cause(lambda r, fs: any(not math.isfinite(f.slope) for f in fs),
            lambda r, fs: f"{_worst(fs).layer} is non-finite or exactly zero at some widths only: a run diverged or a "
                          f"layer is dead; try a smaller lr (now {r.config.get('lr')}) or look at that layer."),
+    _Cause(lambda r, fs: any(f.step == 0 and not f.readout for f in fs),
+           lambda r, fs: (lambda w: f"{w.layer} is already off at step 0 (slope {w.slope:.2f} before any update): "
+                                    "the initial values are scaled wrong (a parameter feeding it has the wrong init "
+                                    "rule or role), not the learning rate; check the 'init' and 'role' columns of "
+                                    "print(mu.plan) (the init rule is read off each weight's values; see any 'init of "
+                                    "...: GUESS' note) and fix it with muplify(..., init='fan_in'|'fan_out'|'fixed') "
+                                    "or overrides=....")(_worst(fs, lambda f: f.step == 0
+                                                                                     and not f.readout))),
     _Cause(lambda r, fs: any(f.readout and f.slope < 0 for f in fs),
            lambda r, fs: f"The readout ({_worst(fs, lambda f: f.readout).layer}) shrinks faster than 1/√width: its "
                          "learning rate or output multiplier is scaled down too much; check the 'output' rows of "
@@ -98,9 +106,10 @@ CAUSES: list[_Cause] = [
                          "with width (a fixed number of heads), muplify(..., head_scaling='head_dim') applies μP's "
                          "1/d attention scale."),
     _Cause(lambda r, fs: any(f.slope > 0 for f in fs),
-           lambda r, fs: (lambda w: f"{w.layer} grows like width^{w.slope:.2f} at step {w.step}: a parameter "
-                                    "feeding it (it is the first layer that grows) is not treated as μP "
-                                    "prescribes; check its role in mu.plan (fix it "
+           lambda r, fs: (lambda w: f"{w.layer} grows like width^{w.slope:.2f} at step {w.step} (within its band "
+                                    "at step 0, so it grows with training: a learning rate, not the init): a "
+                                    "parameter feeding it (it is the first layer that grows) does not get the "
+                                    "learning rate μP prescribes; check its role in mu.plan (fix it "
                                     "with muplify(..., overrides=...)) and that the optimizer is mu.optimizer(...), "
                                     "not one built on model.parameters().")(_first_growing(fs))),
     _Cause(lambda r, fs: _many_tokens(r),

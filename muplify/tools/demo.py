@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from .lint_once import lint_once
 from .coord_check import CoordCheckResult, coord_check
 
 N_LAYER = 2
@@ -32,6 +33,7 @@ def gpt_factory(n_layer: int = N_LAYER) -> Callable[[int], nn.Module]:
     return make
 
 
+@lint_once
 def run_demo(out: str = "muplify-out", quick: bool = False, *, verbose: bool = True) -> CoordCheckResult:
     """Run the demo; returns the coordinate check's result."""
     from muplify import muplify
