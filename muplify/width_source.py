@@ -93,9 +93,14 @@ def decide(wa, model: nn.Module, base_width: int) -> WidthChoice:
         k, v = sorted(named.items())[0]
         return WidthChoice(v, f"{k} (the model's width-named attribute; the most-used dimension is {width})")
     lint: list[str] = []
-    listing = ", ".join(f"{s} ({dims[s].expr}, {axes[s]} axes)" for s in sorted(dims))
+    # sizes and expressions only: an axis count would differ between a shallow twin and the full model
+    listing = ", ".join(f"{s} ({dims[s].expr})" for s in sorted(dims))
     picked = f"width {width} ({wa.width_source})"
-    if base_width != width and base_width in dims:
+    # a config's stated width (config.hidden_size) with no other width-named attribute is what the user means: a base
+    # half the width that happens to equal another dim (GQA's K/V width w/2) is the ordinary proxy, not a mix-up.  The
+    # most-used dim and timm's first feature stage are picks from a stage-width model, where it may be one
+    ambiguous = not wa.width_source.startswith("config.") or bool(named)
+    if base_width != width and base_width in dims and ambiguous:
         lint.append(
             f"base_width={base_width} is the size of another scaling dimension ({dims[base_width].expr} of the "
             f"{picked}), so μP applies width_mult {width / base_width:g}"
