@@ -11,7 +11,6 @@ from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, W
 from .optim import CombinedOptimizer, register_family, register_rule
 from .plan import HyperParams, Options, ParamPlan, Plan, Site
 from .policy import ForwardMultiplier, OptimizerFamily
-from .tools.coord_check import coord_check
 
 __all__ = [
     "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "Site", "Options", "HyperParams",
@@ -23,7 +22,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name == "tune":  # imported lazily: pulls in optuna
+    # the tools sit above the pipeline and import it: importing them here would run the layers backwards (and tune
+    # pulls in optuna), so they load on first use
+    if name == "coord_check":
+        from .tools.coord_check import coord_check
+
+        return coord_check
+    if name == "tune":
         from .tools.tune import tune
 
         return tune

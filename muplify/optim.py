@@ -1,4 +1,4 @@
-"""Stage 5: μP-matched optimizers.
+"""Stage 6: μP-matched optimizers.
 
 ``make_optimizer`` returns an ordinary instance of the requested class.  Its param groups are split by equal μP
 multipliers (a handful, not one per parameter) and carry ``lr_mult`` / ``wd_mult`` / ``eps_mult``; ``group["lr"]``

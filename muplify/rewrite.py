@@ -1,4 +1,4 @@
-"""Stage 4: apply a plan to the model — forward multipliers, init rescaling — and undo it (export).
+"""Stage 5: apply a plan to the model — forward multipliers, init rescaling — and undo it (export).
 
 Forward multipliers are module hooks (:class:`MuScale`): a readout multiplier scales the first input of the readout
 module (or the output of the module feeding a functional readout); an attention multiplier scales the query slice of

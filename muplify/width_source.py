@@ -5,7 +5,7 @@ The width analysis picks the model's width from what the model states (``config.
 EfficientNet, a ResNet, a CNN with stages of w and 2w channels) that pick and the user's ``base_width`` may refer to
 different dimensions, and μP would then apply a width_mult the user never meant (×4 at the base model, ×0.5 at the
 base model).  Which dimension is the width must not depend on ``base_width`` (a proxy and its target would otherwise
-be measured on different dimensions: the issue-18 item-1 failure), so :func:`decide` changes the width only on a
+be measured on different dimensions, and the values tuned on one would act on another there), so :func:`decide` changes the width only on a
 base-independent fact and otherwise warns with the candidates:
 
 * the width was the most-used dimension and the model names exactly one width attribute (``self.width``,

@@ -41,14 +41,24 @@ SECTIONS: tuple[Section, ...] = (
                                      "muplify.policy.ParamRules"),
             "What the rules derive from the facts (`muplify.policy`); `plan[name].lr_mult` etc. are views of it."),
     Section("Optimizers", ("muplify.register_rule", "muplify.register_family", "muplify.CombinedOptimizer")),
+    Section("Extension points", ("muplify.rules.table.rule", "muplify.rules.table.declare", "muplify.rules.table.Norm",
+                                 "muplify.rules.table.Layer", "muplify.rules.table.unregister", "muplify.sites.site_finder",
+                                 "muplify.policy.site_kinds.SiteKind", "muplify.policy.site_kinds.register_site_kind",
+                                 "muplify.policy.UpdateRule",
+                                 "muplify.policy.parametrizations.Parametrization",
+                                 "muplify.policy.parametrizations.register_parametrization"),
+            "Each is one registered object: an op's shape rule and what the op is (a view, a norm with gain/bias "
+            "slots, a layer with a bias slot, a softmax, a selection), a site finder, a kind of multiplier site (its "
+            "finder, `hp` key and factor rule), an optimizer family (`register_family` above), a parametrization "
+            "(`muplify(..., parametrization=)`). Registering a name or op twice raises."),
     Section("Coordinate check", ("muplify.coord_check", "muplify.tools.coord_result.CoordCheckResult"),
             "`from muplify import coord_check`; it returns a `CoordCheckResult`."),
     Section("Tuning on a proxy", ("muplify.tune", "muplify.tools.tune.TuneResult", "muplify.tools.tune.TrialRecord",
                                   "muplify.tools.tune.transfer", "muplify.tools.tune.load_result",
-                                  "muplify.tools.tune_space.default_space", "muplify.tools.tune_space.LogUniform",
-                                  "muplify.tools.tune_space.Uniform", "muplify.tools.tune_space.IntRange",
-                                  "muplify.tools.tune_space.Choice", "muplify.tools.tune_space.Fixed",
-                                  "muplify.tools.tune_space.parse_dist", "muplify.tools.tune_space.TuneError",
+                                  "muplify.tools.tune.space.default_space", "muplify.tools.tune.space.LogUniform",
+                                  "muplify.tools.tune.space.Uniform", "muplify.tools.tune.space.IntRange",
+                                  "muplify.tools.tune.space.Choice", "muplify.tools.tune.space.Fixed",
+                                  "muplify.tools.tune.space.parse_dist", "muplify.tools.tune.space.TuneError",
                                   "muplify.tools.tune.Diverged"),
             "`muplify.tune(...)` sweeps lr and `hp` on a proxy with Optuna; `result.best` goes to `muplify(hp=...)` "
             "and `mu.optimizer(lr=...)` at the target. Workflow, ranges, storage, workers: docs/tune.md."),

@@ -1,4 +1,4 @@
-"""Shallow twin: analyse a repeated block once, not once per layer (issue 20).
+"""Shallow twin: analyse a repeated block once, not once per layer.
 
 :func:`shallow_plan` finds the stacks of structurally identical blocks (:mod:`muplify.twin.stacks`), swaps each
 stack's children for a few representatives (the first two periods of every run; the user's container gets its own

@@ -1,4 +1,4 @@
-"""Find the stacks of structurally identical blocks in a module tree (issue 20).
+"""Find the stacks of structurally identical blocks in a module tree.
 
 A *stack* is a ``nn.ModuleList`` / ``nn.Sequential`` whose children repeat a pattern of block *kinds*: two blocks
 are of the same kind when they have the same class, the same parameter and buffer names, shapes and dtypes, the same

@@ -23,7 +23,7 @@ from ...plan import GAIN, HP_PER_ROLE, HP_SCALARS, ROLES, Plan
 
 __all__ = ["Entry", "LogUniform", "Uniform", "IntRange", "Choice", "Fixed", "Dist", "DISTS", "parse_dist", "check_key",
            "assemble", "default_space", "plan_roles", "space_to_dict", "space_from_dict", "searched", "TuneError",
-           "MULT", "INIT", "LR_RANGES", "HP_ACTS_ON", "is_number", "encode_point"]
+           "MULT", "INIT", "lr_range", "HP_ACTS_ON", "is_number", "encode_point"]
 
 
 class TuneError(MuplifyError, ValueError):
@@ -335,15 +335,7 @@ def assemble(values: Mapping[str, Any]) -> dict:
 # ------------------------------------------------------------------------------------------------ default space
 MULT = LogUniform(1 / 8, 8)  # output/attention/embedding multipliers and per-role lr multipliers
 INIT = LogUniform(1 / 4, 4)  # per-role init multipliers (8x the init std of every hidden layer rarely trains)
-# global lr by optimizer family (muplify.policy's registry): wide, log scale
-LR_RANGES: dict[str, LogUniform] = {
-    "adam": LogUniform(1e-5, 1.0),
-    "adafactor": LogUniform(1e-5, 1.0),
-    "sign": LogUniform(1e-6, 1e-1),
-    "sgd": LogUniform(1e-4, 10.0),
-    "muon": LogUniform(1e-4, 1.0),
-}
-LR_FALLBACK = LogUniform(1e-5, 1.0)
+LR_FALLBACK = LogUniform(1e-5, 1.0)  # an optimizer muplify has no family for (the space is built before it refuses)
 ROLE_ORDER = ("input", "hidden", "output", "vector", GAIN)
 
 
@@ -367,6 +359,18 @@ HP_ACTS_ON: dict[str, tuple[Callable[[Plan], bool], str]] = {
 }
 
 
+def lr_range(optimizer: Any) -> LogUniform:
+    """The global lr's search range: the optimizer family's own ``lr_range`` (muplify.policy's registry; wide, log
+    scale), or :data:`LR_FALLBACK` for an optimizer with no family."""
+    from ...optim import resolve_optimizer
+    from ...policy import family_for
+
+    try:
+        return LogUniform(*family_for(resolve_optimizer(optimizer)).lr_range)
+    except MuplifyError:
+        return LR_FALLBACK
+
+
 def default_space(plan: Plan, optimizer: Any = "AdamW") -> dict[str, Dist]:
     """The default search space for the model of ``plan`` (see docs/tune.md):
 
@@ -380,14 +384,7 @@ def default_space(plan: Plan, optimizer: Any = "AdamW") -> dict[str, Dist]:
     - ``hp.init_mult.<role>`` for the weight roles present (input, hidden, output; not the readout when it is
       zero-initialised): log-uniform over [1/4, 4].
     """
-    from ...optim import resolve_optimizer
-    from ...policy import family_for
-
-    try:
-        fam = family_for(resolve_optimizer(optimizer)).name
-    except MuplifyError:
-        fam = ""
-    space: dict[str, Dist] = {"lr": LR_RANGES.get(fam, LR_FALLBACK)}
+    space: dict[str, Dist] = {"lr": lr_range(optimizer)}
     for name, (acts_on, _) in HP_ACTS_ON.items():
         scalable = name != "attn_mult" or all(a.query is not None for a in plan.attention)
         if acts_on(plan) and scalable:
