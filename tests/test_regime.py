@@ -337,3 +337,67 @@ def re_escape(s):
     import re
 
     return re.escape(s)
+
+
+# ------------------------------------------------------------------------------------------------ tune / transfer (§2)
+def _proxy(width: int) -> nn.Module:
+    return MLP(in_features=16, width=width, out_features=4)
+
+
+def _fit(model, optimizer, report, steps: int = 4) -> float:
+    for i in range(steps):
+        optimizer.zero_grad()
+        loss = _loss(model, i)
+        loss.backward()
+        optimizer.step()
+    return _loss(model, 99).item()
+
+
+def test_tune_records_the_proxy_regime_and_transfer_applies_it():
+    from muplify.tools.tune import Choice, Fixed, transfer, tune
+
+    space = {"lr": Choice([1e-3, 3e-3]), "optimizer.weight_decay": Fixed(0.1), "optimizer.betas": Fixed((0.9, 0.95))}
+    res = tune(_proxy, 32, _fit, torch.optim.AdamW, trials=2, space=space, defaults=False, storage=None,
+               progress=False, pruner=None, sampler="grid", batch_size=B0, steps=S0)
+    assert res.best["regime"] == {"batch_size": B0, "steps": S0} and res.spec["regime"] == res.best["regime"]
+    assert all(t.state == "complete" for t in res.trials)
+    mu, opt = _quiet(transfer, _proxy, res.best, torch.optim.AdamW, width=128, batch_size=4 * B0, steps=4 * S0)
+    assert mu.plan.options.base_batch_size == B0 and mu.plan.options.base_steps == S0
+    _, ref = _quiet(transfer, _proxy, res.best, torch.optim.AdamW, width=128)  # today's transfer: no regime rules
+    for g, r in zip(opt.param_groups, ref.param_groups):
+        assert g["lr_mult"] == pytest.approx(2 * r["lr_mult"]) and g["wd_mult"] == pytest.approx(r["wd_mult"] / 8)
+        assert g["betas"] == pytest.approx((0.9 ** 4, 0.95 ** 4)) and "mup_regime" not in r
+    with pytest.raises(Exception, match="batch_size must be an int >= 1"):
+        tune(_proxy, 32, _fit, trials=1, space=space, defaults=False, storage=None, progress=False, batch_size=0)
+    plain = dict(res.best)
+    plain.pop("regime")
+    with pytest.raises(Exception, match=r"records none .*pass base_batch_size="):
+        transfer(_proxy, plain, torch.optim.AdamW, width=128, batch_size=32)
+
+
+def test_cli_transfer_prints_the_regime_values(tmp_path, capsys):
+    import json
+
+    from muplify.cli import main
+
+    best = {"hp": {}, "lr": 1e-3, "width": 32, "optimizer": {"weight_decay": 0.1, "betas": [0.9, 0.95]},
+            "optimizer_class": "torch.optim.adamw.AdamW", "regime": {"batch_size": 8, "steps": 100}}
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(best))
+    args = ["transfer", "muplify.models:MLP", "--width-arg", "width", "--arg", "in_features=16", "--arg",
+            "out_features=4", "--width", "128", "--hp", str(path)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args + ["--batch-size", "32", "--steps", "400"]) == 0
+    out = capsys.readouterr().out
+    assert "batch_size=32, steps=400)" in out and "values inside step() per param group:" in out
+    assert "betas (0.6561, 0.814506)" in out and "κ_B 4" in out and "regime: base_batch_size = 8" in out
+    hidden = next(line for line in out.splitlines() if line.strip().startswith("hidden ("))
+    assert "lr 0.0005," in hidden  # 1e-3 × μP 1/4 (width 128 over 32) × √4
+    assert "weight_decay 0.05," in hidden  # 0.1 × coupled 4 × 1/(√4·4)
+    assert "eps 1.25e-09" in hidden  # 1e-8 × 1/4 × 1/√4
+    best.pop("regime")
+    path.write_text(json.dumps(best))
+    assert main(args + ["--batch-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch-size needs the proxy's batch size" in err
