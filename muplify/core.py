@@ -382,6 +382,9 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
     multiplied by ``(base_depth/depth)**depth_alpha`` (``depth`` inferred as the number of residual blocks, or given),
     with the matching learning-rate and ε rules; ``depth_alpha=1.0`` is CompleteP, ``0.5`` depth-μP.
 
+    ``base_batch_size=`` / ``base_steps=`` record the proxy's training regime; ``mu.optimizer(..., batch_size=,
+    steps=)`` then applies the optimizer family's batch-size and duration rules (docs/rules.md).
+
     ``base=`` (the model built at the base width, on any device including meta, or a zero-argument factory) is the
     exact route: an axis scales exactly when its size differs from the base model's and every base fan is read from
     it, so nothing about the width is guessed; ``base_width`` then follows from it.
