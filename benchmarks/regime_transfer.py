@@ -156,12 +156,16 @@ def print_table(summary: dict) -> None:
     px = summary["proxy"]
     print(f"\nproxy: best lr 2^{px['best_lr_log2']:g}, val loss {px['loss']:.4f}")
     print(f"{'target':8s} {'kB':>4s} {'kS':>4s} {'naive':>8s} {'rules':>8s} {'tuned':>8s} {'tuned lr':>9s} "
-          f"{'rules-tuned':>12s} {'naive-tuned':>12s}")
+          f"{'rules-tuned':>12s} {'naive-tuned':>12s} {'rules min':>10s} {'at lr':>8s}")
     for name, t in summary["targets"].items():
         print(f"{name:8s} {t['kappa_b']:4g} {t['kappa_s']:4g} {t['naive']:8.4f} {t['rules']:8.4f} "
               f"{t['tuned_at_target']:8.4f} {'2^' + format(t['tuned_lr_log2'], 'g'):>9s} "
-              f"{t['rules_minus_tuned']:+12.4f} {t['naive_minus_tuned']:+12.4f}"
+              f"{t['rules_minus_tuned']:+12.4f} {t['naive_minus_tuned']:+12.4f} {t['rules_curve_min']:10.4f} "
+              f"{'2^' + format(t['rules_curve_argmin_log2'], 'g'):>8s}"
               + ("  (tuned lr on the grid's edge)" if t["tuned_on_grid_edge"] else ""))
+    print("naive: the proxy's values at the target; rules: muplify's regime rules from the proxy's best lr; tuned: "
+          "the naive arm's grid minimum (the target swept in the proxy's search space); rules min: the rules "
+          "arm's grid minimum (lr is the proxy lr, before x√κ_B)")
 
 
 def plot(summary: dict, path: Path) -> None:
