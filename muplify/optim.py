@@ -201,7 +201,8 @@ def make_optimizer(model: nn.Module, plan: Plan, optimizer_class: Any, params: I
     else:
         params = list(params)
         user_groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-    fb = _fallback(fallback) if fallback is not None else None
+    # with a regime, the fallback's family must have a rule too: checked before anything is built
+    fb = _fallback(fallback) if fallback is not None and regime is not None else None
     fb_regime = None if fb is None else _regime(plan, family_for(fb[0]), fb[0], batch_size, steps)
     if regime is not None:  # a bad averaging coefficient raises here, before the plan records anything
         for ug in user_groups:
@@ -217,7 +218,7 @@ def make_optimizer(model: nn.Module, plan: Plan, optimizer_class: Any, params: I
                 f"{cls.__name__} does not take {sum(len(g['params']) for g in rest)} of the parameters (e.g. {some}: "
                 f"{family.accepts(plan[_strip(some[0])], plan) if some and some[0] != '?' else ''}). Pass "
                 f"fallback=(torch.optim.AdamW, {{'lr': ...}}) for them, or params= with only the ones it takes.")
-        fb_cls, fb_kwargs = fb
+        fb_cls, fb_kwargs = fb or _fallback(fallback)
         fb_family = family_for(fb_cls)
         fb_groups, fb_rest = _groups(model, plan, fb_family, rest, fb_kwargs, accept=True, regime=fb_regime)
         if fb_rest:
