@@ -55,14 +55,19 @@ class MuplifiedModule:
         return self.__dict__["_mup_plan"]
 
     def optimizer(self, optimizer_class: type | str, params=None, *, rule: str | None = None,
-                  fallback: tuple | None = None, **kwargs: Any):
+                  fallback: tuple | None = None, batch_size: int | None = None, steps: int | None = None,
+                  **kwargs: Any):
         """An ordinary ``optimizer_class`` instance (a class or its name in ``torch.optim``) with μP param groups.
 
         ``rule=``: the μP family of an optimizer muplify does not know ('adam', 'sgd', 'sign', ...).
         ``fallback=(cls, kwargs)``: for optimizers that take only some parameters (``torch.optim.Muon``: hidden
         matrices), the optimizer of the others; the result is one :class:`muplify.optim.CombinedOptimizer`.
+        ``batch_size=`` / ``steps=``: the target run's batch size and number of steps, relative to muplify()'s
+        ``base_batch_size=`` / ``base_steps=``: the optimizer family's batch-size and duration rules
+        (:mod:`muplify.policy.regime`, docs/rules.md).
         See :mod:`muplify.optim`."""
-        return make_optimizer(self, self.plan, optimizer_class, params, rule=rule, fallback=fallback, **kwargs)
+        return make_optimizer(self, self.plan, optimizer_class, params, rule=rule, fallback=fallback,
+                              batch_size=batch_size, steps=steps, **kwargs)
 
     def to_standard(self) -> nn.Module:
         """A plain copy of the model (original class, no hooks) computing the same function: every forward
@@ -376,6 +381,9 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
     ``base_depth=`` adds CompleteP depth scaling (Dey et al. 2025): every residual branch found in the graph is
     multiplied by ``(base_depth/depth)**depth_alpha`` (``depth`` inferred as the number of residual blocks, or given),
     with the matching learning-rate and ε rules; ``depth_alpha=1.0`` is CompleteP, ``0.5`` depth-μP.
+
+    ``base_batch_size=`` / ``base_steps=`` record the proxy's training regime; ``mu.optimizer(..., batch_size=,
+    steps=)`` then applies the optimizer family's batch-size and duration rules (docs/rules.md).
 
     ``base=`` (the model built at the base width, on any device including meta, or a zero-argument factory) is the
     exact route: an axis scales exactly when its size differs from the base model's and every base fan is read from

@@ -26,6 +26,7 @@ from .optim_args import check_optimizer_class
 from .plan import Plan
 from .policy import FAMILIES, OPTIMIZER_FAMILIES, OptimizerFamily, family_for, param_rules, register_family, \
     register_rule
+from .policy.regime import make_regime, regime_rule
 
 __all__ = ["make_optimizer", "register_rule", "register_family", "resolve_optimizer", "CombinedOptimizer",
            "OPTIMIZER_FAMILIES", "FAMILIES", "watch_plain_optimizers"]
@@ -99,8 +100,10 @@ def _mup_step_post_hook(opt: torch.optim.Optimizer, args, kwargs) -> None:
 
 
 def _groups(model: nn.Module, plan: Plan, family: OptimizerFamily, user_groups: list[dict], defaults: dict,
-            accept) -> tuple[list[dict], list[dict]]:
-    """Split each user group by equal (lr, wd, ε) multipliers; returns (groups for ``family``, rejected groups)."""
+            accept, regime: tuple | None = None) -> tuple[list[dict], list[dict]]:
+    """Split each user group by equal (lr, wd, ε) multipliers; returns (groups for ``family``, rejected groups).
+    ``regime=(rule, Regime, cls)``: the batch-size/duration rule's factors multiply the multipliers and its new
+    averaging coefficients are written into the group (muplify.policy.regime)."""
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     entry = _lookup(plan, names)
     rules = plan.rules()
@@ -126,6 +129,8 @@ def _groups(model: nn.Module, plan: Plan, family: OptimizerFamily, user_groups: 
                 g["lr"] = g.get("lr", defaults.get("lr")).clone()
             g.update(params=members, lr_mult=lm, wd_mult=wm, mup_roles=",".join(sorted(roles[(lm, wm, em)])),
                      mup_family=family.name)
+            if regime is not None:
+                em = _apply_regime(plan, g, defaults, family, regime, lm, wm, em)
             if family.eps_key is not None:
                 g.update(eps_mult=em, _mup_eps_key=family.eps_key)
             mine.append(g)
@@ -134,8 +139,49 @@ def _groups(model: nn.Module, plan: Plan, family: OptimizerFamily, user_groups: 
     return mine, rejected
 
 
+def _apply_regime(plan: Plan, g: dict, defaults: dict, family: OptimizerFamily, regime: tuple, lm: float, wm: float,
+                  em: float) -> float:
+    """Compose the regime rule's factors into group ``g`` (in place); returns the new ε multiplier."""
+    rule, reg, cls = regime
+    opts = {**_class_defaults(cls), **defaults, **g}
+    f = rule.factors(cls, opts, reg, family.eps_key)
+    g.update(f.values)
+    g.update(lr_mult=lm * f.lr, wd_mult=wm * f.wd)
+    g["mup_regime"] = f"{reg}: {f.describe(opts)} ({family.name}: {rule.source})"
+    for w in f.notes:
+        text = f"regime rule ({family.name}): {w}"
+        if text not in plan.lint:
+            plan.lint.append(text)
+            warnings.warn(f"muplify: {text}", UserWarning, stacklevel=5)
+    note = f"optimizer {cls.__name__} at {reg}: {f.describe(opts)}"
+    if note not in plan.notes:
+        plan.notes.append(note)
+    return em * f.eps
+
+
+def _class_defaults(cls: type) -> dict:
+    """The optimizer's own defaults (betas=(0.9, 0.999) when the user passes none: the rule scales them too)."""
+    import inspect
+
+    try:
+        ps = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in ps if p.default is not inspect.Parameter.empty and p.name != "params"}
+
+
+def _regime(plan: Plan, family: OptimizerFamily, cls: type, batch_size, steps) -> tuple | None:
+    """(rule, Regime, cls) when batch_size= or steps= asks for the regime rules; raises before anything is built."""
+    if batch_size is None and steps is None:
+        return None
+    o = plan.options
+    reg = make_regime(batch_size, steps, getattr(o, "base_batch_size", None), getattr(o, "base_steps", None))
+    return regime_rule(family, cls), reg, cls
+
+
 def make_optimizer(model: nn.Module, plan: Plan, optimizer_class: Any, params: Iterable | None = None, *,
-                   rule: str | None = None, fallback: tuple | None = None, **kwargs: Any) -> torch.optim.Optimizer:
+                   rule: str | None = None, fallback: tuple | None = None, batch_size: int | None = None,
+                   steps: int | None = None, **kwargs: Any) -> torch.optim.Optimizer:
     """Build ``optimizer_class`` over ``params`` (default: the model's trainable parameters) with μP groups.
 
     ``optimizer_class``: a class or its name in ``torch.optim``.  ``params`` may be tensors or dicts (user param
@@ -143,15 +189,26 @@ def make_optimizer(model: nn.Module, plan: Plan, optimizer_class: Any, params: I
     ``rule=`` names the family of an optimizer muplify does not know ('adam', 'sgd', 'sign', ...).
     ``fallback=(cls, kwargs)``: the optimizer for the parameters ``optimizer_class`` does not take (Muon: everything
     but hidden matrices); the result is then one :class:`CombinedOptimizer`.
+    ``batch_size=`` / ``steps=``: the target run's regime, relative to the plan's ``base_batch_size`` /
+    ``base_steps``: the family's batch-size and duration rules (:mod:`muplify.policy.regime`) scale lr, ε, weight
+    decay and the averaging coefficients; a family without a rule refuses.
     """
     cls = resolve_optimizer(optimizer_class)
     family = family_for(cls, rule)
+    regime = _regime(plan, family, cls, batch_size, steps)
     if params is None:
         user_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     else:
         params = list(params)
         user_groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-    groups, rest = _groups(model, plan, family, user_groups, kwargs, accept=True)
+    # with a regime, the fallback's family must have a rule too: checked before anything is built
+    fb = _fallback(fallback) if fallback is not None and regime is not None else None
+    fb_regime = None if fb is None else _regime(plan, family_for(fb[0]), fb[0], batch_size, steps)
+    if regime is not None:  # a bad averaging coefficient raises here, before the plan records anything
+        for ug in user_groups:
+            regime[0].factors(cls, {**_class_defaults(cls), **kwargs, **{k: v for k, v in ug.items() if k != "params"}}, regime[1],
+                              family.eps_key)
+    groups, rest = _groups(model, plan, family, user_groups, kwargs, accept=True, regime=regime)
     _lint_family(plan, family, kwargs)
     if rest:
         if fallback is None:
@@ -161,9 +218,9 @@ def make_optimizer(model: nn.Module, plan: Plan, optimizer_class: Any, params: I
                 f"{cls.__name__} does not take {sum(len(g['params']) for g in rest)} of the parameters (e.g. {some}: "
                 f"{family.accepts(plan[_strip(some[0])], plan) if some and some[0] != '?' else ''}). Pass "
                 f"fallback=(torch.optim.AdamW, {{'lr': ...}}) for them, or params= with only the ones it takes.")
-        fb_cls, fb_kwargs = _fallback(fallback)
+        fb_cls, fb_kwargs = fb or _fallback(fallback)
         fb_family = family_for(fb_cls)
-        fb_groups, fb_rest = _groups(model, plan, fb_family, rest, fb_kwargs, accept=True)
+        fb_groups, fb_rest = _groups(model, plan, fb_family, rest, fb_kwargs, accept=True, regime=fb_regime)
         if fb_rest:
             raise OptimizerRuleError(f"the fallback {fb_cls.__name__} does not take every remaining parameter either")
         _lint_family(plan, fb_family, fb_kwargs)

@@ -78,6 +78,10 @@ def _positive_int(v: Any) -> str | None:
     return None if v is None or v > 0 else "a positive int (a number of residual blocks)"
 
 
+def _positive_count(v: Any) -> str | None:
+    return None if v is None or v > 0 else "a positive int"
+
+
 def _alpha(v: Any) -> str | None:
     return None if 0 < v <= 1 else "in (0, 1] (1.0: CompleteP, 0.5: depth-μP)"
 
@@ -114,6 +118,10 @@ class Options:
                                 _registered_parametrization)
     capture: Literal["shallow", "full"] = _opt(
         "shallow", "'shallow': capture a twin with two blocks of each repeated stack; 'full': every block")
+    base_batch_size: int | None = _opt(None, "batch size the hyperparameters were tuned at (mu.optimizer(..., "
+                                       "batch_size=) then applies the batch-size rules)", _positive_count)
+    base_steps: int | None = _opt(None, "number of optimizer steps the hyperparameters were tuned at "
+                                  "(mu.optimizer(..., steps=) then applies the duration rules)", _positive_count)
     width_given: bool = _opt(False, "the user passed width= (so the width is not a guess)")
 
     def __post_init__(self):

@@ -5,6 +5,7 @@
     python -m muplify tune mymodels:make_model --objective mytrain:objective --width 64 --trials 32 \\
         --seeds-per-trial 2 --refine 8 --reeval-top 3 --widths 64 128 --check-width 256 --out best.json
     python -m muplify transfer mymodels:make_model --width 1024 --base-width 64 --hp best.json
+    python -m muplify transfer mymodels:make_model --width 1024 --hp best.json --batch-size 256 --steps 40000
     optuna-dashboard sqlite:///tune.db          # the study in a browser (pip install optuna-dashboard)
 
 ``muplify.cli`` registers these with :func:`add_commands` (with its ``factory_args``). FACTORY is
@@ -84,7 +85,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
                       muplify_kwargs=parse_kv(a.muplify_arg), progress=not a.quiet,
                       seeds_per_trial=a.seeds_per_trial, reeval_top=a.reeval_top, reeval_seeds=a.reeval_seeds,
                       refine=a.refine, refine_shrink=a.refine_shrink, refine_sampler=a.refine_sampler,
-                      widths=a.widths, telescope_trials=a.telescope_trials)
+                      widths=a.widths, telescope_trials=a.telescope_trials, batch_size=a.batch_size,
+                      steps=a.steps)
         check = None
         if a.check_width is not None:
             check = result.check_transfer(width=a.check_width, trials=a.check_trials)
@@ -118,6 +120,16 @@ def cmd_tune(a: argparse.Namespace) -> int:
     if isinstance(a.storage, str):
         print("dashboard: " + DASHBOARD.format(storage=a.storage))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return v
 
 
 def load_best(path: str) -> dict:
@@ -157,18 +169,75 @@ def cmd_transfer(a: argparse.Namespace) -> int:
             raise TuneError(f"{a.hp} was tuned at width {proxy}, but --base-width is {base}: the base width must be "
                             "the proxy width the hyperparameters were tuned at")
         factory, _ = make_factory(load_object(a.factory), a.factory, a.width_arg, parse_kv(a.arg))
+        mkw = {**dict(best.get("muplify") or {}), **parse_kv(a.muplify_arg)}
+        recorded = dict(best.get("regime") or {})
+        for key, given in (("batch_size", a.batch_size), ("steps", a.steps)):
+            if recorded.get(key) is not None:
+                mkw.setdefault(f"base_{key}", recorded[key])
+            if given is not None and mkw.get(f"base_{key}") is None:
+                flag = "--" + key.replace("_", "-")
+                raise TuneError(f"{flag} needs the proxy's {key.replace('_', ' ')}: {a.hp} records none (tune "
+                                f"{flag} records it), or pass --muplify-arg base_{key}=N")
         torch.manual_seed(0)
-        mu = muplify(factory(a.width), base_width=base, hp=best["hp"],
-                     **{**dict(best.get("muplify") or {}), **parse_kv(a.muplify_arg)})
+        mu = muplify(factory(a.width), base_width=base, hp=best["hp"], **mkw)
+        regime = {k: v for k, v in (("batch_size", a.batch_size), ("steps", a.steps)) if v is not None}
+        opt_obj = None
+        if best.get("optimizer_class") and best.get("lr") is not None:
+            opt_obj = mu.optimizer(_optimizer_class(best["optimizer_class"]), lr=best["lr"],
+                                   **dict(best.get("optimizer") or {}), **regime)
+        elif regime:
+            raise TuneError(f"{a.hp} names no optimizer class and lr: the regime rules need them")
     except (TuneError, MuplifyError, CLIError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(mu.plan)
     opt = best.get("optimizer") or {}
     cls = best.get("optimizer_class", "<optimizer>").rsplit(".", 1)[-1]
-    kwargs = "".join(f", {k}={v!r}" for k, v in opt.items())
+    kwargs = "".join(f", {k}={v!r}" for k, v in {**opt, **regime}.items())
     print(f"\noptimizer: mu.optimizer({cls}, lr={best.get('lr')!r}{kwargs})")
+    if opt_obj is not None:
+        print(optimizer_values(opt_obj))
     return 0
+
+
+def _optimizer_class(name: str):
+    """A class from ``module.qualname`` (as tune records it) or a torch.optim name."""
+    import importlib
+
+    from muplify.optim import resolve_optimizer
+
+    mod, _, qual = name.rpartition(".")
+    if mod:
+        try:
+            obj = importlib.import_module(mod)
+            for part in qual.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except (ImportError, AttributeError):
+            pass
+    return resolve_optimizer(qual or name)
+
+
+def optimizer_values(opt) -> str:
+    """The values each param group's step() uses (schedule value × the μP and regime multipliers)."""
+    lines = ["values inside step() per param group:"]
+    for g in opt.param_groups:
+        parts = [f"lr {float(g['lr']) * g.get('lr_mult', 1.0):.4g}"]
+        if g.get("weight_decay"):
+            parts.append(f"weight_decay {g['weight_decay'] * g.get('wd_mult', 1.0):.4g}")
+        key = g.get("_mup_eps_key")
+        if key and g.get(key) is not None:
+            parts.append(f"{key} {g[key] * g.get('eps_mult', 1.0):.4g}")
+        for k in ("betas", "momentum", "alpha"):
+            if k in g and g[k] is not None:
+                v = g[k]
+                parts.append(f"{k} " + (f"({', '.join(f'{float(x):.6g}' for x in v)})" if isinstance(v, (tuple, list))
+                                        else f"{float(v):.6g}"))
+        lines.append(f"  {g.get('mup_roles', '?')} ({len(g['params'])} tensors): " + ", ".join(parts))
+    regime = next((g["mup_regime"] for g in opt.param_groups if "mup_regime" in g), None)
+    if regime:
+        lines.append(f"regime: {regime}")
+    return "\n".join(lines)
 
 
 def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
@@ -217,6 +286,10 @@ def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
     tu.add_argument("--check-width", type=int, default=None,
                     help="after the sweep: the transferred best vs a short local sweep at this width")
     tu.add_argument("--check-trials", type=int, default=8, help="trials of the --check-width local sweep (default 8)")
+    tu.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="the proxy's batch size (what the objective trains with), recorded for transfer --batch-size")
+    tu.add_argument("--steps", type=_positive_int, default=None,
+                    help="the proxy's number of optimizer steps, recorded for transfer --steps")
     tu.add_argument("--out", default="muplify-out/tune_best.json",
                     help="the best as JSON; <stem>_trials.json, <stem>_params.png, <stem>_importance.png beside it")
     tu.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -230,4 +303,10 @@ def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
     tr.add_argument("--width", type=int, required=True, help="target width")
     tr.add_argument("--base-width", type=int, default=None, help="the proxy width (default: the one in --hp)")
     tr.add_argument("--hp", required=True, metavar="BEST.JSON", help="written by `python -m muplify tune --out`")
+    tr.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="the target run's batch size: apply the optimizer family's batch-size rules from the proxy's "
+                         "(tune --batch-size)")
+    tr.add_argument("--steps", type=_positive_int, default=None,
+                    help="the target run's number of optimizer steps: apply the duration rules from the proxy's "
+                         "(tune --steps)")
     tr.set_defaults(func=cmd_transfer)

@@ -19,12 +19,13 @@ from .families import (FAMILIES, OPTIMIZER_FAMILIES, AdafactorFamily, AdamFamily
                        SGDFamily, SignFamily, UpdateRule, family_for, register_family, register_rule)
 from .parametrizations import (PARAMETRIZATIONS, MuP, Parametrization, Spectral, Standard, get_parametrization,
                                parametrization_of, register_parametrization, width_init_factor)
+from .regime import REGIME_RULES, Regime, RegimeRule, register_regime_rule
 from .site_kinds import SITE_KINDS, SiteKind, SiteUse, register_site_kind
 
 __all__ = ["ParamRules", "ForwardMultiplier", "OptimizerFamily", "UpdateRule", "FAMILIES", "OPTIMIZER_FAMILIES",
            "register_family", "register_rule", "family_for", "derive", "forward_multipliers", "param_rules", "lint",
            "describe", "width_init_factor", "Parametrization", "PARAMETRIZATIONS", "register_parametrization",
-           "get_parametrization", "SiteKind", "SiteUse", "SITE_KINDS", "register_site_kind"]
+           "get_parametrization", "Regime", "RegimeRule", "REGIME_RULES", "register_regime_rule", "SiteKind", "SiteUse", "SITE_KINDS", "register_site_kind"]
 
 
 def _register() -> None:

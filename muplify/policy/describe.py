@@ -53,6 +53,11 @@ def describe(plan: Plan) -> str:
     if o.base_depth is not None:
         lines.append(f"depth L = {o.depth}, base_depth = {o.base_depth} (m_L {depth_mult(plan):g}), "
                      f"alpha = {o.depth_alpha:g} (CompleteP: branches × m_L^-alpha)")
+    if getattr(o, "base_batch_size", None) is not None or getattr(o, "base_steps", None) is not None:
+        from .regime import regime_summary
+
+        lines.append(f"regime: base_batch_size = {o.base_batch_size}, base_steps = {o.base_steps}; "
+                     "mu.optimizer(..., batch_size=B, steps=S) applies " + regime_summary())
     if len(plan.scaling_dims) > 1:
         lines.append("scaling dims: " + ", ".join(f"{size} = {expr} ({n} axes)" for size, expr, n in plan.scaling_dims))
     if not plan.hp.is_default():

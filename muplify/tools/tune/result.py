@@ -77,7 +77,8 @@ class TuneResult:
     """What :func:`tune` found.  ``best`` is plain JSON: ``{"lr", "hp", "optimizer", "objective", "optimizer_class",
     "muplify", "value", "trial", "seed", "width"}``; pass ``hp`` to ``muplify(..., base_width=width)`` and ``lr`` and
     ``optimizer`` to ``mu.optimizer`` (or call :func:`transfer`).  After a refine or telescoping phase it also
-    names ``"phase"`` and ``"tuned_at"`` (the width ``value`` was measured at); with a known seed spread
+    names ``"phase"`` and ``"tuned_at"`` (the width ``value`` was measured at); with ``tune(..., batch_size=,
+    steps=)`` ``"regime"`` (the proxy's batch size and steps, which :func:`transfer` scales from); with a known seed spread
     ``"value_spread"``; after re-evaluation ``"value_in_sweep"`` (``value`` is then the fresh-seed mean)."""
 
     best: dict | None  # None when no trial completed
@@ -214,6 +215,8 @@ def _result(study, spec: Mapping, storage: str | None) -> TuneResult:
                 "value": b.value, "trial": b.number, "seed": b.seed, "width": spec["width"]}
         if phase != "global" or width != spec["width"]:
             best.update(phase=phase, tuned_at=width)
+        if spec.get("regime"):
+            best["regime"] = dict(spec["regime"])
     return TuneResult(best, study, records, space, spec["width"], storage, dict(spec))
 
 

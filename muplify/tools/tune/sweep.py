@@ -42,12 +42,13 @@ class Sweep:
     threads: int | None
     seed: int
     data_seed: bool  # the objective takes seed= (its data seed)
+    regime: dict | None = None  # the proxy's {"batch_size", "steps"} (recorded: transfer applies the regime rules)
 
 
 def prepare(make_model: Callable[[int], nn.Module], width: int, objective: Callable[..., float], optimizer: Any, *,
             trials: int, space: Mapping[str, Dist] | None, defaults: bool, storage: Any, workers: int,
             threads: int | None, seed: int, timeout: float | None, muplify_kwargs: Mapping[str, Any] | None,
-            seeds_per_trial: int = 1) -> Sweep:
+            seeds_per_trial: int = 1, regime: Mapping[str, int] | None = None) -> Sweep:
     """Check the arguments, build the proxy once (its plan decides the default space) and check the space."""
     import optuna
 
@@ -83,7 +84,22 @@ def prepare(make_model: Callable[[int], nn.Module], width: int, objective: Calla
     _check_space(full, plan, make_model, width, objective, optimizer, seed, mkw)
     data_seed = seeds_per_trial > 1 and takes_seed(objective) and "objective.seed" not in full
     return Sweep(make_model, objective, optimizer, opt_name, full, storage, mkw, recorded, workers, threads, seed,
-                 data_seed)
+                 data_seed, check_regime(regime))
+
+
+def check_regime(regime: Mapping[str, Any] | None) -> dict | None:
+    """The proxy's regime ``{"batch_size": B, "steps": S}`` (either may be absent), checked; None when empty."""
+    out = {}
+    for k, v in (regime or {}).items():
+        if k not in ("batch_size", "steps"):
+            raise TuneError(f"the proxy regime has batch_size and steps, got {k!r}")
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            what = "batch size" if k == "batch_size" else "number of optimizer steps"
+            raise TuneError(f"{k} must be an int >= 1 (the proxy's {what}, recorded for the transfer), got {v!r}")
+        out[k] = v
+    return out or None
 
 
 def run_sweep(sw: Sweep, *, width: int, base_width: int, space: Mapping[str, Dist], trials: int, sampler: Any,
@@ -106,6 +122,8 @@ def run_sweep(sw: Sweep, *, width: int, base_width: int, space: Mapping[str, Dis
         spec["seeds_per_trial"] = seeds_per_trial
     if phase != "global":
         spec["phase"] = phase
+    if sw.regime:
+        spec["regime"] = dict(sw.regime)
     points = [encode_point(space, p) for p in enqueue]
     storage_obj = open_storage(sw.storage)
     study = _create_study(storage_obj, study_name, spec)

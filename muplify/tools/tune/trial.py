@@ -59,6 +59,7 @@ def seed_everything(seed: int) -> None:
 
 def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer: Any = "AdamW", *,
              width: int | None = None, base_width: int | None = None, seed: int | None = None,
+             batch_size: int | None = None, steps: int | None = None,
              **muplify_kwargs) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Build ``make_model(width)`` (under ``seed`` when given), muplify it relative to ``base_width`` with
     ``config["hp"]`` and make its optimizer with ``config["lr"]`` and ``config["optimizer"]``.
@@ -66,6 +67,10 @@ def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer:
     ``config`` is ``result.best`` (or a trial's configuration); ``width`` and ``base_width`` default to its
     ``"width"`` (the proxy width), ``muplify_kwargs`` to its ``"muplify"``.  At the proxy width this is exactly what a
     trial ran (the same seed reproduces it); at a larger width it is the μTransfer.
+
+    ``batch_size=`` / ``steps=``: the target run's regime; the proxy's is ``config["regime"]`` (recorded by
+    ``tune(..., batch_size=, steps=)``, or pass ``base_batch_size=`` / ``base_steps=``), and the optimizer family's
+    batch-size and duration rules scale lr, ε, weight decay and the betas (docs/rules.md).
     """
     from ...core import muplify
 
@@ -75,13 +80,23 @@ def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer:
     if width is None or base_width is None:
         raise TuneError("transfer() needs width= and base_width= (or a config with 'width', e.g. result.best)")
     kwargs = {**dict(config.get("muplify") or {}), **muplify_kwargs}
+    recorded = dict(config.get("regime") or {})
+    for key, given in (("batch_size", batch_size), ("steps", steps)):
+        base_key = f"base_{key}"
+        if recorded.get(key) is not None:
+            kwargs.setdefault(base_key, recorded[key])
+        if given is not None and kwargs.get(base_key) is None:
+            raise TuneError(f"transfer(..., {key}={given!r}) needs the proxy's {key.replace('_', ' ')}: the config "
+                            f"records none (tune(..., {key}=) records it in result.best['regime']); pass "
+                            f"{base_key}=")
     if seed is not None:
         seed_everything(seed)
     model = make_model(width)
     if not isinstance(model, nn.Module):
         raise TuneError(f"make_model({width}) returned {type(model).__name__}, not an nn.Module")
     mu = muplify(model, base_width=base_width, hp=config.get("hp") or {}, **kwargs)
-    opt = mu.optimizer(optimizer, lr=config["lr"], **dict(config.get("optimizer") or {}))
+    regime = {k: v for k, v in (("batch_size", batch_size), ("steps", steps)) if v is not None}
+    opt = mu.optimizer(optimizer, lr=config["lr"], **dict(config.get("optimizer") or {}), **regime)
     return mu, opt
 
 
