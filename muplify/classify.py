@@ -112,6 +112,21 @@ def _added_table(pd, wa, exprs) -> tuple[tuple[int, ...], tuple[int, ...]] | Non
     return rows, feats
 
 
+def _fused_blocks(fan_out: sympy.Expr, sym: sympy.Symbol) -> str | None:
+    """A fused projection whose output rows are blocks that scale differently (Falcon's multi-query qkv: ``w`` Q rows
+    that scale, ``2 * head_dim`` K/V rows fixed): one role for the whole matrix is a guess, named in the plan."""
+    e = sympy.expand(fan_out)
+    if not isinstance(e, sympy.Add):
+        return None
+    fixed = [t for t in e.args if not t.has(sym)]
+    scaling = [t for t in e.args if t.has(sym)]
+    if not fixed or not scaling:
+        return None
+    return (f"fused rows {sympy.Add(*scaling)} + {sympy.Add(*fixed)}: the scaling block (e.g. Q) is hidden, the fixed "
+            f"block ({sympy.Add(*fixed)} rows, e.g. one K/V head) would be output-like; the whole matrix is taken as "
+            "hidden (its fixed rows get hidden's init and lr scaling). Split the projection for per-block treatment")
+
+
 def _is_gain(pd, uses: list[Use]) -> bool:
     """A vector that scales a normalised activation: a norm op's weight, or ``weight * x`` right after a
     normalisation (HF RMSNorm)."""
@@ -256,6 +271,17 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 decided = pd.decided_by  # the analysis fixed or scaled one of its axes by a marked guess
             if len({c[0] for c in cands}) > 1:
                 note = "tied: " + " + ".join(sorted({c[0] for c in cands})) + "; the readout use sets the role"
+            if role == "output" and decided == decided_by_text(Decision.GRAPH):
+                one_head = [a for a in use.fan_out_axes if a < len(pd.axis_why) and "head_dim" in pd.axis_why[a]]
+                if one_head and len(one_head) == len(use.fan_out_axes):
+                    decided = decided_by_text(Decision.GUESS, (
+                        f"its output is one attention head ({pd.shape[one_head[0]]} = head_dim): fixed (output-like, "
+                        "multi-query K/V) if the model keeps one K/V head at every width, hidden if K/V heads grow "
+                        "with width; one width cannot tell. Pass base=<the model at the base width> for the exact "
+                        "reading (tune and transfer read it from two widths)"))
+            fused = _fused_blocks(fan_out, sym)
+            if fused is not None and role == "hidden":
+                decided = decided_by_text(Decision.GUESS, fused)
             if role == "output":
                 dims = wa.roots(pd.placeholder)
                 readout = any(dims[a] in out_roots for a in use.fan_out_axes if a < len(dims))
