@@ -5,7 +5,9 @@ The test zoo (muplify_dev/zoo.py, 58 models) is what the suite runs; this is the
 the analysis done: 33 more transformers and timm families from tiny configs and 8 hand-written models of common
 public patterns (U-Net, DiT with adaLN and sinusoidal timesteps, RWKV-4 time mixing, a message-passing GNN, a conv
 VAE; issue 18: a token LM on torch's Xavier-initialised MultiheadAttention with a scalar temperature first, a
-stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/).  Per model, built at twice its base width:
+stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/; items 1, 3, 5: a
+GQA LM with K/V heads growing and fixed, a fused multi-query qkv, a scalar value head, a 1-D U-Net, a positional-table
+LM, with XLNet: results/beyond_zoo_issue18_roles/).  Per model, built at twice its base width:
 
 * ``muplify(model, base_width=...)`` (bare for transformers/timm, with example inputs otherwise): roles against the
   two-width shape-diff oracle (muplify_dev/oracle.py; "n/a" where the oracle does not know a raw parameter's layout),
@@ -15,7 +17,7 @@ stage-width CNN, the `mup` package's example Transformer; their results: results
   (a refusal is reported with its reason);
 * depth: ``base_depth=1``: blocks and residual branches found, or the reason there are none.
 
-    python benchmarks/beyond_zoo.py                 # all 41 models (~1-2 minutes on 2 cores)
+    python benchmarks/beyond_zoo.py                 # all 47 models (~1-2 minutes on 2 cores)
     python benchmarks/beyond_zoo.py --quick         # 3 models (CI smoke run)
     python benchmarks/beyond_zoo.py --only phimoe xlnet
 

@@ -260,3 +260,19 @@ def test_xlnet_per_head_biases_are_vector_like():
         assert p.role == "vector", (n, p.role, p.decided_by)
     assert str(plan["transformer.layer.0.rel_attn.seg_embed"].fan_out) == "2*w"
     assert plan["transformer.layer.0.rel_attn.r_s_bias"].base_fan_out == 64
+
+
+def test_cli_transfer_refuses_a_best_json_tuned_under_other_roles(tmp_path, capsys, monkeypatch):
+    import json
+    import os
+
+    from muplify.cli import main
+
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"hp": {}, "lr": 1e-3, "width": 64, "roles": tuned_roles(GQA, 64, {})}))
+    argv = ["transfer", "test_roles_agree:gqa_fixed_kv", "--width", "128", "--hp", str(best)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: the target's roles differ" in err and "k.weight: tuned as hidden, the target reads output" in err
+    assert main(["transfer", "test_roles_agree:GQA", "--width", "128", "--hp", str(best)]) == 0

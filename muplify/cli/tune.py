@@ -141,11 +141,11 @@ def load_best(path: str) -> dict:
 def cmd_transfer(a: argparse.Namespace) -> int:
     import torch
 
-    from muplify import muplify
     from muplify.tools.factory import CLIError, load_object, make_factory, parse_kv
     from muplify.errors import MuplifyError
 
     from muplify.tools.tune import TuneError
+    from muplify.tools.tune.trial import _muplify_as_tuned
 
     try:
         best = load_best(a.hp)
@@ -158,8 +158,9 @@ def cmd_transfer(a: argparse.Namespace) -> int:
                             "the proxy width the hyperparameters were tuned at")
         factory, _ = make_factory(load_object(a.factory), a.factory, a.width_arg, parse_kv(a.arg))
         torch.manual_seed(0)
-        mu = muplify(factory(a.width), base_width=base, hp=best["hp"],
-                     **{**dict(best.get("muplify") or {}), **parse_kv(a.muplify_arg)})
+        # roles read from two widths and checked against best["roles"] (what the values were tuned under)
+        mu = _muplify_as_tuned(factory, factory(a.width), best, a.width, base,
+                               {**dict(best.get("muplify") or {}), **parse_kv(a.muplify_arg)})
     except (TuneError, MuplifyError, CLIError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
