@@ -2,7 +2,7 @@
 """muplify on models that no test contains, called as a new user calls it: the check behind "works on your model".
 
 The test zoo (muplify_dev/zoo.py, 58 models) is what the suite runs; this is the wider net a session casts before calling
-the analysis done: 33 more transformers and timm families from tiny configs and 8 hand-written models of common
+the analysis done: 33 more transformers and timm families from tiny configs and 14 hand-written models of common
 public patterns (U-Net, DiT with adaLN and sinusoidal timesteps, RWKV-4 time mixing, a message-passing GNN, a conv
 VAE; issue 18: a token LM on torch's Xavier-initialised MultiheadAttention with a scalar temperature first, a
 stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/; items 1, 3, 5: a
