@@ -112,6 +112,13 @@ def _added_table(pd, wa, exprs) -> tuple[tuple[int, ...], tuple[int, ...]] | Non
     return rows, feats
 
 
+def _mark_guess(pd, why: str) -> str:
+    """Record a guess made here on the analysis too (its ``guessed_params`` feed the plan's one warning)."""
+    if pd.decision is Decision.GRAPH:
+        pd.decision, pd.why = Decision.GUESS, why
+    return decided_by_text(Decision.GUESS, why)
+
+
 def _fused_blocks(fan_out: sympy.Expr, sym: sympy.Symbol) -> str | None:
     """A fused projection whose output rows are blocks that scale differently (Falcon's multi-query qkv: ``w`` Q rows
     that scale, ``2 * head_dim`` K/V rows fixed): one role for the whole matrix is a guess, named in the plan."""
@@ -274,14 +281,14 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
             if role == "output" and decided == decided_by_text(Decision.GRAPH):
                 one_head = [a for a in use.fan_out_axes if a < len(pd.axis_why) and "head_dim" in pd.axis_why[a]]
                 if one_head and len(one_head) == len(use.fan_out_axes):
-                    decided = decided_by_text(Decision.GUESS, (
+                    decided = _mark_guess(pd, (
                         f"its output is one attention head ({pd.shape[one_head[0]]} = head_dim): fixed (output-like, "
                         "multi-query K/V) if the model keeps one K/V head at every width, hidden if K/V heads grow "
                         "with width; one width cannot tell. Pass base=<the model at the base width> for the exact "
                         "reading (tune and transfer read it from two widths)"))
             fused = _fused_blocks(fan_out, sym)
             if fused is not None and role == "hidden":
-                decided = decided_by_text(Decision.GUESS, fused)
+                decided = _mark_guess(pd, fused)
             if role == "output":
                 dims = wa.roots(pd.placeholder)
                 readout = any(dims[a] in out_roots for a in use.fan_out_axes if a < len(dims))

@@ -41,6 +41,23 @@ def role_signature(plan) -> dict[str, list]:
     return _signature_of(plan)
 
 
+def _options_key(muplify_kwargs: Mapping | None) -> str:
+    """The analysis options that can change a role (not the data: example inputs are the same kind each trial)."""
+    return repr(sorted((k, repr(v)) for k, v in dict(muplify_kwargs or {}).items()
+                       if k not in ("example_inputs", "example_kwargs", "hp")))
+
+
+def _on_meta(x):
+    """Example inputs for a model built on meta: tensors moved to meta (integer ids keep their dtype)."""
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_on_meta(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _on_meta(v) for k, v in x.items()}
+    return x
+
+
 def _meta(make_model: Callable[[int], nn.Module], width: int) -> nn.Module:
     with torch.device("meta"):
         return make_model(width)
@@ -51,12 +68,12 @@ def reference_roles(make_model: Callable[[int], nn.Module], width: int,
     """Roles at ``width`` read from two widths (``make_model(2 * width)`` against ``make_model(width)``, both on the
     meta device, muplify's exact ``base=`` route).  None (with a warning) when the factory cannot build on meta or
     the two builds are not the same architecture at two widths."""
-    key = (make_model, int(width))
+    key = (make_model, int(width), _options_key(muplify_kwargs))
     if key in _CACHE:
         return _CACHE[key]
     from ...core import analyze
 
-    kw = {k: v for k, v in dict(muplify_kwargs or {}).items() if k in _ANALYSIS_KWARGS and k != "width"}
+    kw = {k: _on_meta(v) for k, v in dict(muplify_kwargs or {}).items() if k in _ANALYSIS_KWARGS and k != "width"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -89,7 +106,7 @@ def proxy_fixes(make_model: Callable[[int], nn.Module], model: nn.Module, width:
                 muplify_kwargs: Mapping) -> dict[str, dict]:
     """The overrides the proxy at ``width`` needs to carry the two-width roles (cached per factory and width: every
     trial builds the same architecture)."""
-    key = (make_model, int(width), "fixes")
+    key = (make_model, int(width), _options_key(muplify_kwargs), "fixes")
     if key not in _CACHE:
         from ...core import analyze
 
@@ -112,6 +129,17 @@ def tuned_roles(make_model: Callable[[int], nn.Module], width: int, muplify_kwar
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _signature_of(analyze(make_model(width), base_width=width, **kw))
+
+
+ROLES_ATTR = "muplify.roles"  # study attribute: the roles best["roles"] records (load_result reads it back)
+
+
+def record_roles(study, roles: Mapping) -> None:
+    """Keep the roles with the study, so that a result loaded from the storage carries them too."""
+    try:
+        study.set_user_attr(ROLES_ATTR, dict(roles))
+    except Exception:  # noqa: BLE001 - a storage that refuses attributes: best.json still has them
+        pass
 
 
 def mismatches(tuned: Mapping[str, list], plan) -> list[str]:
