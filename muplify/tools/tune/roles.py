@@ -41,6 +41,15 @@ def role_signature(plan) -> dict[str, list]:
     return _signature_of(plan)
 
 
+def _factory_key(make_model):
+    """The factory as a cache key (an unhashable callable -- the CLI's factory object -- by identity)."""
+    try:
+        hash(make_model)
+        return make_model
+    except TypeError:
+        return ("id", id(make_model))
+
+
 def _options_key(muplify_kwargs: Mapping | None) -> str:
     """The analysis options that can change a role (not the data: example inputs are the same kind each trial)."""
     return repr(sorted((k, repr(v)) for k, v in dict(muplify_kwargs or {}).items()
@@ -68,7 +77,7 @@ def reference_roles(make_model: Callable[[int], nn.Module], width: int,
     """Roles at ``width`` read from two widths (``make_model(2 * width)`` against ``make_model(width)``, both on the
     meta device, muplify's exact ``base=`` route).  None (with a warning) when the factory cannot build on meta or
     the two builds are not the same architecture at two widths."""
-    key = (make_model, int(width), _options_key(muplify_kwargs))
+    key = (_factory_key(make_model), int(width), _options_key(muplify_kwargs))
     if key in _CACHE:
         return _CACHE[key]
     from ...core import analyze
@@ -106,7 +115,7 @@ def proxy_fixes(make_model: Callable[[int], nn.Module], model: nn.Module, width:
                 muplify_kwargs: Mapping) -> dict[str, dict]:
     """The overrides the proxy at ``width`` needs to carry the two-width roles (cached per factory and width: every
     trial builds the same architecture)."""
-    key = (make_model, int(width), _options_key(muplify_kwargs), "fixes")
+    key = (_factory_key(make_model), int(width), _options_key(muplify_kwargs), "fixes")
     if key not in _CACHE:
         from ...core import analyze
 
