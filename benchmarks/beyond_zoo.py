@@ -2,10 +2,12 @@
 """muplify on models that no test contains, called as a new user calls it: the check behind "works on your model".
 
 The test zoo (muplify_dev/zoo.py, 58 models) is what the suite runs; this is the wider net a session casts before calling
-the analysis done: 33 more transformers and timm families from tiny configs and 8 hand-written models of common
+the analysis done: 33 more transformers and timm families from tiny configs and 14 hand-written models of common
 public patterns (U-Net, DiT with adaLN and sinusoidal timesteps, RWKV-4 time mixing, a message-passing GNN, a conv
 VAE; issue 18: a token LM on torch's Xavier-initialised MultiheadAttention with a scalar temperature first, a
-stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/).  Per model, built at twice its base width:
+stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/; items 1, 3, 5: a
+GQA LM with K/V heads growing and fixed, a fused multi-query qkv, a scalar value head, a 1-D U-Net, a positional-table
+LM, with XLNet: results/beyond_zoo_issue18_roles/).  Per model, built at twice its base width:
 
 * ``muplify(model, base_width=...)`` (bare for transformers/timm, with example inputs otherwise): roles against the
   two-width shape-diff oracle (muplify_dev/oracle.py; "n/a" where the oracle does not know a raw parameter's layout),
@@ -15,7 +17,7 @@ stage-width CNN, the `mup` package's example Transformer; their results: results
   (a refusal is reported with its reason);
 * depth: ``base_depth=1``: blocks and residual branches found, or the reason there are none.
 
-    python benchmarks/beyond_zoo.py                 # all 41 models (~1-2 minutes on 2 cores)
+    python benchmarks/beyond_zoo.py                 # all 47 models (~1-2 minutes on 2 cores)
     python benchmarks/beyond_zoo.py --quick         # 3 models (CI smoke run)
     python benchmarks/beyond_zoo.py --only phimoe xlnet
 
@@ -350,6 +352,92 @@ class StageCNN(nn.Module):
         return self.head(self.stage2(x).mean((2, 3)))
 
 
+class GQALM(nn.Module):
+    """Issue 18 item 1: Llama-style grouped-query attention, K/V heads of 32: ``kv_heads`` fixed, or (None) half the
+    query heads, growing with width (one K/V head at the base width 64)."""
+    def __init__(self, w, kv_heads=None, head_dim=32):
+        super().__init__()
+        self.h, self.hd = w // head_dim, head_dim
+        self.kv = kv_heads or max(1, self.h // 2)
+        self.emb = nn.Embedding(128, w)
+        self.q = nn.Linear(w, self.h * head_dim, bias=False)
+        self.k = nn.Linear(w, self.kv * head_dim, bias=False)
+        self.v = nn.Linear(w, self.kv * head_dim, bias=False)
+        self.o = nn.Linear(w, w, bias=False)
+        self.norm = nn.RMSNorm(w)
+        self.head = nn.Linear(w, 128, bias=False)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.h, self.hd).transpose(1, 2)
+        k = self.k(x).view(B, T, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, 1)
+        v = self.v(x).view(B, T, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, 1)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.o(a)
+        return self.head(self.norm(x))
+
+
+class MQAFusedLM(nn.Module):
+    """Issue 18 item 1: Falcon-style multi-query attention, one fused qkv: Q rows scale, K/V rows are one head."""
+    def __init__(self, w, head_dim=16):
+        super().__init__()
+        self.h, self.hd = w // head_dim, head_dim
+        self.emb = nn.Embedding(128, w)
+        self.qkv = nn.Linear(w, w + 2 * head_dim, bias=False)
+        self.o = nn.Linear(w, w, bias=False)
+        self.head = nn.Linear(w, 128, bias=False)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split([C, self.hd, self.hd], dim=-1)
+        q = q.view(B, T, self.h, self.hd).transpose(1, 2)
+        k = k.view(B, T, 1, self.hd).transpose(1, 2).expand(B, self.h, T, self.hd)
+        v = v.view(B, T, 1, self.hd).transpose(1, 2).expand(B, self.h, T, self.hd)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        return self.head(x + self.o(a))
+
+
+class ValueHeadMLP(nn.Module):
+    """Issue 18 item 3: a scalar value / regression head nn.Linear(w, 1) (a readout, not a router)."""
+    def __init__(self, w):
+        super().__init__()
+        self.inp, self.hid, self.v = nn.Linear(8, w), nn.Linear(w, w), nn.Linear(w, 1)
+
+    def forward(self, x):
+        return self.v(F.relu(self.hid(F.relu(self.inp(x))))).squeeze(-1)
+
+
+class UNet1d(nn.Module):
+    """Issue 18 item 3: a 1-D U-Net with skip concatenation and a one-channel Conv1d(w, 1, 1) output."""
+    def __init__(self, w):
+        super().__init__()
+        self.inc = nn.Conv1d(2, w, 3, padding=1)
+        self.down = nn.Conv1d(w, 2 * w, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose1d(2 * w, w, 2, stride=2)
+        self.dec = nn.Conv1d(2 * w, w, 3, padding=1)
+        self.out = nn.Conv1d(w, 1, 1)
+
+    def forward(self, x):
+        a = F.silu(self.inc(x))
+        u = self.up(F.silu(self.down(a)))
+        return self.out(F.silu(self.dec(torch.cat([u, a], dim=1))))
+
+
+class PosTableLM(nn.Module):
+    """Issue 18 item 5: a learned positional table (1, N, w) added to the token embeddings (input-like)."""
+    def __init__(self, w):
+        super().__init__()
+        self.emb = nn.Embedding(128, w)
+        self.pos = nn.Parameter(torch.randn(1, 6, w) * 0.02)
+        self.block = nn.TransformerEncoderLayer(w, max(1, w // 16), 2 * w, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(w, 128)
+
+    def forward(self, ids):
+        return self.head(self.block(self.emb(ids) + self.pos))
+
+
 def _mup_example(w):
     from muplify_dev.mup_example_transformer import TransformerModel  # the mup package's example Transformer
 
@@ -358,6 +446,12 @@ def _mup_example(w):
 
 G = torch.Generator().manual_seed(0)
 HAND_WRITTEN = {
+    "gqa_lm": (GQALM, lambda: ((torch.randint(0, 128, (2, 6), generator=G),), {}), 64),
+    "gqa_fixed_kv": (lambda w: GQALM(w, kv_heads=2), lambda: ((torch.randint(0, 128, (2, 6), generator=G),), {}), 64),
+    "mqa_fused": (MQAFusedLM, lambda: ((torch.randint(0, 128, (2, 6), generator=G),), {}), 64),
+    "value_head": (ValueHeadMLP, lambda: ((torch.randn(3, 8, generator=G),), {}), 32),
+    "unet1d": (UNet1d, lambda: ((torch.randn(2, 2, 16, generator=G),), {}), 32),
+    "pos_table_lm": (PosTableLM, lambda: ((torch.randint(0, 128, (2, 6), generator=G),), {}), 32),
     "mha_lm": (MHALM, lambda: ((torch.randint(0, 128, (2, 6), generator=G),), {}), 32),
     "stage_cnn": (StageCNN, lambda: ((torch.randn(2, 3, 16, 16, generator=G),), {}), 16),
     "mup_example_transformer": (_mup_example, lambda: ((torch.randint(0, 100, (6, 2), generator=G),), {}), 32),
@@ -401,6 +495,19 @@ def _call(model, args, kwargs, base, bare, **kw):
     return muplify(model, base_width=base, example_inputs=args, example_kwargs=kwargs or None, **kw)
 
 
+def _transfer_role_diffs(build, base, bare, args, kwargs) -> dict:
+    """Roles of the proxy (base width) and the target (twice it) as tune/transfer build them."""
+    from muplify.tools.tune.trial import transfer
+
+    make = lambda w: build(w)[0]  # noqa: E731
+    mkw = {} if bare else {"example_inputs": args, "example_kwargs": kwargs or None}
+    cfg = {"lr": 1e-3, "hp": {}, "width": base, "muplify": {}}
+    proxy, _ = _quiet(transfer, make, cfg, **mkw)
+    target, _ = _quiet(transfer, make, cfg, width=2 * base, **mkw)
+    return {n: [proxy.plan[n].role, target.plan[n].role] for n in target.plan.params
+            if n in proxy.plan.params and proxy.plan[n].role != target.plan[n].role}
+
+
 def run_one(name: str) -> dict:
     build, base, bare = _builder(name)
     row: dict = {"model": name}
@@ -433,6 +540,11 @@ def run_one(name: str) -> dict:
             torch.manual_seed(1)
             b = _first(ref(*args0, **kwargs0))
         row["base_identity"] = bool(torch.equal(a, b))
+        # issue 18 item 1: roles at the base-width instance (the proxy) against the target's; plain muplify() reads
+        # one instance each, transfer() reads both from two widths
+        row["proxy_role_diffs"] = {n: [mu0.plan[n].role, plan[n].role] for n in plan.params
+                                   if n in mu0.plan.params and mu0.plan[n].role != plan[n].role}
+        row["transfer_role_diffs"] = _transfer_role_diffs(build, base, bare, args0, kwargs0)
     except Exception as e:  # noqa: BLE001 - a row per model, whatever happens
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         row["traceback"] = traceback.format_exc()[-2000:]
@@ -464,6 +576,10 @@ def run_one(name: str) -> dict:
 QUICK = ["phimoe", "xlnet", "dit"]
 
 
+def _agree(diffs) -> str:
+    return "n/a" if diffs is None else ("yes" if not diffs else "NO " + json.dumps(diffs))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
@@ -474,11 +590,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = [run_one(n) for n in names]
     print("| model | muplify() s | width (from) | in/hid/out/vec/fixed | = oracle | guesses | base identity "
-          "| export (hp) | depth / branches |")
-    print("|" + "---|" * 9)
+          "| export (hp) | depth / branches | proxy roles = target (plain / transfer) |")
+    print("|" + "---|" * 10)
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | ERROR {r['error']} |" + " |" * 7)
+            print(f"| {r['model']} | ERROR {r['error']} |" + " |" * 8)
             continue
         ro = r["roles"]
         dis = r["oracle_disagreements"]
@@ -487,7 +603,8 @@ def main(argv=None) -> int:
         depth = f"{r['depth']} / {r['branches']}" if "depth" in r else "refused: " + r["depth_error"][:60]
         print(f"| {r['model']} | {r['muplify_s']:.2f} | {r['width']} ({r['width_source']}) | "
               f"{ro['input']}/{ro['hidden']}/{ro['output']}/{ro['vector']}/{ro['fixed']} | {agree} | "
-              f"{len(r['guesses'])} | {'yes' if r['base_identity'] else 'NO'} | {export} | {depth} |")
+              f"{len(r['guesses'])} | {'yes' if r['base_identity'] else 'NO'} | {export} | {depth} | "
+              f"{_agree(r.get('proxy_role_diffs'))} / {_agree(r.get('transfer_role_diffs'))} |")
     ok = [r for r in rows if "error" not in r]
     known = [r for r in ok if r["oracle_disagreements"] is not None]
     print(f"\n{len(ok)}/{len(rows)} models muplified; {sum(not r['oracle_disagreements'] for r in known)}/"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 
 import sympy
 import torch
@@ -53,6 +54,86 @@ def _output_roots(wa) -> set[int]:
     return roots | wa.loss_roots()
 
 
+def _numel(node) -> int | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    shape = getattr(val, "shape", None)
+    return None if shape is None else math.prod(int(s) for s in shape)
+
+
+def _single_unit_reaches_output(node: fx.Node, depth: int = 24) -> bool:
+    """Whether a layer output with a single unit (``nn.Linear(w, 1)``, ``Conv1d(w, 1, 1)``) reaches the model's
+    output without being broadcast against a larger activation first (a scalar gate multiplying a hidden state is
+    not a readout; a value head squeezed, biased, squashed or fed to a loss is)."""
+    size = _numel(node)
+    frontier, seen = [node], set()
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for u in n.users:
+                if u.op == "output":
+                    return True
+                if u in seen:
+                    continue
+                seen.add(u)
+                m = _numel(u)
+                if u.op == "call_function" and (size is None or m is None or m <= size or
+                                                 (u.target is operator.getitem)):
+                    nxt.append(u)
+        frontier = nxt
+    return False
+
+
+def _routing_selection(wa, dims: list[int], axes) -> str | None:
+    """Why the fan-out axis of an output-like use is an expert choice: selected along by top-k / argmax / sort
+    (the op table's selection rules), which is what makes a router.  Integer indexing (``x[..., 0]``) is not."""
+    selected = {wa.dim_graph.find(d): why for d, why in wa.dim_graph.selected.items()}
+    for a in axes:
+        why = selected.get(dims[a]) if a < len(dims) else None
+        if why is not None and why.startswith("selected along by"):
+            return why
+    return None
+
+
+def _added_table(pd, wa, exprs) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(row axes, feature axes) of a learned table added to the activation stream: a positional table
+    ``(1, N, w)`` -- elementwise uses, one of them an add, axes of fixed size > 1 that are not a head_dim / state
+    axis (those make a per-head bias, vector-like) next to scaling feature axes.  TP-V: an input weight (fan_in the
+    rows, finite; fan_out the features), so ``embed_mult`` and ``lr_mult["input"]`` reach it."""
+    sym = wa.width_symbol
+    if not any(ops.is_add(u.node.target) for u in pd.uses):
+        return None
+    rows = tuple(a for a, e in enumerate(exprs) if pd.shape[a] > 1 and not e.has(sym))
+    feats = tuple(a for a, e in enumerate(exprs) if e.has(sym))
+    if not rows or not feats:
+        return None
+    kinds = [wa.finite_kinds.get(pd.axis_roots[a]) if a < len(pd.axis_roots) else None for a in rows]
+    if any(k == "convention" for k in kinds):
+        return None
+    return rows, feats
+
+
+def _mark_guess(pd, why: str) -> str:
+    """Record a guess made here on the analysis too (its ``guessed_params`` feed the plan's one warning)."""
+    if pd.decision is Decision.GRAPH:
+        pd.decision, pd.why = Decision.GUESS, why
+    return decided_by_text(Decision.GUESS, why)
+
+
+def _fused_blocks(fan_out: sympy.Expr, sym: sympy.Symbol) -> str | None:
+    """A fused projection whose output rows are blocks that scale differently (Falcon's multi-query qkv: ``w`` Q rows
+    that scale, ``2 * head_dim`` K/V rows fixed): one role for the whole matrix is a guess, named in the plan."""
+    e = sympy.expand(fan_out)
+    if not isinstance(e, sympy.Add):
+        return None
+    fixed = [t for t in e.args if not t.has(sym)]
+    scaling = [t for t in e.args if t.has(sym)]
+    if not fixed or not scaling:
+        return None
+    return (f"fused rows {sympy.Add(*scaling)} + {sympy.Add(*fixed)}: the scaling block (e.g. Q) is hidden, the fixed "
+            f"block ({sympy.Add(*fixed)} rows, e.g. one K/V head) would be output-like; the whole matrix is taken as "
+            "hidden (its fixed rows get hidden's init and lr scaling). Split the projection for per-block treatment")
+
+
 def _is_gain(pd, uses: list[Use]) -> bool:
     """A vector that scales a normalised activation: a norm op's weight, or ``weight * x`` right after a
     normalisation (HF RMSNorm)."""
@@ -82,6 +163,32 @@ def _bias_of(name: str, uses: list[Use], wa, names_by_ph: dict[str, str]) -> str
                 return names_by_ph.get(found[0])
     mod, _, leaf = name.rpartition(".")
     return f"{mod}.weight" if leaf == "bias" and f"{mod}.weight" in wa.params else None
+
+
+def _unused_like_siblings(params: dict[str, ParamPlan], wa) -> None:
+    """An unused parameter's shape guess takes a used sibling's reading: XLNet's ``r_s_bias`` (heads, head_dim) and
+    ``seg_embed`` (2, heads, head_dim) are unused without segment ids, while ``r_w_bias`` of the same shape in the same
+    module is read by the graph as a per-head bias (vector-like).  A matrix guess ('hidden' from two axes of
+    width-like sizes) would rescale their init and lr although they are added to activations like biases."""
+    used = [(n, p) for n, p in params.items() if n not in wa.unused and wa.params[n].uses
+            and wa.params[n].decision is Decision.GRAPH and p.role == "vector" and len(p.shape) > 1]
+    for name, p in params.items():
+        if not (name in wa.unused or not wa.params[name].uses) or p.role not in ("hidden", "vector"):
+            continue
+        mod = name.rpartition(".")[0]
+        for other, q in used:
+            k = len(q.shape)
+            if other.rpartition(".")[0] != mod or len(p.shape) < k or tuple(p.shape[-k:]) != tuple(q.shape):
+                continue
+            lead = len(p.shape) - k
+            p.role, p.fan_in, p.base_fan_in = "vector", sympy.Integer(1), 1
+            p.fan_out = sympy.Mul(*[sympy.Integer(s) for s in p.shape[:lead]]) * q.fan_out
+            p.base_shape = tuple(p.shape[:lead]) + tuple(q.base_shape)
+            p.base_fan_out = max(1, math.prod(p.base_shape))
+            p.decided_by = decided_by_text(Decision.GUESS, f"not used by the captured forward (pass example inputs "
+                                                            f"that use it); read like '{other}' of the same trailing "
+                                                            "shape in the same module: vector-like")
+            break
 
 
 def detect_init_rules(plan: Plan, model: nn.Module) -> None:
@@ -171,15 +278,39 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 decided = pd.decided_by  # the analysis fixed or scaled one of its axes by a marked guess
             if len({c[0] for c in cands}) > 1:
                 note = "tied: " + " + ".join(sorted({c[0] for c in cands})) + "; the readout use sets the role"
+            if role == "output" and decided == decided_by_text(Decision.GRAPH):
+                one_head = [a for a in use.fan_out_axes if a < len(pd.axis_why) and "head_dim" in pd.axis_why[a]]
+                if one_head and len(one_head) == len(use.fan_out_axes):
+                    decided = _mark_guess(pd, (
+                        f"its output is one attention head ({pd.shape[one_head[0]]} = head_dim): fixed (output-like, "
+                        "multi-query K/V) if the model keeps one K/V head at every width, hidden if K/V heads grow "
+                        "with width; one width cannot tell. Pass base=<the model at the base width> for the exact "
+                        "reading (tune and transfer read it from two widths)"))
+            fused = _fused_blocks(fan_out, sym)
+            if fused is not None and role == "hidden":
+                decided = _mark_guess(pd, fused)
             if role == "output":
                 dims = wa.roots(pd.placeholder)
                 readout = any(dims[a] in out_roots for a in use.fan_out_axes if a < len(dims))
+                router = _routing_selection(wa, dims, use.fan_out_axes)
+                if router is not None:
+                    readout = False
+                    note = (note + "; " if note else "") + f"router: its outputs are {router}"
+                elif not readout and all(pd.shape[a] <= 1 for a in use.fan_out_axes):
+                    # a single output unit has no dim to follow to the output: follow the tensor
+                    readout = _single_unit_reaches_output(use.node)
         elif pd.uses and all(u.kind == "elementwise" for u in pd.uses):
             fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
             role, decided = ("vector" if fan_out.has(sym) else "fixed"), decided_by_text(Decision.GRAPH)
             if pd.decision is not Decision.GRAPH and base_shapes is None:
                 decided = pd.decided_by
             base_fans = (1, base_prod(range(len(exprs))))
+            table = _added_table(pd, wa, exprs) if not _is_gain(pd, pd.uses) else None
+            if table is not None:
+                rows, feats = table
+                role, fan_in, fan_out = "input", _prod(exprs, rows), _prod(exprs, feats)
+                base_fans, layout = (base_prod(rows), base_prod(feats)), Layout(rows, feats)
+                note = "a learned table added to the activations (rows fixed, features scale): input-like"
         else:
             fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
             base_fans = (1, base_prod(range(len(exprs))))
@@ -198,6 +329,7 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
             base_fan_in=base_fans[0], base_fan_out=base_fans[1], base_shape=tuple(base_sizes), layout=layout,
             decided_by=decided, uses=[f"{u.kind} in '{module_of(u.node)}'" for u in pd.uses], readout=readout,
             note=note)
+    _unused_like_siblings(params, wa)
     for name, p in params.items():
         pd = wa.params[name]
         if p.role == "vector":

@@ -178,7 +178,9 @@ def param_layout(module: nn.Module, attr: str, param: torch.Tensor) -> Layout:
         return None
     if _is_hf_ssm(module) and attr in ("A_log", "D", "dt_bias"):  # SSM decay / skip / step parameters
         return None
-    if param.shape[0] == 1:  # broadcast-shaped: cls/dist/reg tokens, pos_embed, MHA bias_k/bias_v, ...
+    if param.shape[0] == 1 and nd == 3 and param.shape[1] > 1:  # a learned positional table (1, N, w): rows, features
+        return (1,), (2,)
+    if param.shape[0] == 1:  # broadcast-shaped: cls/dist/reg tokens, MHA bias_k/bias_v, ...
         return None
     raise ValueError(f"oracle does not know the layout of {type(module).__qualname__}.{attr} "
                      f"{tuple(param.shape)}; extend muplify_dev/oracle.py:param_layout")

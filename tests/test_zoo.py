@@ -134,7 +134,7 @@ HAND_CHECKED = {
                 "bert.embeddings.token_type_embeddings.weight": "input", "cls.predictions.bias": "fixed",
                 "cls.predictions.transform.dense.weight": "hidden"},
     "timm_vit": {"patch_embed.proj.weight": "input", "patch_embed.proj.bias": "vector", "cls_token": "vector",
-                 "pos_embed": "vector", "blocks.0.attn.qkv.weight": "hidden", "head.weight": "output",
+                 "pos_embed": "input", "blocks.0.attn.qkv.weight": "hidden", "head.weight": "output",
                  "head.bias": "fixed"},
     "timm_resnet": {"conv1.weight": "input", "bn1.weight": "vector", "layer1.0.conv1.weight": "hidden",
                     "layer2.0.downsample.0.weight": "hidden", "fc.weight": "output", "fc.bias": "fixed"},

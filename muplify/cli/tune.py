@@ -153,11 +153,11 @@ def load_best(path: str) -> dict:
 def cmd_transfer(a: argparse.Namespace) -> int:
     import torch
 
-    from muplify import muplify
     from muplify.tools.factory import CLIError, load_object, make_factory, parse_kv
     from muplify.errors import MuplifyError
 
     from muplify.tools.tune import TuneError
+    from muplify.tools.tune.trial import _muplify_as_tuned
 
     try:
         best = load_best(a.hp)
@@ -179,7 +179,8 @@ def cmd_transfer(a: argparse.Namespace) -> int:
                 raise TuneError(f"{flag} needs the proxy's {key.replace('_', ' ')}: {a.hp} records none (tune "
                                 f"{flag} records it), or pass --muplify-arg base_{key}=N")
         torch.manual_seed(0)
-        mu = muplify(factory(a.width), base_width=base, hp=best["hp"], **mkw)
+        # roles read from two widths and checked against best["roles"] (what the values were tuned under)
+        mu = _muplify_as_tuned(factory, factory(a.width), best, a.width, base, mkw)
         regime = {k: v for k, v in (("batch_size", a.batch_size), ("steps", a.steps)) if v is not None}
         opt_obj = None
         if best.get("optimizer_class") and best.get("lr") is not None:

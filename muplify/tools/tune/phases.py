@@ -31,6 +31,7 @@ import torch.nn as nn
 from .plots import _leaf
 from .result import Convergence, PhaseRecord, ReevalRecord, TrialRecord, TuneResult
 from .samplers import SamplerName
+from .roles import ROLES_KEY, record_roles, tuned_roles
 from .space import Choice, Dist, Fixed, IntRange, LogUniform, TuneError, Uniform, searched, space_to_dict
 from .sweep import prepare, run_sweep
 from .trial import DEFAULT_STORAGE, DEFAULT_STUDY, SEED_STRIDE, evaluate, takes_seed
@@ -212,6 +213,8 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
             spread = statistics.stdev(chosen.seed_values)
     best = {**chosen.config, "optimizer_class": sw.opt_name, "muplify": dict(sw.recorded), "value": value,
             "trial": chosen.number, "seed": chosen.seed, "width": width}
+    best[ROLES_KEY] = tuned_roles(make_model, width, sw.muplify_kwargs)  # what the values act on (issue 18)
+    record_roles(first.study, best[ROLES_KEY])
     if chosen.phase != "global" or final_width != width:
         best.update(phase=chosen.phase, tuned_at=final_width)
     if sw.regime:

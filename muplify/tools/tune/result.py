@@ -213,6 +213,9 @@ def _result(study, spec: Mapping, storage: str | None) -> TuneResult:
         b = min(done, key=lambda r: (r.value, r.number))
         best = {**b.config, "optimizer_class": spec.get("optimizer"), "muplify": dict(spec.get("muplify") or {}),
                 "value": b.value, "trial": b.number, "seed": b.seed, "width": spec["width"]}
+        roles = study.user_attrs.get("muplify.roles")  # what the values were tuned under (tune/roles.py)
+        if roles is not None:
+            best["roles"] = roles
         if phase != "global" or width != spec["width"]:
             best.update(phase=phase, tuned_at=width)
         if spec.get("regime"):

@@ -94,10 +94,35 @@ def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer:
     model = make_model(width)
     if not isinstance(model, nn.Module):
         raise TuneError(f"make_model({width}) returned {type(model).__name__}, not an nn.Module")
-    mu = muplify(model, base_width=base_width, hp=config.get("hp") or {}, **kwargs)
+    mu = _muplify_as_tuned(make_model, model, config, width, base_width, kwargs)
     regime = {k: v for k, v in (("batch_size", batch_size), ("steps", steps)) if v is not None}
     opt = mu.optimizer(optimizer, lr=config["lr"], **dict(config.get("optimizer") or {}), **regime)
     return mu, opt
+
+
+def _muplify_as_tuned(make_model, model, config: Mapping, width: int, base_width: int, kwargs: dict):
+    """muplify ``model`` with the roles read from two widths (the proxy's are the target's, :mod:`.roles`), and
+    refuse a target whose roles differ from ``config["roles"]`` (what the values were tuned under)."""
+    from ...core import muplify
+    from .roles import ROLES_KEY, check_roles, proxy_fixes
+
+    hp = config.get("hp") or {}
+    if "plan" in kwargs or "base" in kwargs:  # the user fixed the analysis: only the check
+        mu = muplify(model, base_width=base_width, hp=hp, **kwargs)
+        check_roles(config.get(ROLES_KEY), mu.plan)
+        return mu
+    if width != base_width:  # the exact route: an axis scales exactly when its size differs from the proxy's
+        try:
+            mu = muplify(model, base=lambda: make_model(base_width), hp=hp, **kwargs)
+        except Exception:  # noqa: BLE001 - a factory that cannot build on meta: the single-instance analysis
+            mu = muplify(model, base_width=base_width, hp=hp, **kwargs)
+        check_roles(config.get(ROLES_KEY), mu.plan)
+        return mu
+    fixes = proxy_fixes(make_model, model, base_width, kwargs)
+    overrides = {**fixes, **dict(kwargs.pop("overrides", None) or {})}
+    mu = muplify(model, base_width=base_width, hp=hp, overrides=overrides or None, **kwargs)
+    check_roles(config.get(ROLES_KEY), mu.plan)
+    return mu
 
 
 class _Reporter:

@@ -1,0 +1,278 @@
+"""Issue 18 items 1, 3 and 5: the proxy and the target get the same roles (tune/transfer read them from two widths,
+and a mismatch with the roles the values were tuned under is refused), a scalar head is a readout (a router is what a
+top-k selects along), learned tables added to the stream are input-like and per-head biases vector-like."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+pytest.importorskip("optuna")
+
+from muplify import muplify  # noqa: E402
+from muplify.tools.tune import TuneError  # noqa: E402
+from muplify.tools.tune.roles import tuned_roles  # noqa: E402
+from muplify.tools.tune.trial import transfer  # noqa: E402
+
+VOCAB = 50
+
+
+class GQA(nn.Module):
+    """Llama-style grouped-query attention: ``kv_heads`` K/V heads of 32 (None: half the query heads, growing with
+    width -- one K/V head at width 64)."""
+
+    def __init__(self, w, kv_heads=None, head_dim=32):
+        super().__init__()
+        self.h, self.hd = w // head_dim, head_dim
+        self.kv = kv_heads or max(1, self.h // 2)
+        self.emb = nn.Embedding(VOCAB, w)
+        self.q = nn.Linear(w, self.h * head_dim, bias=False)
+        self.k = nn.Linear(w, self.kv * head_dim, bias=False)
+        self.v = nn.Linear(w, self.kv * head_dim, bias=False)
+        self.o = nn.Linear(w, w, bias=False)
+        self.norm = nn.RMSNorm(w)
+        self.head = nn.Linear(w, VOCAB, bias=False)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.h, self.hd).transpose(1, 2)
+        k = self.k(x).view(B, T, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, 1)
+        v = self.v(x).view(B, T, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, 1)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.o(a)
+        return self.head(self.norm(x))
+
+
+def gqa_fixed_kv(w):
+    return GQA(w, kv_heads=1)
+
+
+class MQAFused(nn.Module):
+    """Falcon-style multi-query attention: one fused qkv whose Q rows scale and K/V rows are one head."""
+
+    def __init__(self, w, head_dim=16):
+        super().__init__()
+        self.h, self.hd = w // head_dim, head_dim
+        self.emb = nn.Embedding(VOCAB, w)
+        self.qkv = nn.Linear(w, w + 2 * head_dim, bias=False)
+        self.o = nn.Linear(w, w, bias=False)
+        self.head = nn.Linear(w, VOCAB, bias=False)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split([C, self.hd, self.hd], dim=-1)
+        q = q.view(B, T, self.h, self.hd).transpose(1, 2)
+        k = k.view(B, T, 1, self.hd).transpose(1, 2).expand(B, self.h, T, self.hd)
+        v = v.view(B, T, 1, self.hd).transpose(1, 2).expand(B, self.h, T, self.hd)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        return self.head(x + self.o(a))
+
+
+class ValueHead(nn.Module):
+    """An MLP with a scalar value / regression head nn.Linear(w, 1)."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.inp, self.hid, self.v = nn.Linear(8, w), nn.Linear(w, w), nn.Linear(w, 1)
+
+    def forward(self, x):
+        return self.v(F.relu(self.hid(F.relu(self.inp(x)))))
+
+
+class UNet1d(nn.Module):
+    """A 1-D conv net ending in a one-channel Conv1d(w, 1, 1) output."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.inc, self.mid = nn.Conv1d(2, w, 3, padding=1), nn.Conv1d(w, w, 3, padding=1)
+        self.out = nn.Conv1d(w, 1, 1)
+
+    def forward(self, x):
+        return self.out(F.relu(self.mid(F.relu(self.inc(x)))))
+
+
+class TopKMoE(nn.Module):
+    """A router Linear(w, 4) whose logits a top-k selects experts along: output-like, not the readout."""
+
+    def __init__(self, w, experts=4):
+        super().__init__()
+        self.emb = nn.Linear(8, w)
+        self.router = nn.Linear(w, experts, bias=False)
+        self.experts = nn.ModuleList([nn.Linear(w, w) for _ in range(experts)])
+        self.head = nn.Linear(w, 3)
+
+    def forward(self, x):
+        h = self.emb(x)
+        probs = self.router(h).softmax(-1)
+        top, idx = probs.topk(2, dim=-1)
+        out = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):
+            gate = (top * (idx == e)).sum(-1, keepdim=True)
+            out = out + gate * expert(h)
+        return self.head(h + out)
+
+
+class PosTable(nn.Module):
+    """Token embedding plus a learned positional table of shape (1, N, w)."""
+
+    def __init__(self, w, n=6):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, w)
+        self.pos = nn.Parameter(torch.randn(1, n, w) * 0.02)
+        self.hid, self.head = nn.Linear(w, w), nn.Linear(w, VOCAB)
+
+    def forward(self, ids):
+        return self.head(F.relu(self.hid(self.emb(ids) + self.pos)))
+
+
+IDS = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+
+
+def _mu(model, base, *inputs, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return muplify(model, base_width=base, example_inputs=inputs, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ item 1
+def test_one_width_cannot_tell_a_single_kv_head_and_says_so():
+    """At the proxy width 64 the one K/V head reads as output (fan_out 32 fixed), at 128 as hidden: a single
+    instance cannot tell, so the proxy's reading is a named guess pointing to base= / two widths."""
+    small, big = _mu(GQA(64), 64, IDS), _mu(GQA(128), 64, IDS)
+    assert small.plan["k.weight"].role == "output" and big.plan["k.weight"].role == "hidden"
+    assert small.plan["k.weight"].decided_by.startswith("guess") and "one attention head" in \
+        small.plan["k.weight"].decided_by
+    assert big.plan["q.weight"].decided_by == "graph"
+
+
+def test_transfer_gives_the_proxy_the_targets_roles():
+    """tune's trials and transfer() read the roles from two widths: at the proxy width k/v are hidden, as at every
+    target, so lr_mult["output"] tuned there acts on the readout alone, as at the target."""
+    cfg = {"lr": 1e-3, "hp": {"lr_mult": {"output": 4.0}}, "width": 64, "muplify": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proxy, popt = transfer(GQA, cfg)
+        target, topt = transfer(GQA, cfg, width=256)
+    roles = lambda mu: {n: p.role for n, p in mu.plan.params.items()}  # noqa: E731
+    assert roles(proxy) == roles(target)
+    assert proxy.plan["k.weight"].role == "hidden" and proxy.plan["k.weight"].decided_by == "override"
+    lr = {id(p): g["lr"] * g.get("lr_mult", 1.0) for g in popt.param_groups for p in g["params"]}
+    named = dict(proxy.named_parameters())
+    # at the proxy width every multiplier is 1: only lr_mult["output"] separates the readout from k/v
+    assert lr[id(named["head.weight"])] == pytest.approx(4e-3)
+    assert lr[id(named["k.weight"])] == pytest.approx(1e-3) == lr[id(named["q.weight"])]
+
+
+def test_transfer_refuses_a_target_with_other_roles():
+    """Values tuned on a proxy whose K/V heads grow act on other weights in a target whose K/V heads are fixed:
+    transfer names the parameters and refuses."""
+    cfg = {"lr": 1e-3, "hp": {}, "width": 64, "muplify": {}, "roles": tuned_roles(GQA, 64, {})}
+    assert cfg["roles"]["k.weight"] == ["hidden", True, True]
+    with pytest.raises(TuneError, match=r"k\.weight: tuned as hidden, the target reads output") as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transfer(gqa_fixed_kv, cfg, width=256)
+    assert "v.weight" in str(e.value) and "q.weight" not in str(e.value)
+    with warnings.catch_warnings():  # the same architecture transfers
+        warnings.simplefilter("ignore")
+        transfer(GQA, cfg, width=256)
+
+
+def test_tune_records_the_roles_it_tuned_under(tmp_path):
+    from muplify.tools import tune as T
+
+    def objective(model, optimizer, report, steps: int = 2):
+        x = IDS
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x).flatten(0, 1), x.flatten())
+            loss.backward()
+            optimizer.step()
+        return float(loss)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = T.tune(GQA, 64, objective, trials=1, space={"lr": T.Fixed(1e-3)}, defaults=False,
+                        storage=None, progress=False)
+    assert result.best["roles"]["k.weight"][0] == "hidden"
+    assert result.best["roles"]["head.weight"][0] == "output"
+
+
+def test_fused_qkv_with_fixed_kv_rows_is_a_named_guess():
+    p = _mu(MQAFused(128), 64, IDS).plan["qkv.weight"]
+    assert p.role == "hidden" and str(p.fan_out) == "w + 32"
+    assert p.decided_by.startswith("guess") and "fused rows w + 32" in p.decided_by
+
+
+# ------------------------------------------------------------------------------------------------ item 3
+@pytest.mark.parametrize("make,inputs,name", [
+    (ValueHead, (torch.randn(3, 8),), "v"),
+    (UNet1d, (torch.randn(3, 2, 10),), "out"),
+])
+def test_scalar_head_is_the_readout_and_output_mult_reaches_it(make, inputs, name):
+    torch.manual_seed(0)
+    m = make(64)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    mu1 = _mu(m, 32, *inputs)
+    assert mu1.plan[f"{name}.weight"].role == "output" and mu1.plan[f"{name}.weight"].readout
+    m2 = make(64)
+    m2.load_state_dict(state)
+    mu2 = _mu(m2, 32, *inputs, hp={"output_mult": 2.0})
+    mu1.load_state_dict(mu2.state_dict())  # the same values: only the multiplier differs
+    bias = getattr(mu1, name).bias.detach().reshape(-1, *([1] * (inputs[0].dim() - 2)))
+    with torch.no_grad():
+        y1, y2 = mu1(*inputs) - bias, mu2(*inputs) - bias
+    torch.testing.assert_close(y2, 2 * y1)
+
+
+def test_a_router_is_what_a_topk_selects_along():
+    mu = _mu(TopKMoE(64), 32, torch.randn(3, 8))
+    r = mu.plan["router.weight"]
+    assert r.role == "output" and not r.readout and "router" in r.note and "topk" in r.note
+    assert mu.plan["head.weight"].readout
+
+
+# ------------------------------------------------------------------------------------------------ item 5
+def test_positional_table_is_input_like_and_input_hps_reach_it():
+    mu = _mu(PosTable(64), 32, IDS, hp={"lr_mult": {"input": 3.0}})
+    p = mu.plan["pos"]
+    assert (p.role, str(p.fan_in), str(p.fan_out)) == ("input", "6", "w")
+    opt = mu.optimizer(torch.optim.AdamW, lr=1e-3)
+    lr = {id(q): g["lr"] * g.get("lr_mult", 1.0) for g in opt.param_groups for q in g["params"]}
+    named = dict(mu.named_parameters())
+    assert lr[id(named["pos"])] == pytest.approx(3e-3) == lr[id(named["emb.weight"])]
+    assert lr[id(named["hid.bias"])] == pytest.approx(1e-3)
+
+
+def test_xlnet_per_head_biases_are_vector_like():
+    T = pytest.importorskip("transformers")
+    c = T.XLNetConfig(vocab_size=VOCAB, d_model=128, n_layer=1, n_head=8, d_inner=256, dropout=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = muplify(T.XLNetLMHeadModel(c), base_width=64).plan
+    for n in ("r_w_bias", "r_r_bias", "r_s_bias", "seg_embed"):
+        p = plan[f"transformer.layer.0.rel_attn.{n}"]
+        assert p.role == "vector", (n, p.role, p.decided_by)
+    assert str(plan["transformer.layer.0.rel_attn.seg_embed"].fan_out) == "2*w"
+    assert plan["transformer.layer.0.rel_attn.r_s_bias"].base_fan_out == 64
+
+
+def test_cli_transfer_refuses_a_best_json_tuned_under_other_roles(tmp_path, capsys, monkeypatch):
+    import json
+    import os
+
+    from muplify.cli import main
+
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"hp": {}, "lr": 1e-3, "width": 64, "roles": tuned_roles(GQA, 64, {})}))
+    argv = ["transfer", "test_roles_agree:gqa_fixed_kv", "--width", "128", "--hp", str(best)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: the target's roles differ" in err and "k.weight: tuned as hidden, the target reads output" in err
+    assert main(["transfer", "test_roles_agree:GQA", "--width", "128", "--hp", str(best)]) == 0
