@@ -226,3 +226,53 @@ def test_tuned_per_module_factors_transfer_with_the_target_width():
         assert tuned["layers.1.b.weight"] / plain["layers.1.b.weight"] == pytest.approx(4.0)
         assert tuned["layers.1.att.p2.weight"] == plain["layers.1.att.p2.weight"]
     assert plain["layers.1.b.weight"] == pytest.approx(1e-3 * BASE / (2 * WIDE))  # the μP rule under the factor
+
+
+# ------------------------------------------------------------------------------------------------ tune(per_module=True)
+TUNE_W, TUNE_VOCAB = 16, 50
+
+
+def tiny_gpt(width: int) -> GPT:
+    return GPT(vocab_size=TUNE_VOCAB, d_model=width, n_layer=2, head_dim=8, block_size=8)
+
+
+def lm_objective(model, optimizer, report, steps: int = 4) -> float:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, TUNE_VOCAB, (4, 8), generator=g)
+    y = torch.roll(x, -1, 1)
+    for s in range(steps):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return model(x, y)[1].item()
+
+
+def test_tune_per_module_searches_kinds_and_the_best_transfers():
+    pytest.importorskip("optuna")
+    from muplify.tools import tune as T
+    from muplify.tools.tune import Fixed, LogUniform
+
+    result = T.tune(tiny_gpt, TUNE_W, lm_objective, torch.optim.AdamW, trials=3, pruner=None, storage=None,
+                    progress=False, per_module=True)
+    space = result.space
+    kinds = ("embedding", "qkv", "attn_out", "mlp_out", "norm", "readout")
+    assert {f"hp.lr_mult.{k}" for k in kinds} <= set(space) and space["hp.lr_mult.mlp_in"] == Fixed(1.0)
+    assert {f"hp.init_mult.{k}" for k in kinds if k != "norm"} | {"hp.init_mult.mlp_in"} <= set(space)
+    assert not any(k.endswith((".input", ".hidden", ".output", ".vector", ".gain")) for k in space)  # no role axes
+    assert space["hp.lr_mult.qkv"] == LogUniform(1 / 8, 8)
+    best = result.best
+    assert set(best["hp"]["lr_mult"]) == set(kinds) | {"mlp_in"} and best["hp"]["lr_mult"]["mlp_in"] == 1.0
+    # the proxy trial reproduces exactly with the per-module hp
+    mu, opt = T.transfer(tiny_gpt, best, torch.optim.AdamW, seed=best["seed"])
+    assert lm_objective(mu, opt, lambda s, v: None) == best["value"]
+    # the transfer to a wider model applies each kind's factor on top of the μP rule at that width
+    big, opt = T.transfer(tiny_gpt, best, torch.optim.AdamW, width=2 * TUNE_W)
+    plain = muplify(tiny_gpt(2 * TUNE_W), base_width=TUNE_W)
+    lt, lp = _lrs(big), _lrs(plain)
+    for name, kind in (("blocks.1.attn.c_attn.weight", "qkv"), ("blocks.0.attn.c_proj.weight", "attn_out"),
+                       ("blocks.0.mlp.2.weight", "mlp_out"), ("blocks.0.ln_2.weight", "norm")):
+        assert lt[name] / lp[name] == pytest.approx(best["hp"]["lr_mult"][kind], rel=1e-9), name
+    init = big.plan["blocks.0.mlp.2.weight"].init_scale / plain.plan["blocks.0.mlp.2.weight"].init_scale
+    assert init == pytest.approx(best["hp"]["init_mult"]["mlp_out"])

@@ -91,7 +91,7 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
          progress: bool = True, seeds_per_trial: int = 1, reeval_top: int = 0, reeval_seeds: int = 3,
          refine: int = 0, refine_shrink: float = 0.3, refine_sampler: SamplerName | str = "tpe",
          widths: Sequence[int] | None = None, telescope_trials: int | None = None,
-         telescope_shrink: float = 0.5) -> TuneResult:
+         telescope_shrink: float = 0.5, per_module: bool = False) -> TuneResult:
     """Tune μP hyperparameters on the proxy ``make_model(width)`` and return the best (``result.best``).
 
     Every trial: ``torch.manual_seed(seed + trial number)``, ``model = make_model(width)``,
@@ -134,6 +134,9 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
       ``telescope_trials`` (default ``max(2, trials // 8)``) trials at each larger width in a box narrowed to
       ``telescope_shrink`` around the transferred incumbent; ``base_width`` is ``widths[0]`` throughout and
       ``result.best["tuned_at"]`` names the width the best was measured at.
+    - ``per_module=True``: the default space searches per-module-kind multipliers (``hp.lr_mult.query``,
+      ``hp.init_mult.mlp_out``, ... for the kinds the proxy's plan has; see :func:`default_space`) instead of
+      per-role ones; ``result.best["hp"]`` carries them and the transfer applies them by kind.
     """
     widths = _check_widths(width, widths)
     width = widths[0]
@@ -147,7 +150,7 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
         raise TuneError(f"telescope_trials must be an int >= 1, got {telescope_trials!r}")
     sw = prepare(make_model, width, objective, optimizer, trials=trials, space=space, defaults=defaults,
                  storage=storage, workers=workers, threads=threads, seed=seed, timeout=timeout,
-                 muplify_kwargs=muplify_kwargs, seeds_per_trial=seeds_per_trial)
+                 muplify_kwargs=muplify_kwargs, seeds_per_trial=seeds_per_trial, per_module=per_module)
     deadline = None if timeout is None else time.time() + timeout
     plan = _plan(trials, refine, widths, telescope_trials, seeds_per_trial, reeval_top, reeval_seeds)
     _say(progress, f"tune: budget {plan}")
