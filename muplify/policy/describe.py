@@ -16,7 +16,7 @@ def lint(plan: Plan) -> list[str]:
     out = []
     scales = parametrization_of(plan).widths  # the standard parametrization transfers nothing: no transfer lint
     gains = [n for n, p in plan.params.items() if p.gain and p.role == "vector"]
-    if scales and gains and "gain" not in plan.hp.lr_mult:
+    if scales and gains and not ({"gain", "norm"} & set(plan.hp.lr_mult)):  # "norm": the gains' module kind
         out.append(f"{len(gains)} trainable norm gains (e.g. {gains[0]}): Lingle 2024 found learning-rate transfer "
                    "fails with trainable gains. What to do: tune hp={'lr_mult': {'gain': x}} on the proxy with the "
                    "other hyperparameters (0 freezes them), or build the norms without an elementwise affine.")

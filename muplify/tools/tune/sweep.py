@@ -171,9 +171,9 @@ def _check_space(space, plan, make_model, width, objective, optimizer, seed, mkw
             raise TuneError(f"space key {key!r}: {HP_ACTS_ON[name][1]}, so it would change nothing; drop it")
         for r in role.split("+") if head == "hp" and role else ():
             if r not in roles and r not in kinds and r not in keys:
-                raise TuneError(f"space key {key!r}: no parameter of this model has role, module kind or module key "
-                                f"{r!r} (roles present: {', '.join(roles)}; module kinds: {', '.join(kinds)}; module "
-                                f"keys: {', '.join(keys)})")
+                raise TuneError(f"bad search-space key {key!r}: no parameter of this model has role {r!r}, nor is it "
+                                f"a module kind or module key of it (roles present: {', '.join(roles)}; module kinds: "
+                                f"{', '.join(kinds)}; module keys: {', '.join(keys)})")
     cfg = assemble({k: d.center() for k, d in space.items()})
     try:
         plan.replace(hp=HyperParams.from_dict(cfg["hp"])).rules()
