@@ -185,11 +185,10 @@ class HyperParams:
     output_mult: float = 1.0  # α_out: multiplies the readout's input
     attn_mult: float = 1.0  # α_attn: multiplies the attention logits (before softmax), on top of the μP scale
     embed_mult: float = 1.0  # α_emb: multiplies the output of every input-role layer (embeddings, first layer)
-    # key -> factor on initial values / on the learning rate; a key is a role (or "gain"), a module kind
-    # ("query", "mlp_in", ...) or a module key ("blocks.*.attn.c_attn"); per parameter the most specific wins:
-    # module key > module kind > "gain" (norm gains) > role (see muplify.module_kinds)
-    init_mult: Mapping[str, float] = field(default_factory=dict)
-    lr_mult: Mapping[str, float] = field(default_factory=dict)
+    # keys: a role (or "gain"), a module kind ("query", "mlp_in", ...) or a module key ("blocks.*.attn.c_attn"); per
+    # parameter the most specific wins: module key > module kind > "gain" (norm gains) > role (muplify.module_kinds)
+    init_mult: Mapping[str, float] = field(default_factory=dict)  # role / kind / module key -> factor on init values
+    lr_mult: Mapping[str, float] = field(default_factory=dict)  # role / kind / module key -> factor on the lr
 
     @classmethod
     def from_dict(cls, hp: Mapping | "HyperParams" | None) -> "HyperParams":
