@@ -29,6 +29,7 @@ from .initialization import note_init_reading, read_init
 from .plan import Decision, HyperParams, Layout, Options, ParamPlan, Plan, decided_by_text, role_from_fans
 from .rules import CONTRACTING_KINDS, Use, found_upstream
 from .rules import table as ops
+from .module_kinds import assign_module_kinds
 from .sites import SiteContext, find_sites, module_of
 
 __all__ = ["build_plan", "detect_init_rules"]
@@ -356,6 +357,7 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
     source = "exact: base fans read from the base model" if base_shapes is not None else getattr(wa, "width_source", "")
     plan = Plan(base_width, width, params, sites, attention, options, hp or HyperParams(), notes, sym,
                 type(model).__name__, source, _scaling_dims(wa, axes, base_shapes is not None), list(ctx.blocks))
+    assign_module_kinds(plan, ctx)  # module kinds from the graph (attention operands), the facts, then names
     detect_init_rules(plan, model)
     return plan
 

@@ -22,6 +22,7 @@ import contextlib
 import fnmatch
 import json
 import math
+import re
 import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -192,8 +193,10 @@ class HyperParams:
     output_mult: float = 1.0  # α_out: multiplies the readout's input
     attn_mult: float = 1.0  # α_attn: multiplies the attention logits (before softmax), on top of the μP scale
     embed_mult: float = 1.0  # α_emb: multiplies the output of every input-role layer (embeddings, first layer)
-    init_mult: Mapping[str, float] = field(default_factory=dict)  # role (or "gain") -> factor on initial values
-    lr_mult: Mapping[str, float] = field(default_factory=dict)  # role (or "gain") -> factor on the learning rate
+    # keys: a role (or "gain"), a module kind ("query", "mlp_in", ...) or a module key ("blocks.*.attn.c_attn"); per
+    # parameter the most specific wins: module key > module kind > "gain" (norm gains) > role (muplify.module_kinds)
+    init_mult: Mapping[str, float] = field(default_factory=dict)  # role / kind / module key -> factor on init values
+    lr_mult: Mapping[str, float] = field(default_factory=dict)  # role / kind / module key -> factor on the lr
 
     @classmethod
     def from_dict(cls, hp: Mapping | "HyperParams" | None) -> "HyperParams":
@@ -220,10 +223,11 @@ class HyperParams:
             d = hp[k]
             if not isinstance(d, Mapping):
                 raise PlanError(f"hp[{k!r}] must map roles to factors, e.g. {{'hidden': 0.5}}; got {d!r}")
-            roles = ROLES + (GAIN,)
-            unknown = [r for r in d if r not in roles]
+            # roles, module kinds or module keys: which exist is checked against the plan (muplify.policy.derive)
+            unknown = [r for r in d if not (isinstance(r, str) and _HP_KEY.fullmatch(r))]
             if unknown:
-                raise PlanError(f"hp[{k!r}] has unknown roles {unknown}; roles are {list(roles)}")
+                raise PlanError(f"hp[{k!r}] has unknown roles {unknown}; keys are roles {list(ROLES + (GAIN,))}, "
+                                "module kinds (e.g. 'query', 'mlp_in') or module keys (e.g. 'blocks.*.attn.c_attn')")
             # a zero learning rate freezes a role (e.g. norm gains); a zero init is readout_zero_init's job
             out[k] = {r: _positive(f"hp[{k!r}][{r!r}]", v, allow_zero=(k == "lr_mult")) for r, v in d.items()}
         return cls(**out)
@@ -241,9 +245,35 @@ class HyperParams:
         """The lr factor of a parameter with this role (a norm gain: the "gain" entry first)."""
         return self.lr_mult.get(GAIN, self.lr_mult.get(role, 1.0)) if gain else self.lr_mult.get(role, 1.0)
 
+    def param_init(self, p: "ParamPlan") -> float:
+        """The init factor of a plan entry: its module key's, else its module kind's, else its role's."""
+        return _lookup(self.init_mult, p)
+
+    def param_lr(self, p: "ParamPlan") -> float:
+        """The lr factor of a plan entry: its module key's, else its module kind's, else its role's."""
+        return _lookup(self.lr_mult, p)
+
+    def per_module_keys(self) -> set[str]:
+        """The keys of ``init_mult`` / ``lr_mult`` that are not roles (module kinds or module keys)."""
+        return {k for d in (self.init_mult, self.lr_mult) for k in d if k not in ROLES + (GAIN,)}
+
     def is_default(self) -> bool:
         """Whether every hyperparameter is 1 (μP as derived, nothing tuned)."""
         return self == HyperParams()
+
+
+_HP_KEY = re.compile(r"[A-Za-z_*][\w*]*(\.[\w*]+)*")
+
+
+def _lookup(d: Mapping[str, float], p: "ParamPlan") -> float:
+    """Precedence: module key > module kind > "gain" (norm gains) > role."""
+    if p.module_key and p.module_key in d:
+        return d[p.module_key]
+    if p.module_kind and p.module_kind in d:
+        return d[p.module_kind]
+    if p.gain and GAIN in d:
+        return d[GAIN]
+    return d.get(p.role, 1.0)
 
 
 def _positive(what: str, v: Any, allow_zero: bool = False) -> float:
@@ -325,6 +355,9 @@ class ParamPlan:
     user_lr_mult: float = 1.0  # set by overrides: an extra factor on this parameter's lr
     user_init_mult: float = 1.0  # set by overrides: an extra factor on this parameter's initial values
     note: str = ""
+    module_key: str = ""  # module path with block indices as '*' (muplify.module_kinds): a per-module hp key
+    module_kind: str = ""  # embedding | query | key | value | qkv | attn_out | mlp_in | mlp_out | norm | readout | role
+    module_kind_by: str = ""  # how the kind was decided: "graph: <evidence>" | "name: <hint>" | "role"
 
     def __post_init__(self):
         object.__setattr__(self, "_plan", None)
@@ -429,6 +462,10 @@ class Plan(Mapping):
         for p in self.params.values():
             p.__dict__["_plan"] = self
         self.__dict__["_rules_cache"] = None
+        if any(not p.module_kind for p in self.params.values()):  # an older plan file: kinds from the facts
+            from .module_kinds import assign_module_kinds
+
+            assign_module_kinds(self)
 
     def __setattr__(self, key, value):
         if self.__dict__.get("frozen") and key not in ("frozen",):

@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import PlanError
 from ..plan import FoldTarget, ParamPlan, Plan
 from .families import FAMILIES, OptimizerFamily
 from .parametrizations import parametrization_of
 from .site_kinds import SITE_KINDS
 
-__all__ = ["ParamRules", "ForwardMultiplier", "derive", "forward_multipliers", "param_rules"]
+__all__ = ["ParamRules", "ForwardMultiplier", "derive", "forward_multipliers", "param_rules", "check_hp_keys"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def param_rules(plan: Plan, p: ParamPlan, family: OptimizerFamily, options: Mapp
     param = parametrization_of(plan)
     structural = (param.width_lr(p, plan, family, options) * param.depth_lr(p, plan, family)
                   * absorbed ** family.absorb_power)
-    lr = structural * plan.hp.role_lr(p.role, p.gain) * p.user_lr_mult
+    lr = structural * plan.hp.param_lr(p) * p.user_lr_mult  # module key > module kind > role
     # coupled: lr·wd per step as at base (the `mup` package's AdamW: hidden wd × m_in); the parameter form of a
     # multiplier divides wd by c^power either way, which keeps the by-hand equivalence exact
     wd = 1.0 / structural if plan.options.weight_decay == "coupled" else 1.0 / absorbed ** family.absorb_power
@@ -113,6 +114,7 @@ def param_rules(plan: Plan, p: ParamPlan, family: OptimizerFamily, options: Mapp
 def derive(plan: Plan) -> dict[str, ParamRules]:
     """Per parameter, the rules for every registered family (raises PlanError when a needed site is missing or the
     parametrization cannot express a multiplier)."""
+    check_hp_keys(plan)
     forward_multipliers(plan)  # validates sites (e.g. attn_mult without a query site)
     absorbed = _absorbed(plan)
     zero = _zero_channels(plan)
@@ -128,6 +130,25 @@ def derive(plan: Plan) -> dict[str, ParamRules]:
     return out
 
 
+def check_hp_keys(plan: Plan) -> None:
+    """PlanError for an ``init_mult`` / ``lr_mult`` key that is neither a role nor a module kind nor a module key of
+    this plan, listing the valid ones."""
+    from ..module_kinds import kinds_present, module_keys_present
+    from ..plan import GAIN, ROLES
+
+    extra = plan.hp.per_module_keys()
+    if not extra:
+        return
+    kinds, keys = kinds_present(plan), module_keys_present(plan)
+    valid = set(kinds) | set(keys)
+    for what, d in (("init_mult", plan.hp.init_mult), ("lr_mult", plan.hp.lr_mult)):
+        bad = [k for k in d if k not in ROLES + (GAIN,) and k not in valid]
+        if bad:
+            raise PlanError(f"hp[{what!r}] has unknown roles, module kinds or module keys {bad}; valid keys: roles "
+                            f"{list(ROLES + (GAIN,))}, module kinds in this model {kinds}, module keys in this model "
+                            f"{keys} (see print(plan): 'module kinds')")
+
+
 def _init_scale(plan: Plan, p: ParamPlan, absorbed: float, readouts: set[str]) -> float:
     if p.decided_by == "dtype":
         return 1.0
@@ -138,7 +159,7 @@ def _init_scale(plan: Plan, p: ParamPlan, absorbed: float, readouts: set[str]) -
             return 0.0
     width = parametrization_of(plan).init_factor(p, plan)
     # the depth rule for init is the branch multiplier itself (CompleteP keeps per-layer init)
-    return width * absorbed * plan.hp.role_init(p.role, p.gain) * p.user_init_mult
+    return width * absorbed * plan.hp.param_init(p) * p.user_init_mult
 
 
 def _zero_channels(plan: Plan) -> dict[str, tuple[int, int, int]]:

@@ -16,7 +16,7 @@ def lint(plan: Plan) -> list[str]:
     out = []
     scales = parametrization_of(plan).widths  # the standard parametrization transfers nothing: no transfer lint
     gains = [n for n, p in plan.params.items() if p.gain and p.role == "vector"]
-    if scales and gains and "gain" not in plan.hp.lr_mult:
+    if scales and gains and not ({"gain", "norm"} & set(plan.hp.lr_mult)):  # "norm": the gains' module kind
         out.append(f"{len(gains)} trainable norm gains (e.g. {gains[0]}): Lingle 2024 found learning-rate transfer "
                    "fails with trainable gains. What to do: tune hp={'lr_mult': {'gain': x}} on the proxy with the "
                    "other hyperparameters (0 freezes them), or build the norms without an elementwise affine.")
@@ -41,6 +41,22 @@ def lint(plan: Plan) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ printing
+def _kinds_lines(plan: Plan) -> list[str]:
+    """One line per module kind: its module keys (per-module hp keys), '(name)' where a name hint decided it."""
+    by_kind: dict[str, dict[str, str]] = {}
+    for p in plan.params.values():
+        if p.role == "fixed" or not p.module_kind or p.module_kind_by == "role":
+            continue
+        how = p.module_kind_by.partition(":")[0]
+        by_kind.setdefault(p.module_kind, {}).setdefault(p.module_key, how)
+    if not by_kind:
+        return []
+    out = ["", "module kinds (hp keys: kind or module key; decided by the graph unless marked (name)):"]
+    for kind, keys in by_kind.items():
+        out.append(f"  {kind}: " + ", ".join(k + (" (name)" if how == "name" else "") for k, how in keys.items()))
+    return out
+
+
 def describe(plan: Plan) -> str:
     """``print(plan)``: the facts and what the policy derived from them."""
     w = plan.width_symbol
@@ -80,6 +96,7 @@ def describe(plan: Plan) -> str:
             lines.append("  ".join("-" * x for x in widths))
     if any(p.role == "output" and not p.readout for p in plan.params.values()):
         lines.append("(output* = output-like but not the model's readout, e.g. a MoE router: 1/m_in, no output_mult)")
+    lines += _kinds_lines(plan)
     fwd = forward_multipliers(plan)
     absorbed = {n: r.absorbed for n, r in rules.items() if r.absorbed != 1.0}
     if fwd or absorbed:

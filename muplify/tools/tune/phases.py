@@ -92,7 +92,8 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
          progress: bool = True, seeds_per_trial: int = 1, reeval_top: int = 0, reeval_seeds: int = 3,
          refine: int = 0, refine_shrink: float = 0.3, refine_sampler: SamplerName | str = "tpe",
          widths: Sequence[int] | None = None, telescope_trials: int | None = None,
-         telescope_shrink: float = 0.5, batch_size: int | None = None, steps: int | None = None) -> TuneResult:
+         telescope_shrink: float = 0.5, batch_size: int | None = None, steps: int | None = None,
+         per_module: bool = False) -> TuneResult:
     """Tune μP hyperparameters on the proxy ``make_model(width)`` and return the best (``result.best``).
 
     Every trial: ``torch.manual_seed(seed + trial number)``, ``model = make_model(width)``,
@@ -139,6 +140,9 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
     ``batch_size=`` / ``steps=``: the proxy's training regime (what the objective trains with), recorded in the
     study and in ``result.best["regime"]``; ``transfer(..., batch_size=B, steps=S)`` then applies the batch-size
     and duration rules of the optimizer's family (docs/rules.md) from it.
+    - ``per_module=True``: the default space searches per-module-kind multipliers (``hp.lr_mult.query``,
+      ``hp.init_mult.mlp_out``, ... for the kinds the proxy's plan has; see :func:`default_space`) instead of
+      per-role ones; ``result.best["hp"]`` carries them and the transfer applies them by kind.
     """
     widths = _check_widths(width, widths)
     width = widths[0]
@@ -153,7 +157,7 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
     sw = prepare(make_model, width, objective, optimizer, trials=trials, space=space, defaults=defaults,
                  storage=storage, workers=workers, threads=threads, seed=seed, timeout=timeout,
                  muplify_kwargs=muplify_kwargs, seeds_per_trial=seeds_per_trial,
-                 regime={"batch_size": batch_size, "steps": steps})
+                 regime={"batch_size": batch_size, "steps": steps}, per_module=per_module)
     deadline = None if timeout is None else time.time() + timeout
     plan = _plan(trials, refine, widths, telescope_trials, seeds_per_trial, reeval_top, reeval_seeds)
     _say(progress, f"tune: budget {plan}")

@@ -19,10 +19,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ...errors import MuplifyError
-from ...plan import GAIN, HP_PER_ROLE, HP_SCALARS, ROLES, Plan
+from ...plan import _HP_KEY, GAIN, HP_PER_ROLE, HP_SCALARS, ROLES, Plan
 
 __all__ = ["Entry", "LogUniform", "Uniform", "IntRange", "Choice", "Fixed", "Dist", "DISTS", "parse_dist", "check_key",
-           "assemble", "default_space", "plan_roles", "space_to_dict", "space_from_dict", "searched", "TuneError",
+           "assemble", "default_space", "plan_roles", "plan_kinds", "space_to_dict", "space_from_dict", "searched", "TuneError",
            "MULT", "INIT", "lr_range", "HP_ACTS_ON", "is_number", "encode_point"]
 
 
@@ -301,15 +301,16 @@ def check_key(key: str) -> None:
         ok = rest == ""
     elif head == "hp":
         name, _, roles = rest.partition(".")
-        ok = (name in HP_SCALARS and not roles) or (
-            name in HP_PER_ROLE and bool(roles) and all(r in ROLES + (GAIN,) for r in roles.split("+")))
+        ok = (name in HP_SCALARS and not roles) or (  # roles, module kinds, module keys (checked on the proxy)
+            name in HP_PER_ROLE and bool(roles) and all(_HP_KEY.fullmatch(r) for r in roles.split("+")))
     elif head in ("optimizer", "objective"):
         ok = rest.isidentifier() and not (head == "optimizer" and rest == "lr")
     if not ok:
         raise TuneError(
             f"bad search-space key {key!r}; keys are 'lr', 'hp.output_mult', 'hp.attn_mult', 'hp.embed_mult', "
-            f"'hp.lr_mult.<role>', 'hp.init_mult.<role>' (roles {', '.join(ROLES + (GAIN,))}; "
-            "'hp.lr_mult.input+output' gives several roles one value), "
+            f"'hp.lr_mult.<role>', 'hp.init_mult.<role>' (roles {', '.join(ROLES + (GAIN,))}, or a module kind "
+            "such as 'query' or a module key such as 'blocks.*.attn.c_attn'; 'hp.lr_mult.input+output' gives several "
+            "one value), "
             "'optimizer.<option>' (e.g. optimizer.weight_decay) or 'objective.<keyword of your objective>'")
 
 
@@ -371,7 +372,7 @@ def lr_range(optimizer: Any) -> LogUniform:
         return LR_FALLBACK
 
 
-def default_space(plan: Plan, optimizer: Any = "AdamW") -> dict[str, Dist]:
+def default_space(plan: Plan, optimizer: Any = "AdamW", per_module: bool = False) -> dict[str, Dist]:
     """The default search space for the model of ``plan`` (see docs/tune.md):
 
     - ``lr``: log-uniform over the optimizer family's wide range (Adam-like 1e-5..1, SGD 1e-4..10, sign 1e-6..0.1);
@@ -383,12 +384,20 @@ def default_space(plan: Plan, optimizer: Any = "AdamW") -> dict[str, Dist]:
       their own key ``gain`` (Lingle 2024: trainable gains break lr transfer unless their lr is tuned);
     - ``hp.init_mult.<role>`` for the weight roles present (input, hidden, output; not the readout when it is
       zero-initialised): log-uniform over [1/4, 4].
+
+    ``per_module=True`` (Complete(d)P's per-module multipliers): the per-role axes are replaced by per-*kind* axes
+    for the module kinds present (:func:`plan_kinds`; a parameter without a kind keeps its role's axis):
+    ``hp.lr_mult.<kind>`` for every kind but the anchor (``mlp_in`` where present, else the first hidden kind: its
+    lr is ``lr``) and ``hp.init_mult.<kind>`` for the kinds holding weight matrices (not norms; not the readout when
+    it is zero-initialised).  One axis per kind, not per module key: the same kind across layers shares one value.
     """
     space: dict[str, Dist] = {"lr": lr_range(optimizer)}
     for name, (acts_on, _) in HP_ACTS_ON.items():
         scalable = name != "attn_mult" or all(a.query is not None for a in plan.attention)
         if acts_on(plan) and scalable:
             space[f"hp.{name}"] = MULT
+    if per_module:
+        return {**space, **_per_module_axes(plan)}
     roles = plan_roles(plan)
     anchor = "hidden" if "hidden" in roles else (roles[0] if roles else None)
     for r in roles:
@@ -398,6 +407,37 @@ def default_space(plan: Plan, optimizer: Any = "AdamW") -> dict[str, Dist]:
         if r in roles and not (r == "output" and plan.options.readout_zero_init):
             space[f"hp.init_mult.{r}"] = INIT
     return space
+
+
+def plan_kinds(plan: Plan) -> list[str]:
+    """The module kinds present in the plan (a parameter without a kind: its role, "gain" for a norm gain), in the
+    order of :data:`muplify.module_kinds.MODULE_KINDS`, roles after them; fixed parameters left out."""
+    from ...module_kinds import MODULE_KINDS
+
+    present = set()
+    for p in plan.values():
+        if p.role == "fixed":
+            continue
+        present.add(p.module_kind if p.module_kind in MODULE_KINDS else (GAIN if p.gain else p.role))
+    return [k for k in MODULE_KINDS if k in present] + [r for r in ROLE_ORDER if r in present]
+
+
+WEIGHT_KINDS = ("embedding", "query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out", "readout", "input",
+                "hidden", "output")
+
+
+def _per_module_axes(plan: Plan) -> dict[str, Dist]:
+    kinds = plan_kinds(plan)
+    hidden_kinds = [k for k in kinds if any(p.role == "hidden" and (p.module_kind == k or (
+        p.module_kind_by == "role" and p.role == k)) for p in plan.values())]
+    anchor = "mlp_in" if "mlp_in" in kinds else (hidden_kinds[0] if hidden_kinds else (kinds[0] if kinds else None))
+    out: dict[str, Dist] = {}
+    for k in kinds:  # the anchor is Fixed(1) (a role key such as "hidden" must not reach it)
+        out[f"hp.lr_mult.{k}"] = MULT if k != anchor else Fixed(1.0)
+    for k in kinds:
+        if k in WEIGHT_KINDS and not (k in ("readout", "output") and plan.options.readout_zero_init):
+            out[f"hp.init_mult.{k}"] = INIT
+    return out
 
 
 def space_to_dict(space: Mapping[str, Dist]) -> dict:

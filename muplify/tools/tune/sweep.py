@@ -13,6 +13,7 @@ from typing import Any
 import torch.nn as nn
 
 from ...errors import MuplifyError
+from ...module_kinds import kinds_present, module_keys_present
 from ...plan import HyperParams, Plan
 from .space import (DISTS, HP_ACTS_ON, Dist, TuneError, assemble, check_key, default_space, encode_point, is_number,
                     plan_roles, searched, space_to_dict)
@@ -48,7 +49,8 @@ class Sweep:
 def prepare(make_model: Callable[[int], nn.Module], width: int, objective: Callable[..., float], optimizer: Any, *,
             trials: int, space: Mapping[str, Dist] | None, defaults: bool, storage: Any, workers: int,
             threads: int | None, seed: int, timeout: float | None, muplify_kwargs: Mapping[str, Any] | None,
-            seeds_per_trial: int = 1, regime: Mapping[str, int] | None = None) -> Sweep:
+            seeds_per_trial: int = 1, regime: Mapping[str, int] | None = None,
+            per_module: bool = False) -> Sweep:
     """Check the arguments, build the proxy once (its plan decides the default space) and check the space."""
     import optuna
 
@@ -75,7 +77,7 @@ def prepare(make_model: Callable[[int], nn.Module], width: int, objective: Calla
             raise TuneError(f"workers={workers} need a storage every process can open: pass its URL ({e})") from None
 
     plan = _preflight(make_model, width, seed, mkw)
-    full = dict(default_space(plan, optimizer)) if defaults else {}
+    full = dict(default_space(plan, optimizer, per_module)) if defaults else {}
     for key, d in (space or {}).items():
         check_key(key)
         if not isinstance(d, tuple(DISTS.values())):
@@ -180,15 +182,17 @@ def _check_space(space, plan, make_model, width, objective, optimizer, seed, mkw
     if "lr" not in space:
         raise TuneError("the search space needs 'lr' (e.g. space={'lr': Fixed(1e-3)} with defaults=False)")
     roles = plan_roles(plan)
+    kinds, keys = kinds_present(plan), module_keys_present(plan)
     for key in space:
         head, _, rest = key.partition(".")
         name, _, role = rest.partition(".")
         if head == "hp" and name in HP_ACTS_ON and not HP_ACTS_ON[name][0](plan):
             raise TuneError(f"space key {key!r}: {HP_ACTS_ON[name][1]}, so it would change nothing; drop it")
         for r in role.split("+") if head == "hp" and role else ():
-            if r not in roles:
-                raise TuneError(f"space key {key!r}: no parameter of this model has role {r!r} (roles present: "
-                                f"{', '.join(roles)})")
+            if r not in roles and r not in kinds and r not in keys:
+                raise TuneError(f"bad search-space key {key!r}: no parameter of this model has role {r!r}, nor is it "
+                                f"a module kind or module key of it (roles present: {', '.join(roles)}; module kinds: "
+                                f"{', '.join(kinds)}; module keys: {', '.join(keys)})")
     cfg = assemble({k: d.center() for k, d in space.items()})
     try:
         plan.replace(hp=HyperParams.from_dict(cfg["hp"])).rules()
