@@ -2,7 +2,6 @@
 depth facts (residual blocks, CompleteP's depth and its notes, parameter-axis counts) come from the full stack."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from typing import Any
@@ -16,6 +15,18 @@ from .stacks import Stack
 __all__ = ["expand_plan"]
 
 
+def _rebuild(v: Any, fix) -> Any:
+    """``v`` (plan data: dicts, lists, strings, numbers) rebuilt with ``fix`` applied to every string (tuples and other
+    values are kept as they are)."""
+    if isinstance(v, str):
+        return fix(v)
+    if isinstance(v, list):
+        return [_rebuild(x, fix) for x in v]
+    if isinstance(v, dict):
+        return {a: _rebuild(b, fix) for a, b in v.items()}
+    return v
+
+
 class _Stacks:
     """Name bookkeeping: twin index j <-> full indices i of every stack."""
 
@@ -24,6 +35,8 @@ class _Stacks:
         self.pre = [s.path + "." if s.path else "" for s in stacks]
         # twin index of the representative of every full child
         self.twin_of = [[s.kept.index(s.rep(i)) for i in range(s.size)] for s in stacks]
+        self._patterns: dict[tuple[int, int], tuple[str, re.Pattern]] = {}  # (k, j) -> (text, its pattern)
+        self._outside = None
 
     def locate(self, name: str) -> tuple[int, int] | None:
         """(stack number, index in the container) of a module/parameter path inside a stack, else None."""
@@ -35,41 +48,32 @@ class _Stacks:
         return None
 
     def rename(self, value: Any, k: int, j: int, i: int) -> Any:
-        """Every mention of block ``j`` of stack ``k`` (twin) in ``value`` renamed to block ``i`` (full)."""
-        pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k] + str(j)) + r"(?!\d)")
+        """Every mention of block ``j`` of stack ``k`` (twin) in ``value`` renamed to block ``i`` (full).  A new
+        value (lists and dicts rebuilt, strings immutable): no copy of ``value`` needed before."""
+        key = (k, j)
+        if key not in self._patterns:
+            self._patterns[key] = (self.pre[k] + str(j),
+                                   re.compile(r"(?<![\w.])" + re.escape(self.pre[k] + str(j)) + r"(?!\d)"))
+        old, pat = self._patterns[key]
         rep = self.pre[k] + str(i)
-
-        def go(v):
-            if isinstance(v, str):
-                return pat.sub(rep, v)
-            if isinstance(v, list):
-                return [go(x) for x in v]
-            if isinstance(v, dict):
-                return {a: go(b) for a, b in v.items()}
-            return v
-        return go(value)
+        return _rebuild(value, lambda v: pat.sub(rep, v) if old in v else v)
 
     def outside(self, value: Any) -> Any:
         """An item outside every stack that names a block (the head's fold into the last block's norm): a block of
         a shortened run's second period stands for the last block of its kind in the run, others for themselves."""
-        value = copy.deepcopy(value)
-        for k, stack in enumerate(self.stacks):
-            full = {}
-            for j, i0 in enumerate(stack.kept):
-                seg = next((s for s in stack.segments if s.start + s.period <= i0 < s.start + 2 * s.period), None)
-                full[j] = max(i for i in range(seg.start, seg.stop) if seg.rep(i) == i0) if seg else i0
-            pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
-            sub = lambda m, full=full, pre=self.pre[k]: pre + str(full.get(int(m.group(1)), int(m.group(1))))  # noqa
-
-            def go(v):
-                if isinstance(v, str):
-                    return pat.sub(sub, v)
-                if isinstance(v, list):
-                    return [go(x) for x in v]
-                if isinstance(v, dict):
-                    return {a: go(b) for a, b in v.items()}
-                return v
-            value = go(value)
+        if self._outside is None:
+            subs = []
+            for k, stack in enumerate(self.stacks):
+                full = {}
+                for j, i0 in enumerate(stack.kept):
+                    seg = next((s for s in stack.segments if s.start + s.period <= i0 < s.start + 2 * s.period), None)
+                    full[j] = max(i for i in range(seg.start, seg.stop) if seg.rep(i) == i0) if seg else i0
+                pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
+                sub = lambda m, full=full, pre=self.pre[k]: pre + str(full.get(int(m.group(1)), int(m.group(1))))  # noqa
+                subs.append((self.pre[k], pat, sub))
+            self._outside = subs
+        for pre, pat, sub in self._outside:
+            value = _rebuild(value, lambda v, pre=pre, pat=pat, sub=sub: pat.sub(sub, v) if pre in v else v)
         return value
 
     def expand_list(self, items: list, key, blocks: list[str] | None = None) -> list:
@@ -107,12 +111,12 @@ class _Stacks:
                     b += 1
                 seg = seg_of.get(stack.kept[locs[a][1]])
                 if seg is None:
-                    out += [self.rename(copy.deepcopy(items[c]), k, locs[c][1], stack.kept[locs[c][1]])
+                    out += [self.rename(items[c], k, locs[c][1], stack.kept[locs[c][1]])
                             for c in range(a, b)]
                 else:
                     for i in range(seg.start, seg.stop):
                         j = self.twin_of[k][i]
-                        out += [self.rename(copy.deepcopy(items[c]), k, j, i) for c in range(a, b) if locs[c][1] == j]
+                        out += [self.rename(items[c], k, j, i) for c in range(a, b) if locs[c][1] == j]
                 a = b
             n = m
         return out
@@ -132,7 +136,7 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
         k, i = loc
         j = st.twin_of[k][i]
         tname = st.pre[k] + str(j) + full_name[len(st.pre[k]) + len(str(i)):]
-        params.append(st.rename(copy.deepcopy(by_name[tname]), k, j, i))
+        params.append(st.rename(by_name[tname], k, j, i))
         extra[tname] = extra.get(tname, -1) + 1
     d["params"] = params
     d["sites"] = st.expand_list(d["sites"], lambda s: s["module"], d["blocks"])
