@@ -9,7 +9,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..classify import detect_init_rules
-from ..plan import Plan
+from ..plan import ParamPlan, Plan
 from .stacks import Stack
 
 __all__ = ["expand_plan"]
@@ -25,6 +25,19 @@ def _rebuild(v: Any, fix) -> Any:
     if isinstance(v, dict):
         return {a: _rebuild(b, fix) for a, b in v.items()}
     return v
+
+
+_PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(ParamPlan))
+
+
+def _renamed(p: ParamPlan, fix) -> ParamPlan:
+    """A copy of ``p`` (outside any plan) with ``fix`` applied to every string of its facts (names, aliases, uses,
+    notes); the rest (shapes, layout, fan expressions) is shared: immutable."""
+    out = ParamPlan.__new__(ParamPlan)
+    src = p.__dict__
+    out.__dict__.update({f: _rebuild(src[f], fix) for f in _PARAM_FIELDS})
+    out.__dict__["_plan"] = None
+    return out
 
 
 class _Stacks:
@@ -47,20 +60,25 @@ class _Stacks:
                     return k, int(head)
         return None
 
-    def rename(self, value: Any, k: int, j: int, i: int) -> Any:
-        """Every mention of block ``j`` of stack ``k`` (twin) in ``value`` renamed to block ``i`` (full).  A new
-        value (lists and dicts rebuilt, strings immutable): no copy of ``value`` needed before."""
+    def fixer(self, k: int, j: int, i: int):
+        """The string function renaming block ``j`` of stack ``k`` (twin) to block ``i`` (full)."""
         key = (k, j)
         if key not in self._patterns:
             self._patterns[key] = (self.pre[k] + str(j),
                                    re.compile(r"(?<![\w.])" + re.escape(self.pre[k] + str(j)) + r"(?!\d)"))
         old, pat = self._patterns[key]
         rep = self.pre[k] + str(i)
-        return _rebuild(value, lambda v: pat.sub(rep, v) if old in v else v)
+        return lambda v: pat.sub(rep, v) if old in v else v
 
-    def outside(self, value: Any) -> Any:
-        """An item outside every stack that names a block (the head's fold into the last block's norm): a block of
-        a shortened run's second period stands for the last block of its kind in the run, others for themselves."""
+    def rename(self, value: Any, k: int, j: int, i: int) -> Any:
+        """Every mention of block ``j`` of stack ``k`` (twin) in ``value`` renamed to block ``i`` (full).  A new
+        value (lists and dicts rebuilt, strings immutable): no copy of ``value`` needed before."""
+        return _rebuild(value, self.fixer(k, j, i))
+
+    def outside_fixer(self):
+        """The string function for an item outside every stack that names a block (the head's fold into the last
+        block's norm): a block of a shortened run's second period stands for the last block of its kind in the run,
+        others for themselves."""
         if self._outside is None:
             subs = []
             for k, stack in enumerate(self.stacks):
@@ -71,10 +89,18 @@ class _Stacks:
                 pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
                 sub = lambda m, full=full, pre=self.pre[k]: pre + str(full.get(int(m.group(1)), int(m.group(1))))  # noqa
                 subs.append((self.pre[k], pat, sub))
-            self._outside = subs
-        for pre, pat, sub in self._outside:
-            value = _rebuild(value, lambda v, pre=pre, pat=pat, sub=sub: pat.sub(sub, v) if pre in v else v)
-        return value
+
+            def fix(v: str) -> str:
+                for pre, pat, sub in subs:
+                    if pre in v:
+                        v = pat.sub(sub, v)
+                return v
+            self._outside = fix
+        return self._outside
+
+    def outside(self, value: Any) -> Any:
+        """:meth:`outside_fixer` applied to every string of ``value``."""
+        return _rebuild(value, self.outside_fixer())
 
     def expand_list(self, items: list, key, blocks: list[str] | None = None) -> list:
         """The full model's list from the twin's: within each maximal run of consecutive items of one stack, the
@@ -126,19 +152,19 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
     """The full model's plan from the twin's (``twin``'s names are the twin's: stacks renumbered 0..k-1)."""
     st = _Stacks(stacks)
     d = twin.to_dict()
-    by_name = {p["name"]: p for p in d["params"]}
-    params, extra = [], {}  # extra: twin name -> copies beyond the first (for the axis counts)
+    d["params"] = []  # the parameters are copied as objects (their fan expressions shared), renamed
+    by_name = twin.params
+    params, extra = {}, {}  # extra: twin name -> copies beyond the first (for the axis counts)
     for full_name, _ in model.named_parameters():
         loc = st.locate(full_name)
         if loc is None:
-            params.append(st.outside(by_name[full_name]))
+            params[full_name] = _renamed(by_name[full_name], st.outside_fixer())
             continue
         k, i = loc
         j = st.twin_of[k][i]
         tname = st.pre[k] + str(j) + full_name[len(st.pre[k]) + len(str(i)):]
-        params.append(st.rename(by_name[tname], k, j, i))
+        params[full_name] = _renamed(by_name[tname], st.fixer(k, j, i))
         extra[tname] = extra.get(tname, -1) + 1
-    d["params"] = params
     d["sites"] = st.expand_list(d["sites"], lambda s: s["module"], d["blocks"])
     d["attention"] = st.expand_list(d["attention"], lambda a: a["module"])
     twin_blocks = list(d["blocks"])
@@ -163,6 +189,9 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
         notes.append(f"capture: per-block {', '.join(ignored[:3])} only addresses the KV cache (off in capture)")
     d["notes"] = notes
     plan = Plan.from_dict(d)
+    plan.params = params
+    for p in params.values():
+        p.__dict__["_plan"] = plan
     detect_init_rules(plan, model)  # read off the full model's values (a statistic over all of them)
     plan.capture_seconds = twin.capture_seconds
     plan.lint = list(twin.lint)
@@ -177,7 +206,7 @@ def _expand_axes(dims: list, by_name: dict, extra: dict, same_width: bool) -> li
             if copies <= 0:
                 continue
             p = by_name[tname]
-            hits = sum(1 for a, s in enumerate(p["shape"]) if s == size and (same_width or p["base_shape"][a] != s))
+            hits = sum(1 for a, s in enumerate(p.shape) if s == size and (same_width or p.base_shape[a] != s))
             n += hits * copies
         out.append([size, expr, n])
     return out
