@@ -15,9 +15,10 @@ Sections (each a row set in ``gpu_suite.json``; a section that fails records its
 
     bash benchmarks/gpu_suite.sh                          # CUDA, full sizes, writes benchmarks/results/gpu_suite/
     python benchmarks/gpu_suite.py --device cpu --quick   # the same code path on a CPU, tiny sizes (~1-2 min)
+    python benchmarks/gpu_suite.py --device cpu --smoke   # every section at the smallest size, < 60 s (tested)
 
-On a CPU with ``--quick`` the compile section uses the ``aot_eager`` backend (no C++ toolchain needed); on CUDA it
-uses inductor.
+On a CPU with ``--quick`` the compile section uses the ``aot_eager`` backend (no C++ toolchain needed), with
+``--smoke`` dynamo's ``eager`` backend; on CUDA it uses inductor.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import env_info, write_json  # noqa: E402
 
 from muplify import muplify  # noqa: E402
+from muplify.reuse import reusing  # noqa: E402
 from muplify.models import GPT  # noqa: E402
 
 VOCAB = 256
@@ -203,6 +205,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every section at the smallest size (one step each): checks the code path in < 60 s on a CPU")
     ap.add_argument("--out", default="benchmarks/results/gpu_suite")
     ap.add_argument("--only", nargs="*", default=None, help="sections to run (default: all)")
     a = ap.parse_args(argv)
@@ -210,14 +214,18 @@ def main(argv=None) -> int:
     if dev.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu --quick to test the script", file=sys.stderr)
         return 2
-    if a.quick:
+    if a.smoke:
+        cfg = dict(width=32, layers=1, seq=8, batch=2, base=16, warmup=0, steps=1)
+        mt = dict(widths=[16, 32], lrs=[1e-2], layers=1, seq=8, batch=2, base=16, train_steps=2)
+    elif a.quick:
         cfg = dict(width=64, layers=2, seq=32, batch=4, base=32, warmup=2, steps=5)
         mt = dict(widths=[32, 64], lrs=[1e-3, 1e-2], layers=2, seq=32, batch=4, base=32, train_steps=20)
     else:
         cfg = dict(width=1024, layers=8, seq=512, batch=16, base=256, warmup=5, steps=20)
         mt = dict(widths=[256, 512, 1024, 2048], lrs=[3e-4, 1e-3, 3e-3, 1e-2], layers=4, seq=256, batch=32,
                   base=256, train_steps=150)
-    backend = "inductor" if dev.startswith("cuda") else "aot_eager"
+    # CPU: aot_eager (no C++ toolchain needed); --smoke: dynamo's eager backend (graphs and recompiles still counted)
+    backend = "inductor" if dev.startswith("cuda") else ("eager" if a.smoke else "aot_eager")
     bf16_ok = dev.startswith("cuda") or dev == "cpu"
     sections = {
         "adamw_fused": lambda: pair(cfg, dev, adamw("fused")),
@@ -230,8 +238,25 @@ def main(argv=None) -> int:
     result = {"env": env_info(), "device": dev, "device_name": torch.cuda.get_device_name() if dev.startswith("cuda")
               else "cpu", "quick": a.quick, "config": cfg, "mutransfer_config": mt, "sections": {}}
     t0 = time.perf_counter()
+    with reusing():  # every make() after the first reuses its analysis (muplify.reuse): one capture per structure
+        _run_sections(sections, a.only, result)
+    if "mutransfer" in result["sections"] and result["sections"]["mutransfer"]["ok"]:
+        best = {}
+        for r in result["sections"]["mutransfer"]["result"]:
+            if r["final_loss"] is not None and (r["width"] not in best or r["final_loss"] < best[r["width"]][1]):
+                best[r["width"]] = (r["lr"], r["final_loss"])
+        result["sections"]["mutransfer"]["best_lr"] = {str(w): v[0] for w, v in best.items()}
+        print("mutransfer best lr per width:", result["sections"]["mutransfer"]["best_lr"])
+    result["seconds"] = time.perf_counter() - t0
+    write_json(Path(a.out) / "gpu_suite.json", result)
+    print(f"wrote {Path(a.out) / 'gpu_suite.json'} ({result['seconds']:.0f} s)")
+    return 0 if all(s["ok"] for s in result["sections"].values()) else 1
+
+
+def _run_sections(sections: dict, only, result: dict) -> None:
+    """Run each section (all, or those in ``only``); a failing one records its error and the rest still run."""
     for name, fn in sections.items():
-        if a.only and name not in a.only:
+        if only and name not in only:
             continue
         t = time.perf_counter()
         try:
@@ -247,17 +272,6 @@ def main(argv=None) -> int:
             result["sections"][name] = {"ok": False, "error": f"{type(e).__name__}: {e}",
                                         "traceback": traceback.format_exc()[-3000:]}
             print(f"{name}: FAILED {type(e).__name__}: {e}", flush=True)
-    if "mutransfer" in result["sections"] and result["sections"]["mutransfer"]["ok"]:
-        best = {}
-        for r in result["sections"]["mutransfer"]["result"]:
-            if r["final_loss"] is not None and (r["width"] not in best or r["final_loss"] < best[r["width"]][1]):
-                best[r["width"]] = (r["lr"], r["final_loss"])
-        result["sections"]["mutransfer"]["best_lr"] = {str(w): v[0] for w, v in best.items()}
-        print("mutransfer best lr per width:", result["sections"]["mutransfer"]["best_lr"])
-    result["seconds"] = time.perf_counter() - t0
-    write_json(Path(a.out) / "gpu_suite.json", result)
-    print(f"wrote {Path(a.out) / 'gpu_suite.json'} ({result['seconds']:.0f} s)")
-    return 0 if all(s["ok"] for s in result["sections"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,13 @@ stated as a ratio (goal <= 1.3x).  Writes ``muplify_scale.json`` and ``muplify_s
     python benchmarks/muplify_scale.py --out benchmarks/results/muplify_scale     # ~5 minutes on 2 cores
     python benchmarks/muplify_scale.py --quick                                    # 2 and 8 layers only
 
+``--profile 8 64`` counts the work instead of timing it (for a loaded machine): in one fresh process per depth,
+after a warm-up muplify() of a 1-layer model (imports done), cProfile runs over muplify() *with the capture left out*
+(the profiler is paused inside ``torch.export``), and prints the function calls and cumulative seconds of each stage
+after the capture: stack finding, plan expansion, policy derivation, rewrite, init detection, lint.
+
+    python benchmarks/muplify_scale.py --profile 8 64
+
 The child mode (``--child SPEC``) is what :func:`measure` runs; tests/test_meta.py uses :func:`measure` too.
 """
 from __future__ import annotations
@@ -111,6 +118,103 @@ def _child(spec: dict) -> dict:
     return out
 
 
+# stages reported by --profile: (label, file suffix, function name)
+PROFILE_STAGES = [("find_stacks", "twin/stacks.py", "find_stacks"), ("expand_plan", "twin/expand.py", "expand_plan"),
+                  ("build_plan (twin)", "muplify/classify.py", "build_plan"),
+                  ("width analysis (twin)", "muplify/width.py", "analyse"),
+                  ("Plan.from_dict", "muplify/plan.py", "from_dict"), ("policy derive", "policy/derive.py", "derive"),
+                  ("rewrite.apply_plan", "muplify/rewrite.py", "apply_plan"),
+                  ("detect_init_rules", "muplify/classify.py", "detect_init_rules"),
+                  ("plan.warnings (lint)", "muplify/plan.py", "warnings"),
+                  ("watch_plain_optimizers", "muplify/optim.py", "watch_plain_optimizers")]
+
+
+def _profile_child(layers: int) -> dict:
+    """One depth, in this (fresh) process: cProfile over muplify() with the capture paused; calls and seconds."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers.utils import logging as hf_logging
+
+    import muplify.core as core
+    from muplify import muplify
+
+    hf_logging.set_verbosity_error()
+    model, ids = _build("llama", {}, 1)
+    muplify(model, base_width=BASE_WIDTH, example_inputs=(ids,))  # warm-up: imports, first-call caches
+    model, ids = _build("llama", {}, layers)
+    prof = cProfile.Profile()
+    real_capture, captured = core._capture, []
+
+    def paused_capture(*a, **k):
+        prof.disable()
+        try:
+            t = time.perf_counter()
+            return real_capture(*a, **k)
+        finally:
+            captured.append(time.perf_counter() - t)
+            prof.enable()
+
+    core._capture = paused_capture
+    t = time.perf_counter()
+    prof.enable()
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            muplify(model, base_width=BASE_WIDTH, example_inputs=(ids,))
+    finally:
+        prof.disable()
+        core._capture = real_capture
+    wall = time.perf_counter() - t
+    st = pstats.Stats(prof).stats
+    rec = {"layers": layers, "wall_s": wall, "capture_s": sum(captured), "captures": len(captured),
+           "calls_outside_capture": sum(v[1] for v in st.values()),
+           "seconds_outside_capture": wall - sum(captured), "stages": {}}
+    for label, suffix, fn in PROFILE_STAGES:
+        hits = [(v[1], v[3]) for (f, _, name), v in st.items() if f.endswith(suffix) and name == fn]
+        if hits:
+            rec["stages"][label] = {"calls": sum(h[0] for h in hits), "cum_s": sum(h[1] for h in hits)}
+    # total function calls made inside each stage's subtree are not in cProfile's data; the callee counts of the
+    # costliest leaf functions show what grows with depth
+    top = sorted(((v[1], f"{f.rsplit('site-packages/', 1)[-1].rsplit('/muplify/', 1)[-1]}:{name}")
+                  for (f, _, name), v in st.items()), reverse=True)[:12]
+    rec["most_called"] = [{"calls": c, "function": n} for c, n in top]
+    return rec
+
+
+def profile(depths: list[int], timeout: float = 900.0) -> list[dict]:
+    """:func:`_profile_child` for each depth in a fresh process."""
+    out = []
+    for n in depths:
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--profile-child", str(n)],
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+        if proc.returncode != 0:
+            raise RuntimeError(f"muplify_scale profile child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def _print_profile(recs: list[dict]) -> None:
+    print(f"{'stage':28s}" + "".join(f"{r['layers']:>9d} L calls  cum s" for r in recs))
+    labels = [lab for lab, _, _ in PROFILE_STAGES if any(lab in r["stages"] for r in recs)]
+    for lab in labels:
+        print(f"{lab:28s}" + "".join(
+            f"{r['stages'].get(lab, {}).get('calls', 0):>17d} {r['stages'].get(lab, {}).get('cum_s', 0.0):6.3f}"
+            for r in recs))
+    print(f"{'all calls outside capture':28s}" + "".join(f"{r['calls_outside_capture']:>17d} "
+                                                          f"{r['seconds_outside_capture']:6.3f}" for r in recs))
+    print(f"{'capture (not profiled)':28s}" + "".join(f"{r['captures']:>17d} {r['capture_s']:6.3f}" for r in recs))
+    for r in recs:
+        print(f"most called at {r['layers']} layers: "
+              + ", ".join(f"{m['function']} {m['calls']}" for m in r["most_called"][:6]))
+
+
 def measure(layers: list, *, warmup: bool = False, config: dict | None = None, timeout: float = 600.0,
             threads: int = 1, kind: str = "llama", mode: str = "muplify", capture: str = "shallow") -> dict:
     """Run :func:`_child` in a fresh Python process (so that ru_maxrss is this measurement's own) and return its
@@ -154,11 +258,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 8, 32, 64, 126], help="depths of the 7B series")
     ap.add_argument("--quick", action="store_true", help="2 and 8 layers only, no 405B / DeepSeek-V3")
     ap.add_argument("--no-export", action="store_true", help="skip the plain torch.export comparison")
+    ap.add_argument("--profile", type=int, nargs="+", default=None, metavar="LAYERS",
+                    help="count the work after the capture at these depths (cProfile) instead of timing")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
         print(json.dumps(_child(json.loads(args.child))))
         return {}
+    if args.profile_child is not None:
+        print(json.dumps(_profile_child(args.profile_child)))
+        return {}
+    if args.profile:
+        recs = profile(args.profile)
+        _print_profile(recs)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(Path(args.out) / "muplify_profile.json", "w") as fh:
+                json.dump({"command": "python benchmarks/muplify_scale.py --profile "
+                           + " ".join(map(str, args.profile)), "runs": recs}, fh, indent=1)
+        return {"profile": recs}
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import env_info, write_json

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 import warnings
 
-from . import rewrite
+from . import reuse, rewrite
 from .capture import capture as _capture
 from .twin import shallow_plan
 from .classify import build_plan, detect_init_rules
@@ -344,8 +344,10 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
             plan.notes.extend(rounded_dim_notes(wa, bw))
         return plan
 
-    plan = shallow_plan(model, derive, options.depth is not None) if options.capture == "shallow" \
-        else derive(model, lambda n: n)
+    plan = reuse.plan_for(  # inside reuse.reusing(): the analysis of this structure at another width, re-evaluated
+        model, lambda: shallow_plan(model, derive, options.depth is not None) if options.capture == "shallow"
+        else derive(model, lambda n: n), hp=hp, base_width=base_width, width=width, example_inputs=example_inputs,
+        example_kwargs=example_kwargs, base_shapes=base_shapes, options=options)
     for pattern, fields in (overrides or {}).items():
         if not isinstance(fields, dict):
             raise PlanError(f"overrides maps a name pattern to fields, e.g. {{'lm_head.weight': {{'role': "

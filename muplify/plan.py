@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import math
 import re
@@ -286,6 +287,19 @@ def _positive(what: str, v: Any, allow_zero: bool = False) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ facts
+@functools.lru_cache(maxsize=4096)
+def _evaluate(expr: sympy.Expr, sym: sympy.Symbol, width: int) -> int:
+    """``expr`` at ``sym = width``, as an int (cached: a deep model's blocks share a handful of fan expressions, and
+    sympy's ``subs`` costs ~0.1 ms a call)."""
+    return int(expr.subs(sym, width)) if expr.has(sym) else int(expr)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str, sym: sympy.Symbol) -> sympy.Expr:
+    """A plan's fan expression from its text (cached: parsing costs ~1.5 ms, and a deep model repeats a handful)."""
+    return sympy.sympify(text, locals={str(sym): sym})
+
+
 @dataclass(frozen=True)
 class FoldTarget:
     """Scaling ``param`` (or only ``[start:stop]`` of its ``axis``) reproduces a multiplier at a site (export)."""
@@ -390,8 +404,7 @@ class ParamPlan:
 
     def _size(self, expr: sympy.Expr) -> int:
         plan = self.__dict__["_plan"]
-        sym = plan.width_symbol if plan is not None else sympy.Symbol("w", positive=True, integer=True)
-        return int(expr.subs(sym, plan.width)) if plan is not None and expr.has(sym) else int(expr)
+        return _evaluate(expr, plan.width_symbol, plan.width) if plan is not None else int(expr)
 
     @property
     def guessed(self) -> bool:
@@ -651,7 +664,7 @@ class Plan(Mapping):
     @classmethod
     def _decode(cls, d: Mapping) -> "Plan":
         sym = sympy.Symbol(d.get("width_symbol", "w"), positive=True, integer=True)
-        expr = lambda s: sympy.sympify(s, locals={str(sym): sym})  # noqa: E731 - plain arithmetic strings only
+        expr = lambda s: _parse(str(s), sym)  # noqa: E731 - plain arithmetic strings only
 
         def dec_site(s: Mapping) -> Site:
             return Site(s["kind"], s["module"], s["where"], s["param"],

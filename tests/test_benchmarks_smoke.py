@@ -188,3 +188,25 @@ def test_beyond_zoo_quick(tmp_path):
     assert rows["phimoe"]["oracle_disagreements"] == {} and all(r["base_identity"] for r in rows.values())
     assert rows["dit"]["guesses"] == ["t_mlp.0.weight"] and rows["xlnet"]["depth"] == 2
     assert "| model |" in p.stdout
+
+
+def test_gpu_suite_smoke(tmp_path):
+    """benchmarks/gpu_suite.sh --smoke: every section's code path (AdamW fused/foreach, Muon, bf16 autocast,
+    torch.compile, μTransfer) runs end to end on the CPU at the smallest size, as it will on the first GPU lent."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), "--device", "cpu", "--smoke", "--out", str(tmp_path)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, f"gpu_suite failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    res = json.loads((tmp_path / "gpu_suite.json").read_text())
+    sections = res["sections"]
+    assert set(sections) == {"adamw_fused", "adamw_foreach", "muon", "bf16_autocast", "compile", "mutransfer"}
+    assert all(s["ok"] for s in sections.values()), {k: s.get("error") for k, s in sections.items()}
+    for name in ("adamw_fused", "adamw_foreach", "muon", "bf16_autocast", "compile"):
+        r = sections[name]["result"]
+        assert r["plain_step_ms"] > 0 and r["mup_step_ms"] > 0
+    comp = sections["compile"]["result"]
+    # μP's forward multipliers are constants in module hooks: no extra graph, no recompile
+    assert comp["mup_recompiles"] == 0 and comp["mup_graphs"] == comp["plain_graphs"] >= 1
+    rows = sections["mutransfer"]["result"]
+    assert {r["width"] for r in rows} == {16, 32} and all(r["final_loss"] is not None for r in rows)
+    assert set(sections["mutransfer"]["best_lr"]) == {"16", "32"}

@@ -28,27 +28,44 @@ _LAYER_KEYS = {"num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_de
                "decoder_layers"}
 
 
-_DEEPENED: dict[int, set] = {}  # id(config) -> keys already multiplied
+_DEEPENED: dict[int, tuple] = {}  # id(config) -> (config, keys already multiplied); the config held so ids stay unique
+_ACTIVE = [False]  # wrappers captured by a config class created inside deepened() pass values through afterwards
 
 
 @contextlib.contextmanager
 def deepened(monkeypatch_ctx=None):
-    """Every model built inside has FACTOR times its layers (each config key multiplied once per config object)."""
+    """Every model built inside has FACTOR times its layers (each config key multiplied once per config object).
+
+    transformers' strict config classes capture their base class's ``__setattr__`` when the class is created (on
+    first import), so the wrapper goes on PreTrainedConfig *and* on every config class already imported, and it
+    only multiplies while the context is active (a class first imported inside keeps a pass-through)."""
     import transformers
 
     _DEEPENED.clear()
     mp = pytest.MonkeyPatch()
-    real_setattr = transformers.PretrainedConfig.__setattr__
 
-    def setattr_(self, key, value):
-        if key in _LAYER_KEYS and isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            done = _DEEPENED.setdefault(id(self), set())
-            if key not in done:
-                done.add(key)
-                value = value * FACTOR
-        real_setattr(self, key, value)
+    def wrap(real):
+        def setattr_(self, key, value):
+            if _ACTIVE[0] and key in _LAYER_KEYS and isinstance(value, int) and not isinstance(value, bool) and \
+                    value > 0:
+                done = _DEEPENED.setdefault(id(self), (self, set()))[1]
+                if key not in done:
+                    done.add(key)
+                    value = value * FACTOR
+            real(self, key, value)
+        return setattr_
 
-    mp.setattr(transformers.PretrainedConfig, "__setattr__", setattr_)
+    base = getattr(transformers, "PreTrainedConfig", None) or transformers.PretrainedConfig
+    todo, seen = [base], set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if "__setattr__" in cls.__dict__:
+            mp.setattr(cls, "__setattr__", wrap(cls.__dict__["__setattr__"]))
+        todo.extend(cls.__subclasses__())
+    _ACTIVE[0] = True
     try:
         import timm
         real_create = timm.create_model
@@ -84,6 +101,8 @@ def deepened(monkeypatch_ctx=None):
     try:
         yield
     finally:
+        _ACTIVE[0] = False
+        _DEEPENED.clear()
         mp.undo()
 
 

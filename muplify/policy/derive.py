@@ -120,13 +120,18 @@ def derive(plan: Plan) -> dict[str, ParamRules]:
     zero = _zero_channels(plan)
     readouts = {n for n, p in plan.params.items() if p.readout}
     out: dict[str, ParamRules] = {}
+    memo: dict[tuple, ParamRules] = {}  # the blocks of a deep stack share their facts: derived once per fact key
     for n, p in plan.params.items():
         c = absorbed.get(n, 1.0)
-        lrs, wds, epss = {}, {}, {}
-        for fam in FAMILIES.values():
-            if fam.accepts(p, plan) is None:  # e.g. Muon: hidden matrices only
-                lrs[fam.name], wds[fam.name], epss[fam.name] = param_rules(plan, p, fam, {}, c)
-        out[n] = ParamRules(_init_scale(plan, p, c, readouts), lrs, wds, epss, zero.get(n), c)
+        key = _fact_key(plan, p, c, zero.get(n), readouts)
+        rules = memo.get(key)
+        if rules is None:
+            lrs, wds, epss = {}, {}, {}
+            for fam in FAMILIES.values():
+                if fam.accepts(p, plan) is None:  # e.g. Muon: hidden matrices only
+                    lrs[fam.name], wds[fam.name], epss[fam.name] = param_rules(plan, p, fam, {}, c)
+            rules = memo[key] = ParamRules(_init_scale(plan, p, c, readouts), lrs, wds, epss, zero.get(n), c)
+        out[n] = rules
     return out
 
 
@@ -147,6 +152,17 @@ def check_hp_keys(plan: Plan) -> None:
             raise PlanError(f"hp[{what!r}] has unknown roles, module kinds or module keys {bad}; valid keys: roles "
                             f"{list(ROLES + (GAIN,))}, module kinds in this model {kinds}, module keys in this model "
                             f"{keys} (see print(plan): 'module kinds')")
+
+
+def _fact_key(plan: Plan, p: ParamPlan, absorbed: float, zero, readouts: set[str]) -> tuple:
+    """Every fact of ``p`` that a rule above reads (two parameters with equal keys get equal rules: the blocks of a
+    stack are derived once).  A rule that reads another fact of the parameter (its name included) adds it here."""
+    owner = plan.params.get(p.bias_of) if p.bias_of else None
+    return (p.role, p.decided_by, p.fan_in, p.fan_out, p.base_fan_in, p.base_fan_out, p.shape, p.base_shape, p.gain,
+            p.in_branch, p.readout, p.init_rule, p.user_lr_mult, p.user_init_mult, len(p.aliases), p.name in readouts,
+            p.module_kind, p.module_key,  # per-module hp (module key > kind > role)
+            p.bias_of is not None and p.bias_of in readouts,
+            None if owner is None else (owner.fan_in, owner.base_fan_in, len(owner.aliases)), absorbed, zero)
 
 
 def _init_scale(plan: Plan, p: ParamPlan, absorbed: float, readouts: set[str]) -> float:

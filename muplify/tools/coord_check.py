@@ -26,6 +26,7 @@ shrinks like 1/√width at small widths (`mup`'s own examples use batch size 1).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import sys
@@ -43,6 +44,7 @@ from .train import TrainOptions, train
 from ..errors import CaptureError
 from ..inputs import embedding_fed_by_input
 from ..optim import resolve_optimizer
+from ..reuse import reusing
 
 __all__ = ["coord_check", "CoordCheckResult", "Batch", "DEFAULT_TOL", "DEFAULT_WIDTHS", "DEFAULT_DEPTHS", "DEFAULT_LR",
            "DEFAULT_STEPS", "Parametrization", "readout_modules", "language_model_vocab"]
@@ -327,6 +329,17 @@ def _inputs_hint(model: nn.Module, data: str, first: bool):
 
 
 @lint_once
+def _reusing_analysis(fn: Callable) -> Callable:
+    """Every muplify()/analyze() inside ``fn`` reuses the analysis of a structure analysed at another width or seed
+    (:mod:`muplify.reuse`: the model is built at every width and seed; it is captured once per parametrization)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with reusing():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_reusing_analysis
 def coord_check(
     factory: Callable[[int], nn.Module],
     batch: Any = None,

@@ -2,7 +2,6 @@
 depth facts (residual blocks, CompleteP's depth and its notes, parameter-axis counts) come from the full stack."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from typing import Any
@@ -10,10 +9,35 @@ from typing import Any
 import torch.nn as nn
 
 from ..classify import detect_init_rules
-from ..plan import Plan
+from ..plan import ParamPlan, Plan
 from .stacks import Stack
 
 __all__ = ["expand_plan"]
+
+
+def _rebuild(v: Any, fix) -> Any:
+    """``v`` (plan data: dicts, lists, strings, numbers) rebuilt with ``fix`` applied to every string (tuples and other
+    values are kept as they are)."""
+    if isinstance(v, str):
+        return fix(v)
+    if isinstance(v, list):
+        return [_rebuild(x, fix) for x in v]
+    if isinstance(v, dict):
+        return {a: _rebuild(b, fix) for a, b in v.items()}
+    return v
+
+
+_PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(ParamPlan))
+
+
+def _renamed(p: ParamPlan, fix) -> ParamPlan:
+    """A copy of ``p`` (outside any plan) with ``fix`` applied to every string of its facts (names, aliases, uses,
+    notes); the rest (shapes, layout, fan expressions) is shared: immutable."""
+    out = ParamPlan.__new__(ParamPlan)
+    src = p.__dict__
+    out.__dict__.update({f: _rebuild(src[f], fix) for f in _PARAM_FIELDS})
+    out.__dict__["_plan"] = None
+    return out
 
 
 class _Stacks:
@@ -24,6 +48,8 @@ class _Stacks:
         self.pre = [s.path + "." if s.path else "" for s in stacks]
         # twin index of the representative of every full child
         self.twin_of = [[s.kept.index(s.rep(i)) for i in range(s.size)] for s in stacks]
+        self._patterns: dict[tuple[int, int], tuple[str, re.Pattern]] = {}  # (k, j) -> (text, its pattern)
+        self._outside = None
 
     def locate(self, name: str) -> tuple[int, int] | None:
         """(stack number, index in the container) of a module/parameter path inside a stack, else None."""
@@ -34,43 +60,47 @@ class _Stacks:
                     return k, int(head)
         return None
 
-    def rename(self, value: Any, k: int, j: int, i: int) -> Any:
-        """Every mention of block ``j`` of stack ``k`` (twin) in ``value`` renamed to block ``i`` (full)."""
-        pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k] + str(j)) + r"(?!\d)")
+    def fixer(self, k: int, j: int, i: int):
+        """The string function renaming block ``j`` of stack ``k`` (twin) to block ``i`` (full)."""
+        key = (k, j)
+        if key not in self._patterns:
+            self._patterns[key] = (self.pre[k] + str(j),
+                                   re.compile(r"(?<![\w.])" + re.escape(self.pre[k] + str(j)) + r"(?!\d)"))
+        old, pat = self._patterns[key]
         rep = self.pre[k] + str(i)
+        return lambda v: pat.sub(rep, v) if old in v else v
 
-        def go(v):
-            if isinstance(v, str):
-                return pat.sub(rep, v)
-            if isinstance(v, list):
-                return [go(x) for x in v]
-            if isinstance(v, dict):
-                return {a: go(b) for a, b in v.items()}
-            return v
-        return go(value)
+    def rename(self, value: Any, k: int, j: int, i: int) -> Any:
+        """Every mention of block ``j`` of stack ``k`` (twin) in ``value`` renamed to block ``i`` (full).  A new
+        value (lists and dicts rebuilt, strings immutable): no copy of ``value`` needed before."""
+        return _rebuild(value, self.fixer(k, j, i))
+
+    def outside_fixer(self):
+        """The string function for an item outside every stack that names a block (the head's fold into the last
+        block's norm): a block of a shortened run's second period stands for the last block of its kind in the run,
+        others for themselves."""
+        if self._outside is None:
+            subs = []
+            for k, stack in enumerate(self.stacks):
+                full = {}
+                for j, i0 in enumerate(stack.kept):
+                    seg = next((s for s in stack.segments if s.start + s.period <= i0 < s.start + 2 * s.period), None)
+                    full[j] = max(i for i in range(seg.start, seg.stop) if seg.rep(i) == i0) if seg else i0
+                pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
+                sub = lambda m, full=full, pre=self.pre[k]: pre + str(full.get(int(m.group(1)), int(m.group(1))))  # noqa
+                subs.append((self.pre[k], pat, sub))
+
+            def fix(v: str) -> str:
+                for pre, pat, sub in subs:
+                    if pre in v:
+                        v = pat.sub(sub, v)
+                return v
+            self._outside = fix
+        return self._outside
 
     def outside(self, value: Any) -> Any:
-        """An item outside every stack that names a block (the head's fold into the last block's norm): a block of
-        a shortened run's second period stands for the last block of its kind in the run, others for themselves."""
-        value = copy.deepcopy(value)
-        for k, stack in enumerate(self.stacks):
-            full = {}
-            for j, i0 in enumerate(stack.kept):
-                seg = next((s for s in stack.segments if s.start + s.period <= i0 < s.start + 2 * s.period), None)
-                full[j] = max(i for i in range(seg.start, seg.stop) if seg.rep(i) == i0) if seg else i0
-            pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
-            sub = lambda m, full=full, pre=self.pre[k]: pre + str(full.get(int(m.group(1)), int(m.group(1))))  # noqa
-
-            def go(v):
-                if isinstance(v, str):
-                    return pat.sub(sub, v)
-                if isinstance(v, list):
-                    return [go(x) for x in v]
-                if isinstance(v, dict):
-                    return {a: go(b) for a, b in v.items()}
-                return v
-            value = go(value)
-        return value
+        """:meth:`outside_fixer` applied to every string of ``value``."""
+        return _rebuild(value, self.outside_fixer())
 
     def expand_list(self, items: list, key, blocks: list[str] | None = None) -> list:
         """The full model's list from the twin's: within each maximal run of consecutive items of one stack, the
@@ -107,12 +137,12 @@ class _Stacks:
                     b += 1
                 seg = seg_of.get(stack.kept[locs[a][1]])
                 if seg is None:
-                    out += [self.rename(copy.deepcopy(items[c]), k, locs[c][1], stack.kept[locs[c][1]])
+                    out += [self.rename(items[c], k, locs[c][1], stack.kept[locs[c][1]])
                             for c in range(a, b)]
                 else:
                     for i in range(seg.start, seg.stop):
                         j = self.twin_of[k][i]
-                        out += [self.rename(copy.deepcopy(items[c]), k, j, i) for c in range(a, b) if locs[c][1] == j]
+                        out += [self.rename(items[c], k, j, i) for c in range(a, b) if locs[c][1] == j]
                 a = b
             n = m
         return out
@@ -122,19 +152,19 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
     """The full model's plan from the twin's (``twin``'s names are the twin's: stacks renumbered 0..k-1)."""
     st = _Stacks(stacks)
     d = twin.to_dict()
-    by_name = {p["name"]: p for p in d["params"]}
-    params, extra = [], {}  # extra: twin name -> copies beyond the first (for the axis counts)
+    d["params"] = []  # the parameters are copied as objects (their fan expressions shared), renamed
+    by_name = twin.params
+    params, extra = {}, {}  # extra: twin name -> copies beyond the first (for the axis counts)
     for full_name, _ in model.named_parameters():
         loc = st.locate(full_name)
         if loc is None:
-            params.append(st.outside(by_name[full_name]))
+            params[full_name] = _renamed(by_name[full_name], st.outside_fixer())
             continue
         k, i = loc
         j = st.twin_of[k][i]
         tname = st.pre[k] + str(j) + full_name[len(st.pre[k]) + len(str(i)):]
-        params.append(st.rename(copy.deepcopy(by_name[tname]), k, j, i))
+        params[full_name] = _renamed(by_name[tname], st.fixer(k, j, i))
         extra[tname] = extra.get(tname, -1) + 1
-    d["params"] = params
     d["sites"] = st.expand_list(d["sites"], lambda s: s["module"], d["blocks"])
     d["attention"] = st.expand_list(d["attention"], lambda a: a["module"])
     twin_blocks = list(d["blocks"])
@@ -159,6 +189,9 @@ def expand_plan(twin: Plan, model: nn.Module, stacks: list[Stack], depth_given: 
         notes.append(f"capture: per-block {', '.join(ignored[:3])} only addresses the KV cache (off in capture)")
     d["notes"] = notes
     plan = Plan.from_dict(d)
+    plan.params = params
+    for p in params.values():
+        p.__dict__["_plan"] = plan
     detect_init_rules(plan, model)  # read off the full model's values (a statistic over all of them)
     plan.capture_seconds = twin.capture_seconds
     plan.lint = list(twin.lint)
@@ -173,7 +206,7 @@ def _expand_axes(dims: list, by_name: dict, extra: dict, same_width: bool) -> li
             if copies <= 0:
                 continue
             p = by_name[tname]
-            hits = sum(1 for a, s in enumerate(p["shape"]) if s == size and (same_width or p["base_shape"][a] != s))
+            hits = sum(1 for a, s in enumerate(p.shape) if s == size and (same_width or p.base_shape[a] != s))
             n += hits * copies
         out.append([size, expr, n])
     return out

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ...reuse import reusing
 from .space import Fixed, TuneError, assemble
 
 
@@ -221,10 +222,12 @@ def _run_trial(job: _Job, trial) -> float:
         values = {k: (d.value if isinstance(d, Fixed) else d.suggest(trial, k)) for k, d in job.space.items()}
         cfg = assemble(values)
         runs = []
-        for j in range(job.seeds_per_trial):  # the first seed reports to the pruner; the others only add to the mean
-            runs.append(evaluate(job.make_model, job.objective, job.optimizer, cfg, width=job.width, base_width=base,
-                                 seed=seed + j * SEED_STRIDE, data_seed=job.data_seed,
-                                 muplify_kwargs=job.muplify_kwargs, report=_Reporter(trial, prune=j == 0)))
+        # every trial of this worker builds the same model at the same width: analysed once (muplify.reuse)
+        with reusing(scope=("tune", job.study_name, job.width)):
+            for j in range(job.seeds_per_trial):  # the first seed reports to the pruner; the others add to the mean
+                runs.append(evaluate(job.make_model, job.objective, job.optimizer, cfg, width=job.width,
+                                     base_width=base, seed=seed + j * SEED_STRIDE, data_seed=job.data_seed,
+                                     muplify_kwargs=job.muplify_kwargs, report=_Reporter(trial, prune=j == 0)))
         if job.seeds_per_trial > 1:
             trial.set_user_attr(VALUES_ATTR, runs)
         value = sum(runs) / len(runs)
