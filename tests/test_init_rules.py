@@ -191,3 +191,20 @@ def test_a_wrong_init_rule_fails_the_coord_check_at_step_0_and_says_init():
     assert not res.passed("mup")
     cause = res.likely_cause("mup")
     assert "already off at step 0" in cause and "init" in cause, cause
+
+
+def test_a_round_fixed_std_wins_a_tie_with_a_fan_based_rule():
+    """The built-in GPT draws N(0, 0.02) at every width; at d_model 1024 its 1024 x 4096 MLP weight's Xavier σ is
+    0.0198, within noise of 0.02.  Read as Xavier, μP would leave the weight unscaled and the coordinate check fails at
+    step 0 (the demo did); a round fixed std is the convention the user wrote."""
+    import warnings
+
+    from muplify import muplify
+    from muplify.models import GPT
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mu = muplify(GPT(vocab_size=256, d_model=1024, n_layer=1), base_width=64)
+    for n in ("blocks.0.mlp.0.weight", "blocks.0.mlp.2.weight"):
+        assert mu.plan[n].init_rule == "fixed", (n, mu.plan[n].init_rule)
