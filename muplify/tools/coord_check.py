@@ -328,7 +328,6 @@ def _inputs_hint(model: nn.Module, data: str, first: bool):
             "taking token ids into an nn.Embedding needs neither (the built-in corpus).") from e
 
 
-@lint_once
 def _reusing_analysis(fn: Callable) -> Callable:
     """Every muplify()/analyze() inside ``fn`` reuses the analysis of a structure analysed at another width or seed
     (:mod:`muplify.reuse`: the model is built at every width and seed; it is captured once per parametrization)."""
@@ -339,6 +338,7 @@ def _reusing_analysis(fn: Callable) -> Callable:
     return wrapper
 
 
+@lint_once
 @_reusing_analysis
 def coord_check(
     factory: Callable[[int], nn.Module],
