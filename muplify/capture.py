@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import CaptureError
-from .inputs import embedding_fed_by_input, token_inputs
+from .inputs import _required_positional, embedding_fed_by_input, token_inputs
 
 __all__ = ["Capture", "ModelHints", "capture", "default_example_inputs", "model_hints"]
 
@@ -249,15 +249,6 @@ def _hf_example_inputs(model: nn.Module, dev) -> tuple[tuple, dict] | None:
     if getattr(config, "use_cache", None) is not None and "use_cache" in params:
         kwargs["use_cache"] = False
     return (), kwargs
-
-
-def _required_positional(model: nn.Module) -> int:
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-               and p.default is inspect.Parameter.empty)
 
 
 def default_example_inputs(model: nn.Module) -> tuple[tuple, dict]:
