@@ -101,9 +101,13 @@ def _added_table(pd, wa, exprs) -> tuple[tuple[int, ...], tuple[int, ...]] | Non
     axis (those make a per-head bias, vector-like) next to scaling feature axes.  TP-V: an input weight (fan_in the
     rows, finite; fan_out the features), so ``embed_mult`` and ``lr_mult["input"]`` reach it."""
     sym = wa.width_symbol
-    if not any(ops.is_add(u.node.target) for u in pd.uses):
+    adds = [u for u in pd.uses if ops.is_add(u.node.target)]
+    if not adds:
         return None
     rows = tuple(a for a, e in enumerate(exprs) if pd.shape[a] > 1 and not e.has(sym))
+    # rows picked by a constant index before the add (``b[e]`` in a loop over experts) make a stack of biases, not a
+    # table whose rows line up with the activation's positions: vector-like
+    rows = tuple(a for a in rows if all(a in _axes_reaching(wa, u, len(exprs)) for u in adds))
     feats = tuple(a for a, e in enumerate(exprs) if e.has(sym))
     if not rows or not feats:
         return None
@@ -111,6 +115,16 @@ def _added_table(pd, wa, exprs) -> tuple[tuple[int, ...], tuple[int, ...]] | Non
     if any(k == "convention" for k in kinds):
         return None
     return rows, feats
+
+
+def _axes_reaching(wa, use: Use, ndim: int) -> set[int]:
+    """The parameter's axes that survive as axes of the operand ``use`` reads (all of them when it reads the
+    parameter itself)."""
+    operand = use.node.args[use.operand] if use.operand < len(use.node.args) else None
+    origin = wa.origin(operand) if isinstance(operand, fx.Node) else None
+    if origin is None:
+        return set(range(ndim))
+    return {a for a in origin[1] if a is not None}
 
 
 def _mark_guess(pd, why: str) -> str:
