@@ -44,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 import transformers as T  # noqa: E402
 
 from muplify import muplify  # noqa: E402
+from muplify_dev.kv_heads import GQALM, MQAFusedLM  # noqa: E402
 from muplify_dev.oracle import oracle_roles  # noqa: E402
 from muplify_dev.zoo import HEAD_DIM, MAX_POS, VOCAB, _images, _tokens, ensure_torchvision  # noqa: E402
 
@@ -350,53 +351,6 @@ class StageCNN(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn(self.down(F.relu(self.stem(x)))))
         return self.head(self.stage2(x).mean((2, 3)))
-
-
-class GQALM(nn.Module):
-    """Issue 18 item 1: Llama-style grouped-query attention, K/V heads of 32: ``kv_heads`` fixed, or (None) half the
-    query heads, growing with width (one K/V head at the base width 64)."""
-    def __init__(self, w, kv_heads=None, head_dim=32):
-        super().__init__()
-        self.h, self.hd = w // head_dim, head_dim
-        self.kv = kv_heads or max(1, self.h // 2)
-        self.emb = nn.Embedding(128, w)
-        self.q = nn.Linear(w, self.h * head_dim, bias=False)
-        self.k = nn.Linear(w, self.kv * head_dim, bias=False)
-        self.v = nn.Linear(w, self.kv * head_dim, bias=False)
-        self.o = nn.Linear(w, w, bias=False)
-        self.norm = nn.RMSNorm(w)
-        self.head = nn.Linear(w, 128, bias=False)
-
-    def forward(self, ids):
-        x = self.emb(ids)
-        B, T, C = x.shape
-        q = self.q(x).view(B, T, self.h, self.hd).transpose(1, 2)
-        k = self.k(x).view(B, T, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, 1)
-        v = self.v(x).view(B, T, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, 1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
-        x = x + self.o(a)
-        return self.head(self.norm(x))
-
-
-class MQAFusedLM(nn.Module):
-    """Issue 18 item 1: Falcon-style multi-query attention, one fused qkv: Q rows scale, K/V rows are one head."""
-    def __init__(self, w, head_dim=16):
-        super().__init__()
-        self.h, self.hd = w // head_dim, head_dim
-        self.emb = nn.Embedding(128, w)
-        self.qkv = nn.Linear(w, w + 2 * head_dim, bias=False)
-        self.o = nn.Linear(w, w, bias=False)
-        self.head = nn.Linear(w, 128, bias=False)
-
-    def forward(self, ids):
-        x = self.emb(ids)
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split([C, self.hd, self.hd], dim=-1)
-        q = q.view(B, T, self.h, self.hd).transpose(1, 2)
-        k = k.view(B, T, 1, self.hd).transpose(1, 2).expand(B, self.h, T, self.hd)
-        v = v.view(B, T, 1, self.hd).transpose(1, 2).expand(B, self.h, T, self.hd)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
-        return self.head(x + self.o(a))
 
 
 class ValueHeadMLP(nn.Module):

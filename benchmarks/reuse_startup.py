@@ -25,10 +25,11 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from muplify_dev.tasks import fit_regression  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -85,16 +86,7 @@ def _mlp(width: int):
 
 
 def _objective(model, optimizer, report, steps: int = 5) -> float:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 8, generator=g)
-    y = torch.stack([x[:, :4].sum(1).sin(), x[:, 4:].prod(1), x[:, 0] * x[:, 1], x[:, 7].cos()], 1)
-    for s in range(steps):
-        loss = F.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        report(s, float(loss))
-    return float(loss)
+    return fit_regression(model, optimizer, report, seed=1, steps=steps, n=64)
 
 
 def run_tune(quick: bool) -> dict:

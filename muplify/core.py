@@ -24,6 +24,7 @@ from . import reuse, rewrite
 from .capture import capture as _capture
 from .twin import shallow_plan
 from .classify import build_plan, detect_init_rules
+from .module_kinds import assign_module_kinds
 from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
 from .plan import HyperParams, Options, Plan
@@ -407,6 +408,8 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
         _check_args(model, plan.base_width)
         rewrite.validate_plan(model, plan)
         plan = plan.copy()
+        if any(not p.module_kind for p in plan.params.values()):  # a plan file older than module kinds
+            assign_module_kinds(plan)
         if hp is not None:
             plan.hp = HyperParams.from_dict(hp)
         for pattern, fields in (overrides or {}).items():

@@ -475,10 +475,6 @@ class Plan(Mapping):
         for p in self.params.values():
             p.__dict__["_plan"] = self
         self.__dict__["_rules_cache"] = None
-        if any(not p.module_kind for p in self.params.values()):  # an older plan file: kinds from the facts
-            from .module_kinds import assign_module_kinds
-
-            assign_module_kinds(self)
 
     def __setattr__(self, key, value):
         if self.__dict__.get("frozen") and key not in ("frozen",):

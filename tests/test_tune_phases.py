@@ -11,13 +11,13 @@ import statistics
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("optuna")
 
 import muplify  # noqa: E402
 from muplify.models import MLP  # noqa: E402
 from muplify.tools.tune import Choice, Fixed, IntRange, LogUniform, TuneError, Uniform, narrow  # noqa: E402
+from muplify_dev.tasks import fit_regression  # noqa: E402
 
 WIDTH = 16
 RUNS: list[dict] = []  # what each objective run saw (in-process sweeps: workers=1)
@@ -29,17 +29,7 @@ def make_model(width: int) -> torch.nn.Module:
 
 def regression(model, optimizer, report, seed: int = 0, steps: int = 6) -> float:
     """A real training run: full-batch regression on data drawn from ``seed`` (the data seed)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(48, 8, generator=g)
-    y = torch.stack([x[:, :4].sum(1).sin(), x[:, 4:].prod(1), x[:, 0] * x[:, 1], x[:, 7].cos()], 1)
-    for s in range(steps):
-        loss = F.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        report(s, loss.item())
-    with torch.no_grad():
-        value = F.mse_loss(model(x), y).item()
+    value = fit_regression(model, optimizer, report, seed=seed, steps=steps)
     RUNS.append({"seed": seed, "width": _width_of(model), "value": value, "lr": optimizer.defaults["lr"]})
     return value
 

@@ -67,7 +67,8 @@ def _on_meta(x):
     return x
 
 
-def _meta(make_model: Callable[[int], nn.Module], width: int) -> nn.Module:
+def build_on_meta(make_model: Callable[[int], nn.Module], width: int) -> nn.Module:
+    """``make_model(width)`` on the meta device (no memory, no init): the shapes a two-width reading needs."""
     with torch.device("meta"):
         return make_model(width)
 
@@ -86,7 +87,7 @@ def reference_roles(make_model: Callable[[int], nn.Module], width: int,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            plan = analyze(_meta(make_model, 2 * width), base=lambda: make_model(width), **kw)
+            plan = analyze(build_on_meta(make_model, 2 * width), base=lambda: make_model(width), **kw)
         sig = _signature_of(plan)
     except Exception as e:  # noqa: BLE001 - the reference is a cross-check; the sweep runs without it
         warnings.warn(f"muplify.tune: could not read the roles from two widths ({type(e).__name__}: "

@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import traceback
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,7 @@ def _muplify_as_tuned(make_model, model, config: Mapping, width: int, base_width
     """muplify ``model`` with the roles read from two widths (the proxy's are the target's, :mod:`.roles`), and
     refuse a target whose roles differ from ``config["roles"]`` (what the values were tuned under)."""
     from ...core import muplify
-    from .roles import ROLES_KEY, check_roles, proxy_fixes
+    from .roles import ROLES_KEY, build_on_meta, check_roles, proxy_fixes
 
     hp = config.get("hp") or {}
     if "plan" in kwargs or "base" in kwargs:  # the user fixed the analysis: only the check
@@ -114,8 +115,16 @@ def _muplify_as_tuned(make_model, model, config: Mapping, width: int, base_width
         return mu
     if width != base_width:  # the exact route: an axis scales exactly when its size differs from the proxy's
         try:
-            mu = muplify(model, base=lambda: make_model(base_width), hp=hp, **kwargs)
-        except Exception:  # noqa: BLE001 - a factory that cannot build on meta: the single-instance analysis
+            base = build_on_meta(make_model, base_width)
+        except Exception as e:  # noqa: BLE001 - only the meta build: a factory that needs real tensors
+            warnings.warn(f"muplify.tune: the factory could not build the proxy on the meta device "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); the target's "
+                          "roles come from its own analysis at base_width, then checked against the tuned ones",
+                          stacklevel=4)
+            base = None
+        if base is not None:
+            mu = muplify(model, base=base, hp=hp, **kwargs)
+        else:
             mu = muplify(model, base_width=base_width, hp=hp, **kwargs)
         check_roles(config.get(ROLES_KEY), mu.plan)
         return mu
