@@ -151,6 +151,17 @@ def _hard_and_conventions(S: _Solver, g: DimGraph, cap: Capture, head_scaling: s
     S.propagate()
 
 
+def _position_tables(S: _Solver, g: DimGraph, param_axes: dict[str, list[int]]) -> None:
+    """A parameter's axis sliced to the length of a model input's axis is a table of positions read up to the
+    sequence length (``pos[:, :T]``): its rows are fixed like an embedding's, whatever their size."""
+    param_roots = {g.find(d) for axes in param_axes.values() for d in axes}
+    for out, src in g.slices.items():
+        r = g.find(out)
+        if g.find(src) in param_roots and S.kind.get(r) == HARD and S.finite[r].startswith("axis of model input"):
+            S.mark(src, f"rows of a table sliced to the length of an input axis ({S.finite[r]})", HARD)
+    S.propagate()
+
+
 def _group_widths(S: _Solver, g: DimGraph, guesses: dict[int, str], declared: set[int]) -> None:
     """Grouped convs: with channel counts that differ, a per-group width shared by all of them is fixed (RegNet's
     group width) and a shared group count means the group width scales (ResNeXt's cardinality).  One channel count
@@ -202,6 +213,7 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
     notes: list[str] = []
     S = _Solver(g, set(forced))
     _hard_and_conventions(S, g, cap, head_scaling)
+    _position_tables(S, g, param_axes)
     _group_widths(S, g, guesses, cap.hints.group_counts)
     for u, per, _c, _groups in g.grouped_convs:  # a fixed group width: each output channel is a small filter
         if g.size[per] <= 1 or g.find(per) in S.finite:

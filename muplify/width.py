@@ -6,7 +6,8 @@ first:
 
 1. ``hard``: axes of the model's inputs; kernel sizes; axes indexed, counted or selected by integers (embedding rows,
    ``one_hot`` classes, ``histc`` bins, ``scatter``/``index_add`` targets, ``x[..., i]``); the class axis of a loss;
-   the stack axis of a weight used as independent matrices (experts); spatial axes (affine in the input's); and
+   the stack axis of a weight used as independent matrices (experts); spatial axes (affine in the input's); the
+   rows of a table sliced to an input axis's length (``pos[:, :T]``); and
    everything these determine through products, sums and fixed multiples.
 2. ``convention``: head_dim (or the head count) by ``head_scaling``; the group width of grouped convs; and where
    a fan or a reshaped dim would be a product of several scaling axes (width², e.g. heads × head_dim with no

@@ -64,7 +64,7 @@ def headline(name: str, model, args, kwargs, base: int, **kw):
 # Known wrong, kept visible: a (1, N, w) positional table used sliced (``pos[:, :T]``) has its N rows read as scaling
 # at one width (N = 32 = w/2 here, no finiteness evidence reaches the sliced-off rows), so it stays `vector` where the
 # oracle says `input`.  base= (two widths) reads it right.  strict: the test fails once the analysis is fixed.
-KNOWN_WRONG = {"torch_causal_encoder": "sliced positional table: rows read as scaling at one width"}
+KNOWN_WRONG: dict[str, str] = {}  # name -> why the one-width reading is wrong (a strict xfail)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_WRONG[n]))
