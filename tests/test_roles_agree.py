@@ -110,6 +110,20 @@ def test_one_width_cannot_tell_a_single_kv_head_and_says_so():
     assert big.plan["q.weight"].decided_by == "graph"
 
 
+def test_several_kv_heads_at_one_width_are_a_named_guess():
+    """Two K/V heads repeated to the query heads read as growing with width (hidden), which a family that keeps its
+    K/V head count (Llama 3) contradicts: named as a guess at one width; base= reads them exactly."""
+    with pytest.warns(UserWarning, match=r"guessed the role of 2 parameter\(s\): k\.weight, v\.weight"):
+        mu = muplify(GQA(256, kv_heads=2), base_width=64, example_inputs=(IDS,))
+    k = mu.plan["k.weight"]
+    assert k.role == "hidden" and k.guessed and "2 K/V heads repeated to 8 query heads" in k.decided_by
+    assert not mu.plan["q.weight"].guessed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact = muplify(GQA(256, kv_heads=2), base=GQA(64, kv_heads=2), example_inputs=(IDS,))
+    assert exact.plan["k.weight"].role == "output" and not exact.plan["k.weight"].guessed
+
+
 def test_transfer_gives_the_proxy_the_targets_roles():
     """tune's trials and transfer() read the roles from two widths: at the proxy width k/v are hidden, as at every
     target, so lr_mult["output"] tuned there acts on the readout alone, as at the target."""
