@@ -48,11 +48,11 @@ def _uses_params(nodes, origin: dict) -> set[str]:
     """Parameter placeholders used (not merely viewed) by ``nodes``."""
     used = set()
     for n in nodes:
-        if n.name in origin:
+        if n in origin:
             continue  # a view of a parameter, not a use
         for a in _flat_args(n.args):
-            if isinstance(a, fx.Node) and a.name in origin:
-                used.add(origin[a.name][0])
+            if isinstance(a, fx.Node) and a in origin:
+                used.add(origin[a][0])
     return used
 
 

@@ -132,7 +132,7 @@ def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow
 
 def _hard_and_conventions(S: _Solver, g: DimGraph, cap: Capture, head_scaling: str) -> None:
     for n in cap.user_inputs:
-        for d in _flat(g.node_dims.get(n.name)):
+        for d in _flat(g.node_dims.get(n)):
             S.mark(d, f"axis of model input '{n.name}'", HARD)
     for d, why in g.finite_reasons.items():
         S.mark(d, why, HARD)
@@ -210,7 +210,7 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
 
     out_roots: dict[int, list[str]] = {}
     for n in cap.user_outputs:
-        for r in _roots(g, g.node_dims.get(n.name)):
+        for r in _roots(g, g.node_dims.get(n)):
             out_roots.setdefault(r, []).append(cap.output_names.get(n.name) or n.name)
     terminal = {r for r in set(out_roots) | {g.find(d) for d in g.selected}
                 if r not in S.finite and r not in flow.consumed and g.size[r] > 1}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import muplify.core as core  # noqa: F401
 from muplify import muplify
-from muplify.rules import DimGraph, Norm, rule, table, unregister
+from muplify.rules import Call, DimGraph, Norm, rule, table, unregister
 from analysis_support import X8, analysis, analysis_of, quiet_muplify  # noqa: F401
 from muplify_dev.oracle import infinite_axes, oracle_roles  # noqa: F401
 from muplify_dev.zoo import build, widths_for  # noqa: F401
@@ -67,11 +67,11 @@ def _plan(d=64):
 def gain_norm_rule():
     """A new norm op is one decorated function: its rule and its gain/bias slots."""
     @rule(torch.ops.muplify_test.gain_norm, norm=Norm(weight=1, bias=2))
-    def _gain_norm(g: DimGraph, node: fx.Node) -> None:
-        g.eq_axes(node.args[0], node)
+    def _gain_norm(g: DimGraph, call: Call) -> None:
+        g.eq_axes(call.arg("x"), call.node)
         for slot in (1, 2):
-            g.broadcast(node, node.args[slot])
-            g.use(node, slot, "elementwise", (), (0,))
+            g.broadcast(call.node, call.at(slot))
+            g.use(call.node, slot, "elementwise", (), (0,))
 
     yield _gain_norm
     unregister(torch.ops.muplify_test.gain_norm)
