@@ -204,7 +204,7 @@ def find_branches(ctx) -> tuple[list[Branch], list[str]]:
                 break
             if found:
                 break
-        if not found and a.name in ctx.dep and b.name in ctx.dep:
+        if not found and a in ctx.dep and b in ctx.dep:
             fork = _fork(a, b, order)
             if fork is not None and all(_uses_params(_between(fork, t, order), origin) for t in (a, b)):
                 shortcuts.append(node)
