@@ -58,7 +58,8 @@ class Call:
             return named[name]
         if named is None and name in self.node.kwargs:
             return self.node.kwargs[name]
-        has = f"it has: {', '.join(named)}" if named is not None else "it has no schema: read it by position"
+        has = f"it has: {', '.join(named)}" if named is not None else "its arguments have no schema names here: " \
+            "read them by position"
         raise KeyError(f"{self.node.target} has no argument {name!r} ({has})")
 
     def get(self, name: str, default: Any = None) -> Any:
