@@ -48,11 +48,11 @@ def _uses_params(nodes, origin: dict) -> set[str]:
     """Parameter placeholders used (not merely viewed) by ``nodes``."""
     used = set()
     for n in nodes:
-        if n.name in origin:
+        if n in origin:
             continue  # a view of a parameter, not a use
         for a in _flat_args(n.args):
-            if isinstance(a, fx.Node) and a.name in origin:
-                used.add(origin[a.name][0])
+            if isinstance(a, fx.Node) and a in origin:
+                used.add(origin[a][0])
     return used
 
 
@@ -204,7 +204,7 @@ def find_branches(ctx) -> tuple[list[Branch], list[str]]:
                 break
             if found:
                 break
-        if not found and a.name in ctx.dep and b.name in ctx.dep:
+        if not found and a in ctx.dep and b in ctx.dep:
             fork = _fork(a, b, order)
             if fork is not None and all(_uses_params(_between(fork, t, order), origin) for t in (a, b)):
                 shortcuts.append(node)

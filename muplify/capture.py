@@ -444,7 +444,6 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwarg
     param_names = {ph: aliases[fqn_to_id[fqn]] for ph, fqn in sig.inputs_to_parameters.items()}
     buffer_nodes = set(sig.inputs_to_buffers) | set(getattr(sig, "inputs_to_lifted_tensor_constants", {}))
     graph = ep.graph_module.graph
-    _unique_node_names(ep.graph_module)
     placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
     user_inputs = [placeholders[n] for n in sig.user_inputs if n in placeholders]
     out_node = next(n for n in graph.nodes if n.op == "output")
@@ -455,23 +454,6 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, example_kwarg
     unused = list(dict.fromkeys(ns[0] for ns in param_names.values() if ns[0] not in used))
     return Capture(graph, param_names, buffer_nodes, user_inputs, user_outputs, seconds, unused, ep.graph_module,
                    model_hints(model), _output_names(ep, user_outputs))
-
-
-def _unique_node_names(gm: fx.GraphModule) -> None:
-    """Give every node of every subgraph (``torch.no_grad()`` blocks, other higher-order ops) a name no other graph
-    of the program uses.  torch.export names a subgraph's placeholders after the outer values passed in and its
-    nodes after the outer call, while the width analysis keys tensor axes by node name: a shared name would give the
-    outer value fresh axes and cut it off from everything computed before (a router whose logits enter a no_grad
-    block lost its link to the router weight)."""
-    taken = {n.name for n in gm.graph.nodes}
-    for path, sub in gm.named_modules():
-        if sub is gm or not isinstance(sub, fx.GraphModule):
-            continue
-        for n in sub.graph.nodes:
-            if n.op != "output" and n.name in taken:
-                n._rename(f"{path.replace('.', '_')}__{n.name}")
-            taken.add(n.name)
-        sub.recompile()
 
 
 def _output_names(ep, user_outputs: list[fx.Node]) -> dict[str, str]:

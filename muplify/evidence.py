@@ -82,11 +82,11 @@ class _Flow:
     readers: dict[int, list[set[int]]]  # root -> fan-out roots of every layer that reads it
 
 
-def _input_dependent(graph: fx.Graph, cap: Capture) -> set[str]:
-    dep = {n.name for n in cap.user_inputs}
+def _input_dependent(graph: fx.Graph, cap: Capture) -> set[fx.Node]:
+    dep = set(cap.user_inputs)
     for n in graph.nodes:
-        if n.op == "call_function" and any(a.name in dep for a in _nodes_in(n.args) + _nodes_in(n.kwargs)):
-            dep.add(n.name)
+        if n.op == "call_function" and any(a in dep for a in _nodes_in(n.args) + _nodes_in(n.kwargs)):
+            dep.add(n)
     return dep
 
 
@@ -100,7 +100,7 @@ def _nodes_in(x) -> list[fx.Node]:
     return []
 
 
-def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow:
+def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[fx.Node]) -> _Flow:
     consumed, produced, producers, readers = set(), set(), {}, {}
     for ph, uses in g.uses.items():
         for u in uses:
@@ -114,7 +114,7 @@ def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow
                     readers.setdefault(r, []).append(fout)
             produced |= fout
             for r in fout:
-                producers.setdefault(r, []).append((ph, fin if u.kind != "embedding" else set(), u.node.name in dep))
+                producers.setdefault(r, []).append((ph, fin if u.kind != "embedding" else set(), u.node in dep))
     related = {g.find(d) for _, out, parts in g.relations for d in (out, *parts)}
     changed = True
     while changed:  # the parts of a dim a layer reads are read too (heads x head_dim into o_proj)
@@ -132,7 +132,7 @@ def _flow(g: DimGraph, param_axes: dict[str, list[int]], dep: set[str]) -> _Flow
 
 def _hard_and_conventions(S: _Solver, g: DimGraph, cap: Capture, head_scaling: str) -> None:
     for n in cap.user_inputs:
-        for d in _flat(g.node_dims.get(n.name)):
+        for d in _flat(g.node_dims.get(n)):
             S.mark(d, f"axis of model input '{n.name}'", HARD)
     for d, why in g.finite_reasons.items():
         S.mark(d, why, HARD)
@@ -222,7 +222,7 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
 
     out_roots: dict[int, list[str]] = {}
     for n in cap.user_outputs:
-        for r in _roots(g, g.node_dims.get(n.name)):
+        for r in _roots(g, g.node_dims.get(n)):
             out_roots.setdefault(r, []).append(cap.output_names.get(n.name) or n.name)
     terminal = {r for r in set(out_roots) | {g.find(d) for d in g.selected}
                 if r not in S.finite and r not in flow.consumed and g.size[r] > 1}
@@ -267,10 +267,10 @@ def _solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_sca
     S.propagate()
 
     # dims of an activation x activation product outside attention (an SSM state): fixed, like head_dim
-    sites = {a.node.name for a in g.attention}
+    sites = {a.node for a in g.attention}
     for node, d in g.act_contractions:
         r = g.find(d)
-        if node.name not in sites and r not in flow.consumed:
+        if node not in sites and r not in flow.consumed:
             S.mark(r, f"contracted between activations by {node.target} (a state / inner dim, like head_dim)",
                    CONVENTION)
     S.propagate()

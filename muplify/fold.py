@@ -18,14 +18,14 @@ __all__ = ["fold_targets"]
 
 @dataclass
 class _FoldCtx:
-    origin: dict  # node name -> (param placeholder, axis map)
+    origin: dict  # node -> (param placeholder, axis map)
     names: dict[str, str]  # param placeholder -> canonical parameter name
 
 
 def _param_of(ctx: _FoldCtx, x) -> tuple[str, list] | None:
-    if not isinstance(x, fx.Node) or x.name not in ctx.origin:
+    if not isinstance(x, fx.Node) or x not in ctx.origin:
         return None
-    ph, amap = ctx.origin[x.name]
+    ph, amap = ctx.origin[x]
     return (ctx.names[ph], amap) if ph in ctx.names else None
 
 

@@ -34,11 +34,12 @@ def _flat_args(args):
             yield a
 
 
-def param_dependent_nodes(graph: fx.Graph, param_placeholders: set[str]) -> set[str]:
-    dep: set[str] = set(param_placeholders)
+def param_dependent_nodes(graph: fx.Graph, param_placeholders: set[str]) -> set[fx.Node]:
+    """The nodes computed from the parameters (whose placeholders are named)."""
+    dep = {n for n in graph.nodes if n.op == "placeholder" and n.name in param_placeholders}
     for n in graph.nodes:
-        if n.op == "call_function" and any(isinstance(a, fx.Node) and a.name in dep for a in _flat_args(n.args)):
-            dep.add(n.name)
+        if n.op == "call_function" and any(isinstance(a, fx.Node) and a in dep for a in _flat_args(n.args)):
+            dep.add(n)
     return dep
 
 

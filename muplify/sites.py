@@ -58,7 +58,7 @@ class SiteContext:
     find_branches: bool = False  # residual branches are looked for only when depth scaling is asked for
     blocks: list[str] = field(default_factory=list)  # set by the branch finder: the residual blocks found
     fold: _FoldCtx = field(init=False)
-    dep: set[str] = field(init=False)
+    dep: set[fx.Node] = field(init=False)
 
     def __post_init__(self):
         wa = self.analysis
@@ -222,7 +222,7 @@ def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int
     return n, module_of(n), (a, b, total)
 
 
-def query_site(attn_node: fx.Node, param_dependent: set[str]) -> tuple[str, tuple | None, fx.Node] | str:
+def query_site(attn_node: fx.Node, param_dependent: set[fx.Node]) -> tuple[str, tuple | None, fx.Node] | str:
     """(module, channels, node) of the module output the attention query is a linear function of (projection,
     or q-norm), or a string saying why there is none."""
     q = attn_node.args[0]
@@ -233,9 +233,9 @@ def query_site(attn_node: fx.Node, param_dependent: set[str]) -> tuple[str, tupl
     stack, seen = [q], set()
     while stack:
         n = stack.pop()
-        if n.name in seen:
+        if n in seen:
             continue
-        seen.add(n.name)
+        seen.add(n)
         nm = module_of(n)
         if nm != attn_mod and _inside(nm, attn_mod) and _is_module_output(n, nm):
             sources[(nm, None)] = n
@@ -264,7 +264,7 @@ def query_site(attn_node: fx.Node, param_dependent: set[str]) -> tuple[str, tupl
             stack.append(src)
             continue
         if ops.is_view_like(n.target) or ops.is_linear_combination(n.target):
-            args = [a for a in _flat_args(n.args) if isinstance(a, fx.Node) and a.name in param_dependent]
+            args = [a for a in _flat_args(n.args) if isinstance(a, fx.Node) and a in param_dependent]
             if n.target in (aten.mul.Tensor, aten.div.Tensor) and len(args) != 1:
                 return f"the query passes through a product of two computed tensors ('{n.name}')"
             stack.extend(args)
@@ -281,9 +281,9 @@ def _queries(ctx: SiteContext) -> list:
     wa = ctx.analysis
     out, done = [], set()
     for site in wa.attention:
-        if site.kind not in ("sdpa", "manual") or site.node.name in done:
+        if site.kind not in ("sdpa", "manual") or site.node in done:
             continue
-        done.add(site.node.name)
+        done.add(site.node)
         hd = wa.dim_expr(site.head_dim)
         base_hd = int(hd.subs(wa.width_symbol, ctx.base_width)) if hd.has(wa.width_symbol) else int(hd)
         found = query_site(site.node, ctx.dep)

@@ -114,8 +114,9 @@ class WidthAnalysis:
         return self.__dict__["_composed_exprs"]
 
     # -- the queries later stages ask (instead of reading the dim graph's union-find) ---------------------------------
-    def roots(self, node) -> list[int]:
-        """The dim ids (union-find roots) of every axis of ``node`` (a node or its name; tuple values flattened)."""
+    def roots(self, node: fx.Node | str) -> list[int]:
+        """The dim ids (union-find roots) of every axis of ``node`` (tuple values flattened); a parameter may be
+        named by its placeholder (the plan's name for it)."""
         g = self.dim_graph
 
         def flat(x):
@@ -125,22 +126,27 @@ class WidthAnalysis:
                 for y in x:
                     yield from flat(y)
 
-        name = node.name if isinstance(node, fx.Node) else node
-        return [g.find(d) for d in flat(g.node_dims.get(name))]
+        return [g.find(d) for d in flat(g.node_dims.get(self._placeholder(node)))]
 
     def loss_roots(self) -> set[int]:
         """Dim ids of class dims a loss reads by its target."""
         return {self.dim_graph.find(d) for d in self.dim_graph.loss_dims}
 
     @property
-    def view_origins(self) -> Mapping[str, tuple[str, list]]:
-        """Node name -> (parameter placeholder, axis map) of every tensor that is a view of a parameter (read-only)."""
+    def view_origins(self) -> Mapping[fx.Node, tuple[str, list]]:
+        """Node -> (parameter placeholder, axis map) of every tensor that is a view of a parameter (read-only)."""
         return MappingProxyType(self.dim_graph.origin)
 
-    def origin(self, node) -> tuple[str, list] | None:
+    def origin(self, node: fx.Node | str) -> tuple[str, list] | None:
         """(parameter placeholder, axis map) when ``node`` is a view of a parameter, else None."""
-        name = node.name if isinstance(node, fx.Node) else node
-        return self.dim_graph.origin.get(name)
+        return self.dim_graph.origin.get(self._placeholder(node))
+
+    def _placeholder(self, node: fx.Node | str) -> fx.Node | None:
+        if not isinstance(node, str):
+            return node
+        if "_placeholders" not in self.__dict__:
+            self.__dict__["_placeholders"] = {n.name: n for n in self.graph.nodes if n.op == "placeholder"}
+        return self.__dict__["_placeholders"].get(node)
 
     def is_infinite(self, name: str, axes) -> bool:
         exprs = self.params[name].axis_exprs
@@ -189,7 +195,7 @@ def _run_rules(g: DimGraph, graph: fx.Graph, gm: torch.nn.Module | None, cap: Ca
     for node in graph.nodes:
         g.alloc(node)
         if node.op == "placeholder" and cap is not None and node.name in cap.param_names:
-            g.origin[node.name] = (node.name, list(range(len(g.dims(node) or []))))
+            g.origin[node] = (node.name, list(range(len(g.dims(node) or []))))
         elif node.op == "call_function":
             apply_rule(g, node, lambda n: _recurse(g, n, gm))
 
@@ -206,16 +212,16 @@ def _recurse(g: DimGraph, node: fx.Node, gm) -> None:
     placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
     for outer, inner in zip(inputs, placeholders):  # parameters passed in stay parameters inside
         g.alloc(inner)
-        if outer.name in g.origin:
-            g.origin[inner.name] = g.origin[outer.name]
-            if outer.name in g.more_origins:
-                g.more_origins[inner.name] = g.more_origins[outer.name]
+        if outer in g.origin:
+            g.origin[inner] = g.origin[outer]
+            if outer in g.more_origins:
+                g.more_origins[inner] = g.more_origins[outer]
     _run_rules(g, sub.graph, sub, None)
     for outer, inner in zip(inputs, placeholders):
         g.eq_axes(outer, inner)
     out = next(n for n in sub.graph.nodes if n.op == "output")
     outs = out.args[0] if isinstance(out.args[0], (tuple, list)) else [out.args[0]]
-    mine = g.node_dims.get(node.name)
+    mine = g.node_dims.get(node)
     if mine and isinstance(mine[0], list):
         for inner, dims in zip(outs, mine):
             di = g.dims(inner)
@@ -234,8 +240,9 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
         raise WidthError(f"width must be a positive int (the size of the width dimension), got {width!r}")
     g = DimGraph()
     _run_rules(g, cap.graph, gm if gm is not None else cap.graph_module, cap)
-    placeholders = _one_placeholder_per_param(g, cap)
-    param_axes = {ph: g.node_dims[ph] for ph in placeholders}
+    ph_nodes = {n.name: n for n in cap.graph.nodes if n.op == "placeholder"}
+    placeholders = _one_placeholder_per_param(g, cap, ph_nodes)
+    param_axes = {ph: g.node_dims[ph_nodes[ph]] for ph in placeholders}
 
     forced: set[int] = set()
     if width is not None:
@@ -272,7 +279,6 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
     composed = _composed_exprs(g, finite, width_size)
     expr = lambda d: _dim_expr(g, finite, width_size, d, composed)  # noqa: E731
     params: dict[str, ParamDims] = {}
-    ph_nodes = {n.name: n for n in cap.graph.nodes if n.op == "placeholder"}
     for ph, names in placeholders.items():
         dims = param_axes[ph]
         uses = g.uses.get(ph, [])
@@ -298,7 +304,7 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
     return wa
 
 
-def _one_placeholder_per_param(g: DimGraph, cap: Capture) -> dict[str, list[str]]:
+def _one_placeholder_per_param(g: DimGraph, cap: Capture, ph_nodes: dict[str, fx.Node]) -> dict[str, list[str]]:
     """A tied parameter can come as one placeholder per name: keep one, with every use and unified axes."""
     groups: dict[str, list[str]] = {}
     for ph, names in cap.param_names.items():
@@ -308,7 +314,7 @@ def _one_placeholder_per_param(g: DimGraph, cap: Capture) -> dict[str, list[str]
         main = max(phs, key=lambda p: len(g.uses.get(p, [])))
         for other in phs:
             if other != main:
-                for a, b in zip(g.node_dims.get(other) or [], g.node_dims[main]):
+                for a, b in zip(g.node_dims.get(ph_nodes[other]) or [], g.node_dims[ph_nodes[main]]):
                     g.eq(a, b)
                 g.uses.setdefault(main, []).extend(g.uses.pop(other, []))
         keep[main] = cap.param_names[main]

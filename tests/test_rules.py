@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import muplify.core as core  # noqa: F401
 from muplify import muplify
-from muplify.rules import DimGraph, Norm, rule, table, unregister
+from muplify.rules import OUT, Call, DimGraph, Norm, rule, table, unregister
 from analysis_support import X8, analysis, analysis_of, quiet_muplify  # noqa: F401
 from muplify_dev.oracle import infinite_axes, oracle_roles  # noqa: F401
 from muplify_dev.zoo import build, widths_for  # noqa: F401
@@ -67,11 +67,11 @@ def _plan(d=64):
 def gain_norm_rule():
     """A new norm op is one decorated function: its rule and its gain/bias slots."""
     @rule(torch.ops.muplify_test.gain_norm, norm=Norm(weight=1, bias=2))
-    def _gain_norm(g: DimGraph, node: fx.Node) -> None:
-        g.eq_axes(node.args[0], node)
+    def _gain_norm(g: DimGraph, call: Call) -> None:
+        g.eq_axes(call.arg("x"), call.node)
         for slot in (1, 2):
-            g.broadcast(node, node.args[slot])
-            g.use(node, slot, "elementwise", (), (0,))
+            g.broadcast(call.node, call.at(slot))
+            g.use(call.node, slot, "elementwise", (), (0,))
 
     yield _gain_norm
     unregister(torch.ops.muplify_test.gain_norm)
@@ -133,6 +133,33 @@ def test_an_error_inside_a_rule_names_the_node():
         with pytest.raises(KeyError) as info:
             _plan()
         assert "while applying the dimension rule" in "".join(getattr(info.value, "__notes__", []))
+        assert "muplify_test.gain_norm" in "".join(info.value.__notes__)
+    finally:
+        unregister("muplify_test.gain_norm.default")
+
+
+def test_a_rule_reads_its_arguments_by_schema_name():
+    seen = []
+
+    @rule("muplify_test.gain_norm.default", needs=("x", "weight", OUT))
+    def _named(g, call):
+        seen.append((call.arg("bias") is call.at(2), call.get("eps", "not passed"), len(call.dims("x")), call.out))
+
+    try:
+        _plan()
+    finally:
+        unregister("muplify_test.gain_norm.default")
+    assert seen and all(s[:3] == (True, "not passed", 3) and len(s[3]) == 3 for s in seen)
+
+
+def test_a_misnamed_argument_raises_with_the_node():
+    @rule("muplify_test.gain_norm.default", needs=("input",))
+    def _misnamed(g, call):
+        pass
+
+    try:
+        with pytest.raises(KeyError, match=r"has no argument 'input' \(it has: x, weight, bias\)") as info:
+            _plan()
         assert "muplify_test.gain_norm" in "".join(info.value.__notes__)
     finally:
         unregister("muplify_test.gain_norm.default")

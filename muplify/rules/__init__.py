@@ -8,9 +8,9 @@ fed to a norm) gets an elementwise use with detail "data"; views of a parameter 
 norm's direction, cat/stack of parameters) carry its origin so that the op using the view records the use.
 Supporting a new op is one function::
 
-    @rule(torch.ops.aten.my_norm, norm=Norm(weight=1, bias=2))   # every overload of the packet
-    def _my_norm(g: DimGraph, node: fx.Node) -> None:
-        g.eq_axes(node.args[0], node)                          # e.g. shape-preserving
+    @rule(torch.ops.aten.my_norm, norm=Norm(weight=1, bias=2), needs=("input",))  # every overload of the packet
+    def _my_norm(g: DimGraph, call: Call) -> None:  # the call: arguments by schema name, dims of the operands
+        g.eq_axes(call.arg("input"), call.node)  # e.g. shape-preserving
 
 and classify (the gain), the sites (folding a multiplier into gain and bias) read its properties from the table.
 Ops tagged ``pointwise`` by ATen need no rule; an in-place op uses its out-of-place op's rule; a custom op is
@@ -25,34 +25,36 @@ import torch
 import torch.fx as fx
 
 from . import table
+from .call import OUT, OUTS, Call
 from .graph import CONTRACTING_KINDS, AttentionSite, DimGraph, Use
 from .table import Layer, Norm, declare, rule, unregister
 
 # the rule families register themselves on import
 from . import elementwise, views, reductions, contractions, indexing, norms, attention  # noqa: E402,F401,I001
 from .attention import found_upstream
-from .elementwise import _no_op, pointwise
+from .elementwise import POINTWISE, _no_op
 
 table._builtins_loaded()
 
 __all__ = ["DimGraph", "Use", "AttentionSite", "CONTRACTING_KINDS", "rule", "declare", "unregister", "Norm", "Layer",
-           "table", "apply_rule", "found_upstream"]
+           "Call", "OUT", "OUTS", "table", "apply_rule", "found_upstream"]
 
 
 def apply_rule(g: DimGraph, node: fx.Node, recurse: Callable[[fx.Node], None]) -> None:
-    fn = table.rule_for(node.target)
-    if fn is not None:
+    r = table.rule_for(node.target)
+    if r is not None:
         before = {p: len(us) for p, us in g.uses.items()}
         try:
-            fn(g, node)
+            r(g, node)
         except Exception as e:
             # as torch.fx.passes.shape_prop does: say which node the rule failed on
-            e.add_note(f"while applying the dimension rule {fn.__module__}.{fn.__name__} to: {node.format_node()}")
+            e.add_note(f"while applying the dimension rule {r.fn.__module__}.{r.fn.__name__} to: "
+                       f"{node.format_node()}")
             raise
-        if fn is not _no_op:
+        if r.fn is not _no_op:
             _data_uses(g, node, before)
     elif table.is_pointwise(node.target):
-        pointwise(g, node)
+        POINTWISE(g, node)
     elif node.target is not None and "wrap_with" in str(node.target) or (
             isinstance(node.target, torch._ops.HigherOrderOperator)):
         recurse(node)
@@ -68,7 +70,7 @@ def _data_uses(g: DimGraph, node: fx.Node, before: dict[str, int]) -> None:
     """A parameter the rule neither used nor viewed is an operand fed as data (a learned table through a norm, a
     learned query into a projection): record it as used elementwise, every axis a feature axis."""
     derived = {p for p, _ in g.origins(node)}
-    derived |= {p for (name, _), orgs in g.item_origins.items() if name == node.name for p, _ in orgs}
+    derived |= {p for (n, _), orgs in g.item_origins.items() if n is node for p, _ in orgs}
     for i, a in enumerate(node.args):
         for x in (a if isinstance(a, (list, tuple)) else [a]):
             for param, amap in g.origins(x):

@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
+from .call import OUT, Call
 from .graph import AttentionSite, DimGraph
 from .table import is_pointwise, is_softmax, is_softmax_path, rule
 
@@ -14,13 +15,10 @@ aten = torch.ops.aten
 __all__ = ["found_upstream", "maybe_manual_attention"]
 
 
-@rule("scaled_dot_product_attention")
-def _sdpa(g: DimGraph, node: fx.Node) -> None:
-    q, k, v = node.args[:3]
-    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-    dq, dk, dv, do = g.dims(q), g.dims(k), g.dims(v), g.dims(node)
-    if None in (dq, dk, dv, do):
-        return
+@rule("scaled_dot_product_attention", needs=("query", "key", "value", OUT))
+def _sdpa(g: DimGraph, call: Call) -> None:
+    node = call.node
+    dq, dk, dv, do = call.dims("query"), call.dims("key"), call.dims("value"), call.out
     g.eq(dq[-1], dk[-1])
     g.eq(dk[-2], dv[-2])
     g.eq(do[-1], dv[-1])
@@ -29,7 +27,7 @@ def _sdpa(g: DimGraph, node: fx.Node) -> None:
     for i in range(len(dk) - 2):
         g.eq(dk[i], dq[i])
         g.eq(dv[i], dq[i])
-    dm = g.dims(mask)
+    dm = call.dims("attn_mask")
     if dm is not None:  # mask broadcasts to (..., L, S)
         target = dq[:-1] + [dk[-2]]
         off = len(target) - len(dm)

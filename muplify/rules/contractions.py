@@ -7,19 +7,17 @@ import torch
 import torch.fx as fx
 
 from .attention import maybe_manual_attention
+from .call import OUT, OUTS, Call
 from .graph import DimGraph, _ndim
 from .table import Layer, rule
 
 aten = torch.ops.aten
 
 
-@rule("linear", layer=Layer(weight=1, bias=2, input=0))
-def _linear(g: DimGraph, node: fx.Node) -> None:
-    x, w = node.args[0], node.args[1]
-    b = node.args[2] if len(node.args) > 2 else None
-    dx, dw, do = g.dims(x), g.dims(w), g.dims(node)
-    if dx is None or dw is None or do is None:
-        return
+@rule("linear", layer=Layer(weight=1, bias=2, input=0), needs=("input", "weight", OUT))
+def _linear(g: DimGraph, call: Call) -> None:
+    node, b = call.node, call.arg("bias")
+    dx, dw, do = call.dims("input"), call.dims("weight"), call.out
     g.eq(dx[-1], dw[-1])
     if len(dw) == 2:
         g.eq(do[-1], dw[0])
@@ -49,8 +47,8 @@ def _matmul_dims(g: DimGraph, node: fx.Node, a, b, out) -> None:
                 g.eq(x[i], do[k])
 
 
-def _record_matmul(g: DimGraph, node: fx.Node, ia: int, ib: int) -> None:
-    a, b = node.args[ia], node.args[ib]
+def _record_matmul(g: DimGraph, call: Call, ia: int, ib: int) -> None:
+    node, a, b = call.node, call.at(ia), call.at(ib)
     if g.is_param_derived(b):
         g.use(node, ib, "matmul", (-2,), (-1,))
         _stack_axes(g, b, 2, "a batched matmul")
@@ -72,26 +70,26 @@ def _stack_axes(g: DimGraph, w, n_matrix: int, how: str) -> None:
 
 
 @rule("mm", "bmm", "matmul", product=(0, 1))
-def _mm(g: DimGraph, node: fx.Node) -> None:
-    _matmul_dims(g, node, node.args[0], node.args[1], node)
-    _record_matmul(g, node, 0, 1)
+def _mm(g: DimGraph, call: Call) -> None:
+    _matmul_dims(g, call.node, call.at(0), call.at(1), call.node)
+    _record_matmul(g, call, 0, 1)
 
 
 @rule("addmm", product=(1, 2), layer=Layer(weight=2, bias=0, input=1, out_axis=1))  # GPT-2's Conv1D: x @ W + b
 @rule("baddbmm", product=(1, 2))
 @rule("addbmm")
-def _addmm(g: DimGraph, node: fx.Node) -> None:
-    bias, a, b = node.args[:3]
+def _addmm(g: DimGraph, call: Call) -> None:
+    node, bias, a, b = call.node, call.at(0), call.at(1), call.at(2)
     _matmul_dims(g, node, a, b, node)
     g.broadcast(node, bias)
-    _record_matmul(g, node, 1, 2)
+    _record_matmul(g, call, 1, 2)
     if g.is_param_derived(bias):
         g.use(node, 0, "elementwise", (), tuple(range(_ndim(g, bias))))
 
 
 @rule("einsum")
-def _einsum(g: DimGraph, node: fx.Node) -> None:
-    eq, operands = node.args[0], node.args[1]
+def _einsum(g: DimGraph, call: Call) -> None:
+    node, eq, operands = call.node, call.arg("equation"), call.arg("tensors")
     lhs, _, out = eq.replace(" ", "").partition("->")
     specs = lhs.split(",")
     if "..." in eq or len(specs) != len(operands):
@@ -132,18 +130,15 @@ def _einsum(g: DimGraph, node: fx.Node) -> None:
 
 
 @rule("conv1d", "conv2d", "conv3d", "convolution", "conv1d.padding", "conv2d.padding", "conv3d.padding",
-      layer=Layer(weight=1, bias=2, input=0))
-@rule("conv_transpose1d", "conv_transpose2d.input", "conv_transpose3d.input")
-def _conv(g: DimGraph, node: fx.Node) -> None:
-    x, w = node.args[0], node.args[1]
-    b = node.args[2] if len(node.args) > 2 else None
-    dx, dw, do = g.dims(x), g.dims(w), g.dims(node)
-    if dx is None or dw is None or do is None:
-        return
+      layer=Layer(weight=1, bias=2, input=0), needs=("input", "weight", OUT))
+@rule("conv_transpose1d", "conv_transpose2d.input", "conv_transpose3d.input", needs=("input", "weight", OUT))
+def _conv(g: DimGraph, call: Call) -> None:
+    node, b = call.node, call.arg("bias")
+    dx, dw, do = call.dims("input"), call.dims("weight"), call.out
     transposed = node.target in (aten.conv_transpose1d.default, aten.conv_transpose2d.input,
                                  aten.conv_transpose3d.input) or (
-        node.target == aten.convolution.default and bool(node.args[6]))
-    groups = node.args[-1] if isinstance(node.args[-1], int) and not transposed else 1
+        node.target == aten.convolution.default and bool(call.arg("transposed")))
+    groups = 1 if transposed else call.arg("groups")
     batched = len(dx) == len(dw)
     c_axis = 1 if batched else 0
     in_ax, out_ax = (0, 1) if transposed else (1, 0)
@@ -169,16 +164,13 @@ def _conv(g: DimGraph, node: fx.Node) -> None:
         g.use(node, 2, "elementwise", (), (0,))
 
 
-@rule("_grouped_mm")
+@rule("_grouped_mm", needs=(0, 1, OUT))
 # transformers' CPU/compile fallback custom op (torch.ops.transformers.grouped_mm_fallback), matched by name
-@rule("transformers.grouped_mm_fallback.default")
-def _grouped_mm(g: DimGraph, node: fx.Node) -> None:
+@rule("transformers.grouped_mm_fallback.default", needs=(0, 1, OUT))
+def _grouped_mm(g: DimGraph, call: Call) -> None:
     """``out[s] = x[s] @ w[e(s)]``: (S, K) x (E, K, N) -> (S, N), rows grouped by expert through ``offs``."""
-    x, w = node.args[0], node.args[1]
-    offs = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
-    dx, dw, do = g.dims(x), g.dims(w), g.dims(node)
-    if dx is None or dw is None or do is None:
-        return
+    node, x, w, offs = call.node, call.at(0), call.at(1), call.arg("offs")  # (input, weight | mat2, offs)
+    dx, dw, do = g.dims(x), g.dims(w), call.out
     if len(dw) == 3 and len(dx) == 2:
         g.eq(dx[-1], dw[1])
         g.eq(do[-1], dw[2])
@@ -190,28 +182,19 @@ def _grouped_mm(g: DimGraph, node: fx.Node) -> None:
         _stack_axes(g, w, 2, "grouped matmul")
     else:  # 2-D x 2-D / 3-D x 3-D grouped forms: an ordinary (batched) matmul per group
         _matmul_dims(g, node, x, w, node)
-        _record_matmul(g, node, 0, 1)
+        _record_matmul(g, call, 0, 1)
 
 
-
-
-
-
-_RNN_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-
-
-@rule("lstm.input", "gru.input", "rnn_tanh.input", "rnn_relu.input")
-def _rnn(g: DimGraph, node: fx.Node) -> None:
+@rule("lstm.input", "gru.input", "rnn_tanh.input", "rnn_relu.input", needs=("input", OUTS))
+def _rnn(g: DimGraph, call: Call) -> None:
     """``aten.lstm/gru/rnn_*(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
     batch_first)``: per layer and direction (w_ih (G*H, in), w_hh (G*H, H)[, b_ih, b_hh][, w_hr (H, P)])."""
-    x, params = node.args[0], node.args[2]
-    has_bias, layers, bidir = bool(node.args[3]), int(node.args[4]), bool(node.args[7])
-    gates = _RNN_GATES[str(node.target).split(".")[1]]
+    node, params = call.node, call.arg("params")
+    has_bias, layers, bidir = bool(call.arg("has_biases")), int(call.arg("num_layers")), bool(call.arg("bidirectional"))
     dirs = 2 if bidir else 1
     per = len(params) // max(1, layers * dirs)
-    outs = g.node_dims.get(node.name)
-    dx = g.dims(x)
-    if not outs or dx is None or per not in (2, 3, 4, 5):
+    outs, dx = call.outs, call.dims("input")
+    if per not in (2, 3, 4, 5):
         return
     out, h_n = outs[0], outs[1]
     for a, b in zip(dx[:-1], out[:-1]):
@@ -221,7 +204,7 @@ def _rnn(g: DimGraph, node: fx.Node) -> None:
         g.scale(out[-1], h)
     else:
         g.eq(out[-1], h)
-    hx = node.args[1]
+    hx = call.arg("hx")
     for t in hx if isinstance(hx, (list, tuple)) else [hx]:
         dt = g.dims(t)
         if dt is not None:
@@ -257,10 +240,10 @@ def _rnn(g: DimGraph, node: fx.Node) -> None:
 
 
 @rule("_weight_norm")
-def _weight_norm(g: DimGraph, node: fx.Node) -> None:
+def _weight_norm(g: DimGraph, call: Call) -> None:
     """``w = g * v / ||v||`` (norm over every axis but ``dim``): later uses of w are uses of the direction v; the
     magnitude g scales each slice of w, elementwise."""
-    v, mag = node.args[0], node.args[1]
+    node, v, mag = call.node, call.arg("v"), call.arg("g")
     dv, dg = g.dims(v), g.dims(mag)
     g.eq_axes(v, node)
     if dg is not None and dv is not None and len(dg) == len(dv):

@@ -8,17 +8,19 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from .call import Call, Rule
 from .graph import DimGraph, _ndim
 from .table import declare, lookup, rule
 
 aten = torch.ops.aten
 
-__all__ = ["pointwise"]
+__all__ = ["pointwise", "POINTWISE"]
 
 
-def pointwise(g: DimGraph, node: fx.Node) -> None:
+def pointwise(g: DimGraph, call: Call) -> None:
     """The default rule of ops tagged pointwise: right-aligned broadcasting; a parameter operand is used
     elementwise."""
+    node = call.node
     tensors = [a for a in node.args if isinstance(a, fx.Node)] + [
         v for v in node.kwargs.values() if isinstance(v, fx.Node)
     ]
@@ -28,6 +30,8 @@ def pointwise(g: DimGraph, node: fx.Node) -> None:
             nd = _ndim(g, a)
             g.use(node, i, "elementwise", (), tuple(range(nd)))
 
+
+POINTWISE = Rule(pointwise)
 
 declare("mul.Tensor", "div.Tensor", linear_combination=True, scaling=True)
 declare("mul.Scalar", "div.Scalar", scaling=True)
@@ -48,9 +52,8 @@ declare("sub.Tensor", "neg", linear_combination=True)
       "alpha_dropout", "hardtanh_", "relu_", "silu_", "gelu_", "sigmoid_", "tanh_", "hardswish", "hardsigmoid",
       "hardtanh", "mish", "softplus", "elu", "leaky_relu", "celu", "selu", "log_sigmoid", "bernoulli_.float",
       "bernoulli_.Tensor")
-def _same_shape(g: DimGraph, node: fx.Node) -> None:
-    src = node.args[0]
-    out = g.node_dims.get(node.name)
+def _same_shape(g: DimGraph, call: Call) -> None:
+    node, src, out = call.node, call.at(0), call.outs
     if out and not isinstance(out[0], int):  # native_dropout returns (out, mask)
         for o in out:
             if isinstance(o, list):
@@ -68,32 +71,32 @@ def _same_shape(g: DimGraph, node: fx.Node) -> None:
 @rule("where.self", "where.ScalarSelf", "where.ScalarOther", "masked_fill_.Scalar", "masked_fill_.Tensor", "copy_",
       "copy", "fill_.Scalar", "fill_.Tensor", "zero_", "clamp_min_", "clamp_max_", "greater.Tensor",
       "greater_equal.Tensor", "less.Tensor", "less_equal.Tensor", "not_equal.Tensor")
-def _masked(g: DimGraph, node: fx.Node) -> None:
-    pointwise(g, node)
+def _masked(g: DimGraph, call: Call) -> None:
+    pointwise(g, call)
 
 
 @rule("__and__.Tensor", "__or__.Tensor", "__xor__.Tensor", "logical_and", "logical_or", "floor_divide",
       "floor_divide.Scalar", "remainder.Tensor", "remainder.Scalar", "bitwise_and.Tensor", "bitwise_or.Tensor")
-def _logical(g: DimGraph, node: fx.Node) -> None:
-    pointwise(g, node)
+def _logical(g: DimGraph, call: Call) -> None:
+    pointwise(g, call)
 
 
 @rule("diff")
-def _diff(g: DimGraph, node: fx.Node) -> None:
-    g.eq_axes(node.args[0], node)  # the differenced axis shrinks by one, so eq() skips it
+def _diff(g: DimGraph, call: Call) -> None:
+    g.eq_axes(call.arg("input"), call.node)  # the differenced axis shrinks by one, so eq() skips it
 
 
 @rule("_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size")
-def _no_op(g: DimGraph, node: fx.Node) -> None:
+def _no_op(g: DimGraph, call: Call) -> None:
     pass
 
 
 @rule("arange", "arange.start", "arange.start_step", "ones", "zeros", "full", "empty.memory_format", "new_ones",
       "new_zeros", "new_full", "new_empty", "scalar_tensor", "randn", "rand", "eye", "sym_size.int")
-def _created(g: DimGraph, node: fx.Node) -> None:
+def _created(g: DimGraph, call: Call) -> None:
     """Record the axes of a tensor the forward creates (``arange(16)`` for sinusoidal features, a literal table):
     the width analysis fixes those no layer produces, as it fixes the model's inputs."""
-    if node.target != aten.sym_size.int:
-        dims = g.node_dims.get(node.name)
+    if call.target != aten.sym_size.int:
+        dims = call.outs
         if dims and isinstance(dims[0], int):
             g.created.update(d for d in dims if g.size[d] > 1)

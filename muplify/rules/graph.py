@@ -49,21 +49,21 @@ class DimGraph:
 
     parent: list[int] = field(default_factory=list)
     size: list[int] = field(default_factory=list)
-    node_dims: dict[str, list] = field(default_factory=dict)  # node name -> [dim ids] (or list of lists for tuples)
+    node_dims: dict[fx.Node, list] = field(default_factory=dict)  # node -> [dim ids] (or list of lists for tuples)
     relations: list[tuple[str, int, tuple[int, ...]]] = field(default_factory=list)  # (kind, out, parts)
     finite_reasons: dict[int, str] = field(default_factory=dict)
-    # node name -> (param placeholder name, axis map: node axis -> param axis or None)
-    origin: dict[str, tuple[str, list]] = field(default_factory=dict)
+    # node -> (param placeholder name, axis map: node axis -> param axis or None)
+    origin: dict[fx.Node, tuple[str, list]] = field(default_factory=dict)
     uses: dict[str, list[Use]] = field(default_factory=dict)  # param placeholder -> uses
     attention: list[AttentionSite] = field(default_factory=list)
     unknown_ops: dict[str, int] = field(default_factory=dict)
     # dims an op selects along (topk, sort, argmax): finite when nothing downstream reads them as features
     selected: dict[int, str] = field(default_factory=dict)
-    # node name -> further (param, axis map) pairs, for a tensor stacked/concatenated from several parameters
-    more_origins: dict[str, list] = field(default_factory=dict)
+    # node -> further (param, axis map) pairs, for a tensor stacked/concatenated from several parameters
+    more_origins: dict[fx.Node, list] = field(default_factory=dict)
     # grouped convs: (use, per-group input-channel dim, input-channel dim of the activation, groups)
     grouped_convs: list = field(default_factory=list)
-    item_origins: dict[tuple[str, int], list] = field(default_factory=dict)  # (tuple node, index) -> origins
+    item_origins: dict[tuple[fx.Node, int], list] = field(default_factory=dict)  # (tuple node, index) -> origins
     slices: dict[int, int] = field(default_factory=dict)  # dim of a slice's output -> the sliced dim
     # (node, dim) contracted between two activations outside attention (an SSM state, a contrastive embedding)
     act_contractions: list = field(default_factory=list)
@@ -84,7 +84,7 @@ class DimGraph:
 
     def alloc(self, node: fx.Node) -> None:
         val = node.meta.get("val")
-        self.node_dims[node.name] = self._alloc_val(val)
+        self.node_dims[node] = self._alloc_val(val)
 
     def _alloc_val(self, val):
         if isinstance(val, torch.Tensor):
@@ -96,7 +96,7 @@ class DimGraph:
     def dims(self, node) -> list[int] | None:
         if not isinstance(node, fx.Node):
             return None
-        d = self.node_dims.get(node.name)
+        d = self.node_dims.get(node)
         if d and not isinstance(d[0], int):  # a tuple-valued node: use node_dims for its parts
             return None
         return d
@@ -182,27 +182,27 @@ class DimGraph:
 
     def origins(self, x) -> list[tuple[str, list]]:
         """Every (parameter placeholder, axis map) that tensor ``x`` is a view of."""
-        if not isinstance(x, fx.Node) or x.name not in self.origin:
+        if not isinstance(x, fx.Node) or x not in self.origin:
             return []
-        return [self.origin[x.name], *self.more_origins.get(x.name, [])]
+        return [self.origin[x], *self.more_origins.get(x, [])]
 
     def derive(self, node: fx.Node, src, axis_map: list) -> None:
         """``node`` is a view/cast of parameter-derived ``src``; ``axis_map[i]`` is the src axis of node axis i."""
         derived = [(param, [None if a is None or a >= len(src_map) else src_map[a] for a in axis_map])
                    for param, src_map in self.origins(src)]
         if derived:
-            self.origin[node.name] = derived[0]
+            self.origin[node] = derived[0]
             if len(derived) > 1:
-                self.more_origins[node.name] = derived[1:]
+                self.more_origins[node] = derived[1:]
 
     def derive_item(self, node: fx.Node, index: int, src, axis_map: list) -> None:
         """Item ``index`` of tuple-valued ``node`` (split, chunk, unbind) is a view of parameter-derived ``src``."""
         for param, src_map in self.origins(src):
-            self.item_origins.setdefault((node.name, index), []).append(
+            self.item_origins.setdefault((node, index), []).append(
                 (param, [None if a is None else src_map[a] for a in axis_map]))
 
     def is_param_derived(self, x) -> bool:
-        return isinstance(x, fx.Node) and x.name in self.origin
+        return isinstance(x, fx.Node) and x in self.origin
 
 
 def _int(s) -> int:
@@ -223,10 +223,6 @@ def _norm_axis(a: int, n: int) -> int:
 
 def _opname(node: fx.Node) -> str:
     return str(node.target).replace("aten.", "").split(".")[0]
-
-
-def _axis(node: fx.Node, pos: int, name: str, default=-1):
-    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
 
 
 def _aten_op(name: str):

@@ -5,18 +5,17 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .graph import DimGraph, _axis, _ndim, _norm_axis, _opname, _ops
+from .call import OUT, Call
+from .graph import DimGraph, _ndim, _norm_axis, _opname, _ops
 from .table import Layer, rule
 
 aten = torch.ops.aten
 
 
-@rule("embedding", layer=Layer(weight=0, bias=None, input=None, out_axis=1))
-def _embedding(g: DimGraph, node: fx.Node) -> None:
-    w, idx = node.args[0], node.args[1]
-    dw, di, do = g.dims(w), g.dims(idx), g.dims(node)
-    if dw is None or do is None:
-        return
+@rule("embedding", layer=Layer(weight=0, bias=None, input=None, out_axis=1), needs=("weight", OUT))
+def _embedding(g: DimGraph, call: Call) -> None:
+    node = call.node
+    dw, di, do = call.dims("weight"), call.dims("indices"), call.out
     g.eq(dw[-1], do[-1])
     for a, b in zip(di or [], do[:-1]):
         g.eq(a, b)
@@ -24,13 +23,11 @@ def _embedding(g: DimGraph, node: fx.Node) -> None:
     g.use(node, 0, "embedding", (0,), (1,))
 
 
-@rule("index_select")
-def _index_select(g: DimGraph, node: fx.Node) -> None:
-    src, axis, idx = node.args
-    di, do = g.dims(src), g.dims(node)
-    if di is None or do is None:
-        return
-    axis = _norm_axis(axis, len(di))
+@rule("index_select", needs=("input", OUT))
+def _index_select(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    di, do = call.dims(src), call.out
+    axis = _norm_axis(call.arg("dim"), len(di))
     for i in range(len(di)):
         if i != axis:
             g.eq(di[i], do[i])
@@ -39,12 +36,10 @@ def _index_select(g: DimGraph, node: fx.Node) -> None:
         _lookup(g, node, src, (axis,), [None if i == axis else i for i in range(len(di))])
 
 
-@rule("index.Tensor")
-def _index(g: DimGraph, node: fx.Node) -> None:
-    src, indices = node.args[0], node.args[1]
-    di, do = g.dims(src), g.dims(node)
-    if di is None or do is None:
-        return
+@rule("index.Tensor", needs=("input", OUT))
+def _index(g: DimGraph, call: Call) -> None:
+    node, src, indices = call.node, call.arg("input"), call.arg("indices")
+    di, do = call.dims(src), call.out
     lead = 0
     while lead < len(indices) and indices[lead] is None:
         lead += 1
@@ -73,12 +68,9 @@ def _lookup(g: DimGraph, node: fx.Node, src, indexed: tuple[int, ...], axis_map:
         g.use(node, 0, "embedding", indexed, tuple(i for i in range(_ndim(g, src)) if i not in indexed))
 
 
-@rule("one_hot")
-def _one_hot(g: DimGraph, node: fx.Node) -> None:
-    idx, do = node.args[0], g.dims(node)
-    di = g.dims(idx)
-    if do is None:
-        return
+@rule("one_hot", needs=(OUT,))
+def _one_hot(g: DimGraph, call: Call) -> None:
+    di, do = call.dims("input"), call.out
     for a, b in zip(di or [], do[:-1]):
         g.eq(a, b)
     g.finite(do[-1], "classes of one_hot")
@@ -87,35 +79,31 @@ def _one_hot(g: DimGraph, node: fx.Node) -> None:
 @rule("scatter.src", "scatter.value", "scatter.reduce", "scatter.value_reduce", "scatter_.src", "scatter_.value",
       "scatter_add", "scatter_add_", "scatter_reduce.two", "scatter_reduce_.two", "index_add", "index_add_",
       "index_copy", "index_copy_", "index_fill.int_Scalar", "index_fill.int_Tensor", "index_fill_.int_Scalar",
-      "index_fill_.int_Tensor", "index_reduce", "index_reduce_")
-def _scatter(g: DimGraph, node: fx.Node) -> None:
+      "index_fill_.int_Tensor", "index_reduce", "index_reduce_", needs=("input",))
+def _scatter(g: DimGraph, call: Call) -> None:
     """Writes into ``self`` at integer positions along ``dim``: that axis is indexed."""
-    src = node.args[0]
-    di = g.dims(src)
-    if di is None:
-        return
+    node, src = call.node, call.arg("input")
+    di = call.dims(src)
     g.eq_axes(src, node)
-    axis = _norm_axis(_axis(node, 1, "dim", 0), len(di))
+    axis = _norm_axis(call.get("dim", 0), len(di))
     g.finite(di[axis], f"written at integer positions ({_opname(node)})")
     name = str(node.target)
-    values = node.args[3] if len(node.args) > 3 and ("scatter" in name or "index_add" in name or
-                                                     "index_copy" in name or "index_reduce" in name) else None
+    # the values written (src / source; index_fill writes a scalar)
+    values = call.at(3) if "scatter" in name or "index_add" in name or "index_copy" in name or "index_reduce" in name \
+        else None
     dv = g.dims(values)
     if dv is not None and len(dv) == len(di):
         for i in range(len(di)):
             if i != axis:
                 g.eq(dv[i], di[i])
         if "index_" in name:  # index_add/copy: source's dim axis runs along the index
-            g.eq(dv[axis], (g.dims(node.args[2]) or [dv[axis]])[0])
+            g.eq(dv[axis], (call.dims("index") or [dv[axis]])[0])
 
 
-@rule("index_put", "index_put_", "_index_put_impl_", "_unsafe_index_put")
-def _index_put(g: DimGraph, node: fx.Node) -> None:
-    src, indices = node.args[0], node.args[1]
-    values = node.args[2] if len(node.args) > 2 else None
-    di = g.dims(src)
-    if di is None:
-        return
+@rule("index_put", "index_put_", "_index_put_impl_", "_unsafe_index_put", needs=("input",))
+def _index_put(g: DimGraph, call: Call) -> None:
+    node, src, indices, values = call.node, call.arg("input"), call.arg("indices"), call.arg("values")
+    di = call.dims(src)
     g.eq_axes(src, node)
     indexed = [k for k, t in enumerate(indices) if t is not None]
     for k in indexed:
@@ -129,14 +117,14 @@ def _index_put(g: DimGraph, node: fx.Node) -> None:
 
 
 @rule("gather", "take_along_dim")
-def _gather(g: DimGraph, node: fx.Node) -> None:
-    src, idx = node.args[0], node.args[2] if node.target in _ops("gather.default") else node.args[1]
+def _gather(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    idx = call.arg("index") if node.target in _ops("gather.default") else call.arg("indices")
     di, dx = g.dims(src), g.dims(idx)
     g.eq_axes(idx, node)  # output has the index's shape
     if di is None:
         return
-    axis = _norm_axis(_axis(node, 1, "dim", 0) if node.target in _ops("gather.default") else _axis(node, 2, "dim", 0),
-                      len(di))
+    axis = _norm_axis(call.get("dim", 0), len(di))
     if dx is not None and len(dx) == len(di):
         for i in range(len(di)):
             if i != axis:
@@ -146,12 +134,9 @@ def _gather(g: DimGraph, node: fx.Node) -> None:
         g.use(node, 0, "embedding", (axis,), tuple(i for i in range(len(di)) if i != axis))
 
 
-@rule("repeat_interleave.self_int", "repeat_interleave.self_Tensor")
-def _repeat_interleave(g: DimGraph, node: fx.Node) -> None:
-    src, di, do = node.args[0], g.dims(node.args[0]), g.dims(node)
-    dim = _axis(node, 2, "dim", None)
-    if di is None or do is None:
-        return
+@rule("repeat_interleave.self_int", "repeat_interleave.self_Tensor", needs=("input", OUT))
+def _repeat_interleave(g: DimGraph, call: Call) -> None:
+    di, do, dim = call.dims("input"), call.out, call.get("dim")
     if dim is None:  # flattened
         g.prod([do[0]], di)
         return
@@ -165,7 +150,7 @@ def _repeat_interleave(g: DimGraph, node: fx.Node) -> None:
 
 @rule("nonzero", "argwhere", "masked_select", "unique_consecutive", "_unique2", "unique_dim", "item",
       "_local_scalar_dense", "nonzero_static", "masked_scatter", "masked_scatter_")
-def _data_dependent(g: DimGraph, node: fx.Node) -> None:
+def _data_dependent(g: DimGraph, call: Call) -> None:
     """Outputs sized by the data: they carry no width."""
-    if node.target in _ops("masked_scatter.default", "masked_scatter_.default"):
-        g.eq_axes(node.args[0], node)
+    if call.target in _ops("masked_scatter.default", "masked_scatter_.default"):
+        g.eq_axes(call.arg("input"), call.node)

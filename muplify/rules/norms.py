@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from .call import Call
 from .graph import DimGraph, _ndim
 from .table import Norm, norm_slots, rule
 
@@ -13,11 +14,11 @@ aten = torch.ops.aten
 
 @rule("layer_norm", "native_layer_norm", norm=Norm(weight=2, bias=3))
 @rule("rms_norm", norm=Norm(weight=2))
-def _layer_norm(g: DimGraph, node: fx.Node) -> None:
-    x = node.args[0]
-    out = node if g.dims(node) is not None else None
+def _layer_norm(g: DimGraph, call: Call) -> None:
+    node, x = call.node, call.arg("input")
+    out = node if call.out is not None else None
     if out is None:
-        outs = g.node_dims.get(node.name)
+        outs = call.outs
         if outs:
             for a, b in zip(g.dims(x) or [], outs[0]):
                 g.eq(a, b)
@@ -25,7 +26,7 @@ def _layer_norm(g: DimGraph, node: fx.Node) -> None:
         g.eq_axes(x, node)
     slots = norm_slots(node.target)
     for i in (slots.weight, slots.bias):
-        p = node.args[i] if i is not None and len(node.args) > i else None
+        p = call.at(i) if i is not None else None
         if isinstance(p, fx.Node):
             dp, dx = g.dims(p), g.dims(x)
             if dp is not None and dx is not None:
@@ -35,22 +36,19 @@ def _layer_norm(g: DimGraph, node: fx.Node) -> None:
 
 
 @rule("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
-      "_native_batch_norm_legit", "native_batch_norm", "instance_norm", norm=Norm(weight=1, bias=2, stats=(3, 4)))
-@rule("group_norm", norm=Norm(weight=2, bias=3))
-@rule("native_group_norm", norm=Norm(weight=1, bias=2))
-def _batch_norm(g: DimGraph, node: fx.Node) -> None:
-    x = node.args[0]
-    dx = g.dims(x)
-    if dx is None:
-        return
-    outs = g.node_dims.get(node.name)
+      "_native_batch_norm_legit", "native_batch_norm", "instance_norm", norm=Norm(weight=1, bias=2, stats=(3, 4)),
+      needs=("input",))
+@rule("group_norm", norm=Norm(weight=2, bias=3), needs=("input",))
+@rule("native_group_norm", norm=Norm(weight=1, bias=2), needs=("input",))
+def _batch_norm(g: DimGraph, call: Call) -> None:
+    node, dx, outs = call.node, call.dims("input"), call.outs
     first = outs if outs and isinstance(outs[0], int) else (outs[0] if outs else None)
     if isinstance(first, list):
         for a, b in zip(dx, first):
             g.eq(a, b)
     slots = norm_slots(node.target)
     for i in (slots.weight, slots.bias, *slots.stats):
-        p = node.args[i] if len(node.args) > i else None
+        p = call.at(i)
         dp = g.dims(p)
         if dp is not None and len(dp) == 1 and len(dx) > 1:
             g.eq(dp[0], dx[1])

@@ -3,26 +3,21 @@ histc): the axes they act on hold a fixed set of alternatives (classes, position
 from __future__ import annotations
 
 import torch
-import torch.fx as fx
 
-from .graph import DimGraph, _axis, _norm_axis, _opname, _ops
+from .call import OUTS, Call
+from .graph import DimGraph, _norm_axis, _opname, _ops
 from .table import is_arg_reduction, rule
 
 aten = torch.ops.aten
 
 
-@rule("argmax", "argmin", "max.dim", "min.dim", arg_reduction=True)
+@rule("argmax", "argmin", "max.dim", "min.dim", arg_reduction=True, needs=("input", OUTS))
 @rule("sum.dim_IntList", "mean.dim", "amax", "amin", "var.correction", "std.correction", "var.dim", "std.dim",
-      "linalg_vector_norm", "norm.ScalarOpt_dim", "logsumexp", "any.dim", "all.dim", "prod.dim_int")
-def _reduce(g: DimGraph, node: fx.Node) -> None:
-    src = node.args[0]
-    di = g.dims(src)
-    outs = g.node_dims.get(node.name)
-    if di is None or not outs:
-        return
-    dims_arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if node.target == aten.linalg_vector_norm.default:
-        dims_arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+      "linalg_vector_norm", "norm.ScalarOpt_dim", "logsumexp", "any.dim", "all.dim", "prod.dim_int",
+      needs=("input", OUTS))
+def _reduce(g: DimGraph, call: Call) -> None:
+    node, di, outs = call.node, call.dims("input"), call.outs
+    dims_arg = call.get("dim")
     if dims_arg is None:
         return
     if isinstance(dims_arg, int):
@@ -45,12 +40,9 @@ def _reduce(g: DimGraph, node: fx.Node) -> None:
                 g.eq(di[i], o[j])
 
 
-@rule("cross_entropy_loss", "nll_loss", "nll_loss_nd", "nll_loss_forward", "nll_loss2d_forward")
-def _nll(g: DimGraph, node: fx.Node) -> None:
-    x, target = node.args[0], node.args[1]
-    dx, dt = g.dims(x), g.dims(target)
-    if dx is None:
-        return
+@rule("cross_entropy_loss", "nll_loss", "nll_loss_nd", "nll_loss_forward", "nll_loss2d_forward", needs=("input",))
+def _nll(g: DimGraph, call: Call) -> None:
+    dx, dt = call.dims("input"), call.dims("target")
     c_axis = 1 if len(dx) > 1 else 0
     g.finite(dx[c_axis], "class dim indexed by the loss target")
     if g.size[dx[c_axis]] != 1:
@@ -68,15 +60,11 @@ def _nll(g: DimGraph, node: fx.Node) -> None:
       aten.avg_pool2d.default, aten.avg_pool3d.default, aten.adaptive_avg_pool1d.default,
       aten.adaptive_avg_pool2d.default, aten.adaptive_avg_pool3d.default, aten.adaptive_max_pool2d.default,
       aten.max_pool2d_with_indices.default, aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec,
-      aten.pad.default, aten.constant_pad_nd.default)
-def _pool(g: DimGraph, node: fx.Node) -> None:
-    x = node.args[0]
-    dx = g.dims(x)
-    outs = g.node_dims.get(node.name)
-    if dx is None or not outs:
-        return
+      aten.pad.default, aten.constant_pad_nd.default, needs=("input", OUTS))
+def _pool(g: DimGraph, call: Call) -> None:
+    node, dx, outs = call.node, call.dims("input"), call.outs
     do = outs if isinstance(outs[0], int) else outs[0]
-    spatial = 1 if node.target not in (aten.pad.default, aten.constant_pad_nd.default) else len(node.args[1]) // 2
+    spatial = 1 if node.target not in (aten.pad.default, aten.constant_pad_nd.default) else len(call.arg("pad")) // 2
     n_sp = {aten.max_pool1d.default: 1, aten.avg_pool1d.default: 1, aten.adaptive_avg_pool1d.default: 1,
             aten.max_pool3d.default: 3, aten.avg_pool3d.default: 3, aten.adaptive_avg_pool3d.default: 3}.get(
         node.target, 2 if spatial == 1 else spatial)
@@ -90,18 +78,10 @@ def _pool(g: DimGraph, node: fx.Node) -> None:
             g.scale(do[i], dx[i])
 
 
-@rule("topk", "sort", "sort.stable", "kthvalue", "mode")
-def _topk(g: DimGraph, node: fx.Node) -> None:
-    src, outs = node.args[0], g.node_dims.get(node.name)
-    di = g.dims(src)
-    if di is None or not outs:
-        return
-    if node.target in _ops("topk.default"):
-        axis = _norm_axis(_axis(node, 2, "dim"), len(di))
-    elif node.target in _ops("sort.stable"):
-        axis = _norm_axis(node.kwargs.get("dim", _axis(node, 2, "dim")), len(di))
-    else:
-        axis = _norm_axis(_axis(node, 1, "dim"), len(di))
+@rule("topk", "sort", "sort.stable", "kthvalue", "mode", needs=("input", OUTS))
+def _topk(g: DimGraph, call: Call) -> None:
+    node, di, outs = call.node, call.dims("input"), call.outs
+    axis = _norm_axis(call.get("dim", -1), len(di))
     for o in outs:
         if isinstance(o, list):
             if len(o) == len(di):
@@ -119,19 +99,17 @@ def _topk(g: DimGraph, node: fx.Node) -> None:
     g.selected.setdefault(di[axis], f"selected along by {_opname(node)}")
 
 
-@rule("argsort", "argsort.stable")
-def _argsort(g: DimGraph, node: fx.Node) -> None:
-    src, di = node.args[0], g.dims(node.args[0])
-    if di is None:
-        return
+@rule("argsort", "argsort.stable", needs=("input",))
+def _argsort(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    di = call.dims(src)
     g.eq_axes(src, node)
-    axis = _norm_axis(node.kwargs.get("dim", _axis(node, 1, "dim")) if node.target in _ops("argsort.stable")
-                      else _axis(node, 1, "dim"), len(di))
+    axis = _norm_axis(call.get("dim", -1), len(di))
     g.selected.setdefault(di[axis], f"selected along by {_opname(node)}")
 
 
 @rule("histc", "bincount")
-def _count(g: DimGraph, node: fx.Node) -> None:
-    do = g.dims(node)
+def _count(g: DimGraph, call: Call) -> None:
+    do = call.out
     if do:
-        g.finite(do[0], f"bins of {_opname(node)}")
+        g.finite(do[0], f"bins of {_opname(call.node)}")

@@ -3,8 +3,12 @@
 Every later stage asks the table instead of keeping its own set of ops (a view, a cast, a norm and its gain/bias
 slots, a linear layer and its weight/bias/input slots, a product of two operands, a softmax, a selection, ...)::
 
-    @rule(aten.native_layer_norm, norm=Norm(weight=2, bias=3))   # a packet: every overload
-    def _layer_norm(g: DimGraph, node: fx.Node) -> None: ...
+    @rule(aten.native_layer_norm, norm=Norm(weight=2, bias=3), needs=("input",))   # a packet: every overload
+    def _layer_norm(g: DimGraph, call: Call) -> None: ...
+
+A rule reads its arguments from the :class:`~muplify.rules.call.Call` the dispatcher builds once per node (names
+from the op's schema, dims of its operands); ``needs`` names the operands (by name or position; ``OUT``/``OUTS``
+for the result) whose dims it needs: without them the rule is not run.
 
 An op is given as an ``OpOverload``, an ``OpOverloadPacket`` (expanded to every overload it has), a string
 ``"packet.overload"`` (resolved in ``torch.ops.aten``; a packet this torch lacks is skipped, an overload the packet
@@ -20,6 +24,8 @@ from typing import Callable
 
 import torch
 import torch.fx as fx
+
+from .call import Rule
 
 aten = torch.ops.aten
 
@@ -53,7 +59,7 @@ class Layer:
 class OpInfo:
     """What one op is.  ``fn`` is its dimension rule (None: the pointwise default or none)."""
 
-    fn: Callable | None = None
+    fn: Rule | None = None
     view_like: bool = False  # moves or reinterprets entries, no arithmetic (view, permute, expand, casts, dropout)
     cast: bool = False  # the same values and axes as its input (a copy, a dtype cast): views of a parameter stay views
     keeps_axes: bool = False  # every output axis is the input's axis in place (clone, casts, dropout)
@@ -100,24 +106,26 @@ def _check(props: dict) -> None:
         raise TypeError(f"unknown op properties {sorted(unknown)}; known: {', '.join(_PROPS)}")
 
 
-def rule(*ops, **props) -> Callable:
-    """Register ``fn`` as the dimension rule of ``ops``, with the properties ``props`` (see :class:`OpInfo`)."""
+def rule(*ops, needs: tuple = (), **props) -> Callable:
+    """Register ``fn(g, call)`` as the dimension rule of ``ops``, run only when the dims of the operands in
+    ``needs`` are known, with the properties ``props`` (see :class:`OpInfo`)."""
     _check(props)
     targets = [t for op in ops for t in _resolve(op)]
 
     def register(fn):
+        entry = Rule(fn, tuple(needs))
         for t in targets:  # check every target before registering any: a failed registration changes nothing
             old = TABLE.get(t)
             if old is not None and old.fn is not None:
-                raise ValueError(f"{t} already has a rule ({old.fn.__module__}.{old.fn.__name__}); "
+                raise ValueError(f"{t} already has a rule ({old.fn.fn.__module__}.{old.fn.fn.__name__}); "
                                  f"unregister it first to replace it with {fn.__name__}")
             clash = {k for k, v in props.items() if old is not None and getattr(old, k) not in (v, False, None)}
             if clash:
                 raise ValueError(f"{t}: properties {sorted(clash)} were declared differently")
         for t in targets:
             old = TABLE.get(t)  # declared properties, now a rule: keep both
-            TABLE[t] = replace(old, fn=fn, **props) if old is not None else OpInfo(fn=fn, user=_BUILTINS_LOADED,
-                                                                                    **props)
+            TABLE[t] = replace(old, fn=entry, **props) if old is not None else OpInfo(
+                fn=entry, user=_BUILTINS_LOADED, **props)
         return fn
 
     return register
@@ -162,7 +170,7 @@ def is_pointwise(target) -> bool:
     return torch.Tag.pointwise in getattr(target, "tags", ())
 
 
-def rule_for(target) -> Callable | None:
+def rule_for(target) -> Rule | None:
     """The rule of ``target``; an in-place op without one uses its out-of-place op's rule (or the pointwise one)."""
     fn = lookup(target).fn
     if fn is None and isinstance(target, torch._ops.OpOverload):
@@ -174,10 +182,10 @@ def rule_for(target) -> Callable | None:
     return fn
 
 
-def _pointwise():
-    from .elementwise import pointwise
+def _pointwise() -> Rule:
+    from .elementwise import POINTWISE
 
-    return pointwise
+    return POINTWISE
 
 
 def _target(x):

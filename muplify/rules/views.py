@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 import torch.fx as fx
 
+from .call import OUT, OUTS, Call
 from .graph import DimGraph, Use, _ndim, _norm_axis, _ops
 from .table import rule
 
@@ -37,15 +38,13 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
     return groups
 
 
-@rule("view", "reshape", view_like=True, softmax_path=True)
+@rule("view", "reshape", view_like=True, softmax_path=True, needs=("input", OUT))
 @rule("_unsafe_view", "flatten.using_ints", "unflatten.int", "squeeze", "squeeze.dim", "squeeze.dims", "unsqueeze",
-      view_like=True)
-@rule("view.dtype")
-def _reshape(g: DimGraph, node: fx.Node) -> None:
-    src = node.args[0]
-    di, do = g.dims(src), g.dims(node)
-    if di is None or do is None:
-        return
+      view_like=True, needs=("input", OUT))
+@rule("view.dtype", needs=("input", OUT))
+def _reshape(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    di, do = call.dims(src), call.out
     si, so = [g.size[d] for d in di], [g.size[d] for d in do]
     axis_map: list = [None] * len(do)
     for gi, gj in _reshape_groups(si, so):
@@ -66,17 +65,17 @@ _LAST_TWO = set(_ops("mT.default", "mH.default", "adjoint.default"))
 @rule("permute", "transpose.int", view_like=True, softmax_path=True)
 @rule("t", view_like=True)
 @rule("swapaxes", "swapdims", "numpy_T", "mT", "mH", "adjoint", "movedim.int", "movedim.intlist")
-def _permute(g: DimGraph, node: fx.Node) -> None:
+def _permute(g: DimGraph, call: Call) -> None:
     """Transposes of every spelling (``W.T``, ``W.mT``, ``W.t()``, ``permute``, ``movedim``): a view with its axes
     permuted, so a parameter used as ``h @ W.T`` keeps its fans."""
-    src = node.args[0]
+    node, src = call.node, call.arg("input")
     n = _ndim(g, src)
     if node.target == aten.permute.default:
-        perm = [_norm_axis(p, n) for p in node.args[1]]
+        perm = [_norm_axis(p, n) for p in call.arg("dims")]
     elif node.target in _REVERSE_ALL:
         perm = list(range(n))[::-1]
     elif "movedim" in str(node.target):
-        s, d = node.args[1], node.args[2]
+        s, d = call.arg("source"), call.arg("destination")
         s, d = ([s], [d]) if isinstance(s, int) else (list(s), list(d))
         s, d = [_norm_axis(a, n) for a in s], [_norm_axis(a, n) for a in d]
         rest = iter([a for a in range(n) if a not in s])
@@ -88,20 +87,18 @@ def _permute(g: DimGraph, node: fx.Node) -> None:
             if node.target in _LAST_TWO:
                 a, b = n - 2, n - 1
             else:
-                a, b = (node.args[1], node.args[2]) if len(node.args) > 2 else (0, 1)
+                a, b = (0, 1) if node.target == aten.t.default else (call.at(1), call.at(2))
             a, b = _norm_axis(a, n), _norm_axis(b, n)
             perm[a], perm[b] = perm[b], perm[a]
     g.eq_axes(src, node, [(p, i) for i, p in enumerate(perm)])
     g.derive(node, src, perm)
 
 
-@rule("expand", view_like=True, softmax_path=True)
-@rule("expand_as", "repeat", "broadcast_to")
-def _expand(g: DimGraph, node: fx.Node) -> None:
-    src = node.args[0]
-    di, do = g.dims(src), g.dims(node)
-    if di is None or do is None:
-        return
+@rule("expand", view_like=True, softmax_path=True, needs=("input", OUT))
+@rule("expand_as", "repeat", "broadcast_to", needs=("input", OUT))
+def _expand(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    di, do = call.dims(src), call.out
     off = len(do) - len(di)
     axis_map: list = [None] * len(do)
     for i, d in enumerate(di):
@@ -112,13 +109,11 @@ def _expand(g: DimGraph, node: fx.Node) -> None:
     g.derive(node, src, axis_map)
 
 
-@rule("slice.Tensor", selection=True, linear_combination=True)
-@rule("narrow", selection=True)
-def _slice(g: DimGraph, node: fx.Node) -> None:
-    src = node.args[0]
-    di, do = g.dims(src), g.dims(node)
-    if di is None or do is None:
-        return
+@rule("slice.Tensor", selection=True, linear_combination=True, needs=("input", OUT))
+@rule("narrow", selection=True, needs=("input", OUT))
+def _slice(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    di, do = call.dims(src), call.out
     for i, (a, b) in enumerate(zip(di, do)):
         g.eq(a, b)  # only unifies axes the slice leaves whole (eq ignores different sizes)
         if g.size[a] != g.size[b] and g.size[b] > 0:
@@ -126,13 +121,11 @@ def _slice(g: DimGraph, node: fx.Node) -> None:
     g.derive(node, src, list(range(len(do))))
 
 
-@rule("select.int", selection=True)
-def _select(g: DimGraph, node: fx.Node) -> None:
-    src, axis = node.args[0], node.args[1]
-    di, do = g.dims(src), g.dims(node)
-    if di is None or do is None:
-        return
-    axis = _norm_axis(axis, len(di))
+@rule("select.int", selection=True, needs=("input", OUT))
+def _select(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    di, do = call.dims(src), call.out
+    axis = _norm_axis(call.arg("dim"), len(di))
     keep = [i for i in range(len(di)) if i != axis]
     g.eq_axes(src, node, [(i, j) for j, i in enumerate(keep)])
     _indexed_by_int(g, src, di[axis], "indexed by a Python integer (W[i])")
@@ -148,17 +141,12 @@ def _indexed_by_int(g: DimGraph, src, d: int, why: str) -> None:
         g.selected.setdefault(d, "indexed by a Python integer (x[..., i])")
 
 
-@rule("split.Tensor", "split_with_sizes", "chunk", "unbind.int", selection=True)
-@rule("split.sizes")
-def _split(g: DimGraph, node: fx.Node) -> None:
-    src = node.args[0]
-    di, outs = g.dims(src), g.node_dims.get(node.name)
-    if di is None or not outs:
-        return
-    axis = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    if node.target == aten.unbind.int:
-        axis = node.args[1] if len(node.args) > 1 else 0
-    axis = _norm_axis(axis, len(di))
+@rule("split.Tensor", "split_with_sizes", "chunk", "unbind.int", selection=True, needs=("input", OUTS))
+@rule("split.sizes", needs=("input", OUTS))
+def _split(g: DimGraph, call: Call) -> None:
+    node, src = call.node, call.arg("input")
+    di, outs = call.dims(src), call.outs
+    axis = _norm_axis(call.get("dim", 0), len(di))
     for o in outs:
         if node.target == aten.unbind.int:
             for j, i in enumerate(k for k in range(len(di)) if k != axis):
@@ -182,34 +170,30 @@ def _split(g: DimGraph, node: fx.Node) -> None:
 
 
 @rule(operator.getitem, selection=True)
-def _getitem(g: DimGraph, node: fx.Node) -> None:
-    src, idx = node.args
-    outs = g.node_dims.get(src.name) if isinstance(src, fx.Node) else None
-    mine = g.dims(node)
+def _getitem(g: DimGraph, call: Call) -> None:
+    node, (src, idx) = call.node, call.node.args  # operator.getitem has no schema
+    outs = g.node_dims.get(src) if isinstance(src, fx.Node) else None
+    mine = call.out
     if not outs or mine is None or not isinstance(idx, int) or idx >= len(outs):
         return
     theirs = outs[idx]
     if isinstance(theirs, list) and len(theirs) == len(mine) and all(isinstance(t, int) for t in theirs):
         for a, b in zip(theirs, mine):
             g.eq(a, b)
-    origins = g.item_origins.get((src.name, idx))
+    origins = g.item_origins.get((src, idx))
     if origins:
-        g.origin[node.name] = origins[0]
+        g.origin[node] = origins[0]
         if len(origins) > 1:
-            g.more_origins[node.name] = origins[1:]
+            g.more_origins[node] = origins[1:]
 
 
-@rule("cat", linear_combination=True)
-@rule("concat")
-def _cat(g: DimGraph, node: fx.Node) -> None:
-    parts = [p for p in node.args[0] if isinstance(p, fx.Node)]
-    axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    do = g.dims(node)
-    if do is None:
-        return
-    axis = _norm_axis(axis, len(do))
+@rule("cat", linear_combination=True, needs=(OUT,))
+@rule("concat", needs=(OUT,))
+def _cat(g: DimGraph, call: Call) -> None:
+    node, tensors, do = call.node, call.arg("tensors"), call.out
+    axis = _norm_axis(call.get("dim", 0), len(do))
     sizes = []
-    for i, p in enumerate(node.args[0]):
+    for i, p in enumerate(tensors):
         dp = g.dims(p)
         if dp is None or len(dp) != len(do):
             continue
@@ -219,7 +203,7 @@ def _cat(g: DimGraph, node: fx.Node) -> None:
         sizes.append(dp[axis])
     g.sum(do[axis], sizes)
     _reassembled(g, do[axis], sizes)
-    _combine_params(g, node, node.args[0], lambda dp: list(range(len(dp))))
+    _combine_params(g, node, tensors, lambda dp: list(range(len(dp))))
 
 
 def _reassembled(g: DimGraph, out: int, parts: list[int]) -> None:
@@ -246,8 +230,8 @@ def _combine_params(g: DimGraph, node: fx.Node, parts, axis_map_of) -> None:
         for p in parts:
             amap = axis_map_of(g.dims(p) or [])
             derived += [(param, [None if a is None else src_map[a] for a in amap]) for param, src_map in g.origins(p)]
-        g.origin[node.name] = derived[0]
-        g.more_origins[node.name] = derived[1:]
+        g.origin[node] = derived[0]
+        g.more_origins[node] = derived[1:]
         return
     for p in parts:
         for param, amap in g.origins(p):
@@ -255,17 +239,14 @@ def _combine_params(g: DimGraph, node: fx.Node, parts, axis_map_of) -> None:
                 Use("elementwise", node, 0, (), tuple(a for a in amap if a is not None), "data"))
 
 
-@rule("stack", linear_combination=True)  # stack: RoPE's rotate_every_two
-def _stack(g: DimGraph, node: fx.Node) -> None:
-    axis = node.args[1] if len(node.args) > 1 else 0
-    do = g.dims(node)
-    if do is None:
-        return
-    axis = _norm_axis(axis, len(do))
-    for p in node.args[0]:
+@rule("stack", linear_combination=True, needs=(OUT,))  # stack: RoPE's rotate_every_two
+def _stack(g: DimGraph, call: Call) -> None:
+    node, tensors, do = call.node, call.arg("tensors"), call.out
+    axis = _norm_axis(call.arg("dim"), len(do))
+    for p in tensors:
         dp = g.dims(p)
         if dp is not None:
             g.eq_axes(p, node, [(i, i if i < axis else i + 1) for i in range(len(dp))])
     g.finite(do[axis], "stacked from a fixed number of tensors")
-    _combine_params(g, node, node.args[0], lambda dp: [i if i < axis else (None if i == axis else i - 1)
+    _combine_params(g, node, tensors, lambda dp: [i if i < axis else (None if i == axis else i - 1)
                                                         for i in range(len(dp) + 1)])
