@@ -164,6 +164,10 @@ def test_cli_tune_horizons_then_transfer_steps_round_trip(tmp_path, capsys):
     best = json.loads(out.read_text())
     f = PowerLaw.from_dict("lr", best["horizon_fit"]["lr"])
     assert f.horizons == [2, 4] and f.stderr is None
+    from muplify.tools.tune import load_result
+
+    stored = load_result(f"sqlite:///{tmp_path / 't.db'}", "muplify-tune")  # the main study holds the fit
+    assert stored.best["horizon_fit"] == best["horizon_fit"] and {t.horizon for t in stored.trials} == {4}
     capsys.readouterr()
     assert _quiet(main, ["transfer", *common, "--width", str(4 * WIDTH), "--hp", str(out), "--steps", "16"]) == 0
     text = capsys.readouterr().out
