@@ -6,6 +6,8 @@
         --seeds-per-trial 2 --refine 8 --reeval-top 3 --widths 64 128 --check-width 256 --out best.json
     python -m muplify transfer mymodels:make_model --width 1024 --base-width 64 --hp best.json
     python -m muplify transfer mymodels:make_model --width 1024 --hp best.json --batch-size 256 --steps 40000
+    python -m muplify tune mymodels:make_model --objective mytrain:objective --width 64 --horizons 250 500 1000 \
+        --out best.json                       # the horizon fit; transfer --steps then extrapolates it
     optuna-dashboard sqlite:///tune.db          # the study in a browser (pip install optuna-dashboard)
 
 ``muplify.cli`` registers these with :func:`add_commands` (with its ``factory_args``). FACTORY is
@@ -64,7 +66,7 @@ def _space(items: list[str] | None) -> dict:
 def _outputs(out: str) -> dict[str, str]:
     stem = os.path.splitext(out)[0]
     return {"best": out, "trials": f"{stem}_trials.json", "params": f"{stem}_params.png",
-            "importance": f"{stem}_importance.png"}
+            "importance": f"{stem}_importance.png", "horizons": f"{stem}_horizons.png"}
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
@@ -86,7 +88,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
                       seeds_per_trial=a.seeds_per_trial, reeval_top=a.reeval_top, reeval_seeds=a.reeval_seeds,
                       refine=a.refine, refine_shrink=a.refine_shrink, refine_sampler=a.refine_sampler,
                       widths=a.widths, telescope_trials=a.telescope_trials, batch_size=a.batch_size,
-                      steps=a.steps)
+                      steps=a.steps, horizons=a.horizons)
         check = None
         if a.check_width is not None:
             check = result.check_transfer(width=a.check_width, trials=a.check_trials)
@@ -107,6 +109,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
         written.append(result.plot_importance(paths["importance"]))
     except TuneError as e:  # too few completed trials for an importance estimate
         print(f"(no importance plot: {e})", file=sys.stderr)
+    if result.horizon_fit:
+        written.append(result.plot_horizons(paths["horizons"]))
     print(result)
     if check is not None:
         paths["check"] = os.path.splitext(a.out)[0] + "_check.json"
@@ -157,10 +161,12 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     from muplify.errors import MuplifyError
 
     from muplify.tools.tune import TuneError
+    from muplify.tools.tune.horizons import at_horizon
     from muplify.tools.tune.trial import _muplify_as_tuned
 
     try:
-        best = load_best(a.hp)
+        # a horizon fit sets each fitted value at --steps first (no duration rule on top of a fitted value)
+        best, rule_steps, fit_text = at_horizon(load_best(a.hp), a.steps)
         proxy = best.get("width")
         base = a.base_width if a.base_width is not None else proxy
         if base is None:
@@ -181,7 +187,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
         torch.manual_seed(0)
         # roles read from two widths and checked against best["roles"] (what the values were tuned under)
         mu = _muplify_as_tuned(factory, factory(a.width), best, a.width, base, mkw)
-        regime = {k: v for k, v in (("batch_size", a.batch_size), ("steps", a.steps)) if v is not None}
+        regime = {k: v for k, v in (("batch_size", a.batch_size), ("steps", rule_steps)) if v is not None}
         opt_obj = None
         if best.get("optimizer_class") and best.get("lr") is not None:
             opt_obj = mu.optimizer(_optimizer_class(best["optimizer_class"]), lr=best["lr"],
@@ -195,6 +201,8 @@ def cmd_transfer(a: argparse.Namespace) -> int:
     opt = best.get("optimizer") or {}
     cls = best.get("optimizer_class", "<optimizer>").rsplit(".", 1)[-1]
     kwargs = "".join(f", {k}={v!r}" for k, v in {**opt, **regime}.items())
+    if fit_text is not None:
+        print("\n" + fit_text)
     print(f"\noptimizer: mu.optimizer({cls}, lr={best.get('lr')!r}{kwargs})")
     if opt_obj is not None:
         print(optimizer_values(opt_obj))
@@ -291,6 +299,9 @@ def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
                     help="the proxy's batch size (what the objective trains with), recorded for transfer --batch-size")
     tu.add_argument("--steps", type=_positive_int, default=None,
                     help="the proxy's number of optimizer steps, recorded for transfer --steps")
+    tu.add_argument("--horizons", type=_positive_int, nargs="+", default=None, metavar="STEPS",
+                    help="the horizon fit: the sweep at each step count (the objective takes steps=), each tuned "
+                         "value's optimum fitted as a*S^b; transfer --steps extrapolates it")
     tu.add_argument("--out", default="muplify-out/tune_best.json",
                     help="the best as JSON; <stem>_trials.json, <stem>_params.png, <stem>_importance.png beside it")
     tu.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -309,5 +320,5 @@ def add_commands(subparsers: Any, factory_args: Callable[..., None]) -> None:
                          "(tune --batch-size)")
     tr.add_argument("--steps", type=_positive_int, default=None,
                     help="the target run's number of optimizer steps: apply the duration rules from the proxy's "
-                         "(tune --steps)")
+                         "(tune --steps), and extrapolate the horizon fit when --hp has one (tune --horizons)")
     tr.set_defaults(func=cmd_transfer)

@@ -34,7 +34,12 @@ from typing import Any
 from ..errors import OptimizerRuleError
 
 __all__ = ["Regime", "RegimeRule", "RegimeFactors", "REGIME_RULES", "REGIME_REFUSALS", "register_regime_rule",
-           "regime_rule", "make_regime", "regime_summary"]
+           "regime_rule", "make_regime", "regime_summary", "DURATION_ACTS_ON"]
+
+# the optimizer values the duration factor κ_S scales: decoupled weight decay only.  lr has no duration rule (its
+# drift with the horizon is measured, not assumed: tune(..., horizons=) fits it, muplify/tools/tune/horizons.py, and
+# a fitted value replaces the rule for that value)
+DURATION_ACTS_ON = ("weight_decay",)
 
 
 @dataclass(frozen=True)

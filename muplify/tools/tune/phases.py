@@ -11,6 +11,10 @@
 4. **re-evaluation** (``reeval_top=n, reeval_seeds=s``): the ``n`` best configurations at the last width run again
    on ``s`` fresh seeds (the same seeds for every candidate); the best is the lowest mean of those runs.
 
+``horizons=[S₁, S₂, S₃]``: the objective gets ``steps=S``; phases 1–4 run at the largest horizon (the main study),
+phases 1–2 again at each shorter one (studies ``<study_name>.s<S>``, seeds of their own, so that the samplers try
+other points), and the optimum of each searched continuous value is fitted against S as a power law (:mod:`.horizons`).
+
 ``seeds_per_trial=k`` makes every trial's value the mean of ``k`` runs (init seed, and data seed when the objective
 takes ``seed=``).  The result states the budget split (:meth:`TuneResult.budget`), the best value with its seed
 spread and how many trials lie within it, and a :class:`Convergence` report.
@@ -24,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch.nn as nn
@@ -31,6 +36,7 @@ import torch.nn as nn
 from .plots import _leaf
 from .result import Convergence, PhaseRecord, ReevalRecord, TrialRecord, TuneResult
 from .samplers import SamplerName
+from .horizons import FIT_ATTR, FIT_KEY, FITTED, check_horizons, fit_horizons
 from .roles import ROLES_KEY, record_roles, tuned_roles
 from .space import Choice, Dist, Fixed, IntRange, LogUniform, TuneError, Uniform, searched, space_to_dict
 from .sweep import prepare, run_sweep
@@ -39,6 +45,7 @@ from .trial import DEFAULT_STORAGE, DEFAULT_STUDY, SEED_STRIDE, evaluate, takes_
 log = logging.getLogger("muplify.tune")
 
 PHASE_SEED = 1_000_000  # phase i's trials run under seed + i * PHASE_SEED + trial number (no seed is reused)
+HORIZON_PHASE = 100  # the shorter horizon k's global and refine phases are phases 100 + 2k and 101 + 2k
 REEVAL_SEED = 50_000_000  # re-evaluation seed j: seed + REEVAL_SEED + j * SEED_STRIDE (fresh, shared by candidates)
 
 
@@ -93,7 +100,7 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
          refine: int = 0, refine_shrink: float = 0.3, refine_sampler: SamplerName | str = "tpe",
          widths: Sequence[int] | None = None, telescope_trials: int | None = None,
          telescope_shrink: float = 0.5, batch_size: int | None = None, steps: int | None = None,
-         per_module: bool = False) -> TuneResult:
+         per_module: bool = False, horizons: Sequence[int] | None = None) -> TuneResult:
     """Tune μP hyperparameters on the proxy ``make_model(width)`` and return the best (``result.best``).
 
     Every trial: ``torch.manual_seed(seed + trial number)``, ``model = make_model(width)``,
@@ -143,9 +150,19 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
     - ``per_module=True``: the default space searches per-module-kind multipliers (``hp.lr_mult.query``,
       ``hp.init_mult.mlp_out``, ... for the kinds the proxy's plan has; see :func:`default_space`) instead of
       per-role ones; ``result.best["hp"]`` carries them and the transfer applies them by kind.
+    - ``horizons=[S1, S2, S3]``: the horizon fit (docs/tune.md, "Horizons").  The objective must take ``steps=``
+      (each trial gets its horizon); the global (and refine) phase runs at every horizon, the main study at the
+      largest (telescoping and re-evaluation there; ``result.best`` is its best and ``best["regime"]["steps"]`` is
+      it), and each searched LogUniform/Uniform value's optimum is fitted as ``a * S**b`` into
+      ``result.best["horizon_fit"]`` (and the main study's ``muplify.horizon_fit`` attribute), which
+      ``transfer(..., steps=S)`` extrapolates.  ``result.plot_horizons(path)`` draws it.
     """
     widths = _check_widths(width, widths)
     width = widths[0]
+    hs = check_horizons(horizons, steps, objective, space)
+    main_h = hs[-1] if hs else None
+    if hs:  # the main study trains for the largest horizon; objective.steps carries it to the objective
+        steps, space = main_h, {**(space or {}), "objective.steps": Fixed(main_h)}
     for name, v, lo in (("seeds_per_trial", seeds_per_trial, 1), ("reeval_top", reeval_top, 0),
                         ("reeval_seeds", reeval_seeds, 1), ("refine", refine, 0)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -158,35 +175,49 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
                  storage=storage, workers=workers, threads=threads, seed=seed, timeout=timeout,
                  muplify_kwargs=muplify_kwargs, seeds_per_trial=seeds_per_trial,
                  regime={"batch_size": batch_size, "steps": steps}, per_module=per_module)
+    if hs and not any(isinstance(d, FITTED) for d in searched(sw.space).values()):
+        raise TuneError("horizons= fits the optimum of searched LogUniform/Uniform values against the horizon, but "
+                        "the space searches none (e.g. space={'lr': LogUniform(1e-4, 1e-1)})")
     deadline = None if timeout is None else time.time() + timeout
-    plan = _plan(trials, refine, widths, telescope_trials, seeds_per_trial, reeval_top, reeval_seeds)
+    plan = _plan(trials, refine, widths, telescope_trials, seeds_per_trial, reeval_top, reeval_seeds, hs)
     _say(progress, f"tune: budget {plan}")
 
     def phase(name: str, i: int, w: int, box: Mapping[str, Dist], n: int, smp: Any, study: str,
-              points: Sequence[Mapping[str, Any]]) -> tuple[TuneResult, PhaseRecord]:
-        res = run_sweep(sw, width=w, base_width=width, space=box, trials=n, sampler=smp, pruner=pruner,
+              points: Sequence[Mapping[str, Any]], run: Any = sw,
+              horizon: int | None = main_h) -> tuple[TuneResult, PhaseRecord]:
+        res = run_sweep(run, width=w, base_width=width, space=box, trials=n, sampler=smp, pruner=pruner,
                         study_name=study, seed=seed + i * PHASE_SEED, seeds_per_trial=seeds_per_trial, phase=name,
-                        enqueue=points, deadline=deadline, progress=progress)
+                        enqueue=points, deadline=deadline, progress=progress, horizon=horizon)
         best = res.best["value"] if res.best is not None else None
-        return res, PhaseRecord(name, w, n, study, space_to_dict(box), best, n * seeds_per_trial)
+        return res, PhaseRecord(name, w, n, study, space_to_dict(box), best, n * seeds_per_trial, horizon)
 
-    results, records = [], []
-    res, rec = phase("global", 0, width, sw.space, trials, sampler, study_name, enqueue)
-    if res.best is None:
-        _no_trial(res, study_name)
-    results.append(res)
-    records.append(rec)
-    incumbent = res.best
-    if refine:
-        box = narrow(sw.space, incumbent, refine_shrink)
-        _say(progress, f"tune: refine: {refine} trials at width {width}, box {_box_text(box, sw.space)} around "
-                       f"trial {incumbent['trial']} ({incumbent['value']:.4g})")
-        res, rec = phase("refine", 1, width, box, refine, refine_sampler, f"{study_name}.refine",
-                         [flat_point(box, incumbent)])
-        results.append(res)
-        records.append(rec)
-        if res.best is not None and res.best["value"] < incumbent["value"]:
-            incumbent = res.best
+    def explore(run: Any, study: str, horizon: int | None, i: int) -> tuple[list[TuneResult], list[PhaseRecord], dict]:
+        """The global phase and the refinement (phases i, i + 1) at the proxy width: the results, their records, the
+        incumbent."""
+        res, rec = phase("global", i, width, run.space, trials, sampler, study, enqueue, run, horizon)
+        if res.best is None:
+            _no_trial(res, study)
+        out, recs, incumbent = [res], [rec], res.best
+        if refine:
+            box = narrow(run.space, incumbent, refine_shrink)
+            _say(progress, f"tune: refine: {refine} trials at width {width}, box {_box_text(box, run.space)} around "
+                           f"trial {incumbent['trial']} ({incumbent['value']:.4g})")
+            res, rec = phase("refine", i + 1, width, box, refine, refine_sampler, f"{study}.refine",
+                             [flat_point(box, incumbent)], run, horizon)
+            out.append(res)
+            recs.append(rec)
+            if res.best is not None and res.best["value"] < incumbent["value"]:
+                incumbent = res.best
+        return out, recs, incumbent
+
+    results, records, incumbent = explore(sw, study_name, main_h, 0)
+    shorter: list[TuneResult] = []  # the other horizons' studies (same seeds: paired with the main one's trials)
+    for k, h in enumerate((hs or [])[:-1]):
+        _say(progress, f"tune: horizon {h} steps: {trials} trials at width {width}")
+        run = replace(sw, space={**sw.space, "objective.steps": Fixed(h)}, regime={**sw.regime, "steps": h})
+        res_h, rec_h, _ = explore(run, f"{study_name}.s{h}", h, HORIZON_PHASE + 2 * k)
+        shorter += res_h
+        records += rec_h
     for k, w in enumerate(widths[1:]):
         box = narrow(sw.space, incumbent, telescope_shrink)
         _say(progress, f"tune: telescope: {telescope_trials} trials at width {w} (base width {width}), box "
@@ -200,8 +231,9 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
         incumbent = res.best
 
     final_width = widths[-1]
-    trials_all: list[TrialRecord] = [t for r in results for t in r.trials]
-    pool = [t for t in trials_all if t.state == "complete" and t.config is not None and t.width == final_width]
+    trials_all: list[TrialRecord] = [t for r in results + shorter for t in r.trials]
+    pool = [t for t in trials_all if t.state == "complete" and t.config is not None and t.width == final_width
+            and t.horizon == main_h]
     first = results[0]
     reeval: list[ReevalRecord] = []
     spread = None
@@ -223,6 +255,9 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
         best.update(phase=chosen.phase, tuned_at=final_width)
     if sw.regime:
         best["regime"] = dict(sw.regime)
+    if hs:
+        best[FIT_KEY] = _fit(sw.space, trials_all, hs, width, progress)
+        first.study.set_user_attr(FIT_ATTR, best[FIT_KEY])
     if reeval_top:
         best["value_in_sweep"] = chosen.value
     if spread is not None:
@@ -250,12 +285,28 @@ def _check_widths(width: int | None, widths: Sequence[int] | None) -> list[int]:
     return ws
 
 
-def _plan(trials, refine, widths, telescope_trials, k, reeval_top, reeval_seeds) -> str:
+def _fit(space: Mapping[str, Dist], trials: Sequence[TrialRecord], hs: list[int], width: int,
+         progress: bool) -> dict:
+    """The horizon fit: each horizon's best trial at the proxy width (global and refine), fitted key by key."""
+    optima = {}
+    for h in hs:
+        done = [t for t in trials if t.horizon == h and t.width == width and t.state == "complete" and t.config]
+        optima[h] = min(done, key=lambda t: (t.value, t.number)).config
+    fits = fit_horizons(space, optima)
+    for f in fits.values():
+        _say(progress, f"tune: horizon fit: {f}")
+    return {k: f.to_dict() for k, f in fits.items()}
+
+
+def _plan(trials, refine, widths, telescope_trials, k, reeval_top, reeval_seeds, hs=None) -> str:
     parts = [f"global {trials} trials @{widths[0]}"]
     if refine:
         parts.append(f"refine {refine} @{widths[0]}")
     parts += [f"telescope {telescope_trials} @{w}" for w in widths[1:]]
-    runs = (trials + refine + telescope_trials * (len(widths) - 1)) * k + reeval_top * reeval_seeds
+    n_h = len(hs) if hs else 1
+    if hs:
+        parts.insert(1 + bool(refine), f"{'both ' if refine else ''}at each horizon {', '.join(map(str, hs))}")
+    runs = ((trials + refine) * n_h + telescope_trials * (len(widths) - 1)) * k + reeval_top * reeval_seeds
     text = ", ".join(parts) + (f", x{k} seeds per trial" if k > 1 else "")
     if reeval_top:
         text += f", re-evaluate top {reeval_top} on {reeval_seeds} seeds"

@@ -21,7 +21,8 @@ def plot_params(self: TuneResult, path: str, dpi: int = 110) -> str:
     keys = list(searched(self.space))
     if not keys:
         raise TuneError("nothing was searched (every space entry is Fixed): there is nothing to plot")
-    here = [t for t in self.trials if t.width in (None, self.width)]  # telescoping trials are at other widths
+    main_h = max((t.horizon for t in self.trials if t.horizon is not None), default=None)  # horizons=: the main one
+    here = [t for t in self.trials if t.width in (None, self.width) and t.horizon == main_h]  # not other widths
     done = [t for t in here if t.state == "complete" and t.config is not None]
     pruned = [t for t in here if t.state == "pruned" and t.config is not None and t.value is not None]
     star = self.best is not None and self.best.get("tuned_at", self.width) == self.width
@@ -91,6 +92,43 @@ def plot_importance(self: TuneResult, path: str, dpi: int = 110) -> str:
     ax.tick_params(labelsize=8)
     ax.set_title(f"hyperparameter importance, proxy width {self.width} "
                  f"({self.counts()['complete']} complete trials)", fontsize=10)
+    fig.tight_layout()
+    _makedirs_for(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plot_horizons(self: TuneResult, path: str, dpi: int = 110) -> str:
+    """``tune(..., horizons=)``: each fitted value's optimum against the horizon (log-log), its power law drawn
+    across the tuned horizons and a decade beyond (dashed: extrapolation), the exponent and its error in the title.
+    PNG, no pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fits = self.horizon_fit
+    if not fits:
+        raise TuneError("no horizon fit to plot: tune(..., horizons=[S1, S2, S3]) makes one")
+    ncols = min(3, len(fits))
+    nrows = -(-len(fits) // ncols)
+    fig = Figure(figsize=(max(4.8, 3.6 * ncols), 2.9 * nrows + 0.5))
+    FigureCanvasAgg(fig)
+    for i, f in enumerate(fits.values()):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        lo, hi = min(f.horizons), max(f.horizons)
+        inside = [lo * (hi / lo) ** (j / 40) for j in range(41)]
+        beyond = [hi * 10 ** (j / 20) for j in range(21)]
+        ax.plot(inside, [f.at(s) for s in inside], c="tab:blue", label=f"{f.coef:.3g}·S^{f.exponent:.3f}")
+        ax.plot(beyond, [f.at(s) for s in beyond], c="tab:blue", ls="--", alpha=0.6, label="extrapolated")
+        ax.scatter(f.horizons, f.optima, c="red", zorder=5, s=22, label="optimum (best trial)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_title(f"{f.key}: exponent {f.exponent:+.3f} {f.uncertainty().split(' (')[0]}", fontsize=9)
+        ax.set_xlabel("horizon (optimizer steps)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"optimum vs horizon, width {self.width} (fit: least squares in log-log)", fontsize=10)
     fig.tight_layout()
     _makedirs_for(path)
     fig.savefig(path, dpi=dpi)

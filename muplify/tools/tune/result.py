@@ -13,6 +13,7 @@ from .trial import (DEFAULT_STORAGE, DEFAULT_STUDY, FAILURE_ATTR, RETRY_ATTR, SE
                     WORKER_ATTR)
 from .storage import TrialStateName, open_storage, trial_state
 from .plots import _makedirs_for
+from .horizons import FIT_ATTR, FIT_KEY
 
 
 # ================================================================================================ result
@@ -32,6 +33,7 @@ class TrialRecord:
     phase: str = "global"  # "global", "refine" or "telescope" (see TuneResult.phases)
     width: int | None = None  # the width the trial trained at (the proxy's, or a telescoping width)
     seed_values: list | None = None  # seeds_per_trial > 1: the value under each seed (value is their mean)
+    horizon: int | None = None  # tune(..., horizons=): the steps the objective trained for (its steps=)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class PhaseRecord:
     box: dict  # the search space it sampled (space_to_dict), narrowed around the incumbent after "global"
     best_value: float | None  # the best value among its completed trials
     evaluations: int  # objective runs (trials x seeds_per_trial)
+    horizon: int | None = None  # tune(..., horizons=): the steps its trials trained for
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class TuneResult:
     ``optimizer`` to ``mu.optimizer`` (or call :func:`transfer`).  After a refine or telescoping phase it also
     names ``"phase"`` and ``"tuned_at"`` (the width ``value`` was measured at); with ``tune(..., batch_size=,
     steps=)`` ``"regime"`` (the proxy's batch size and steps, which :func:`transfer` scales from); with a known seed spread
-    ``"value_spread"``; after re-evaluation ``"value_in_sweep"`` (``value`` is then the fresh-seed mean)."""
+    ``"value_spread"``; after re-evaluation ``"value_in_sweep"`` (``value`` is then the fresh-seed mean); with
+    ``tune(..., horizons=)`` ``"horizon_fit"`` (``{key: {"exponent", "stderr", "coef", "horizons", "optima"}}``,
+    see :attr:`horizon_fit`; ``value`` and the rest are the largest horizon's)."""
 
     best: dict | None  # None when no trial completed
     study: Any  # the optuna.Study (storage-backed: open it in optuna-dashboard)
@@ -125,7 +130,8 @@ class TuneResult:
 
     def budget(self) -> str:
         """The budget split over the phases, one line: ``global 24 x1 @64, refine 8 @64, telescope 4 @128``."""
-        parts = [f"{p.name} {p.trials} trials @{p.width} ({p.evaluations} runs)" for p in self.phases]
+        parts = [f"{p.name} {p.trials} trials @{p.width}{'' if p.horizon is None else f' S={p.horizon}'} "
+                 f"({p.evaluations} runs)" for p in self.phases]
         if self.reeval:
             parts.append(f"re-evaluation {len(self.reeval)} x {len(self.reeval[0].values)} seeds "
                          f"({sum(len(r.values) for r in self.reeval)} runs)")
@@ -165,7 +171,16 @@ class TuneResult:
             lines.append("budget: " + self.budget())
         if self.convergence is not None:
             lines.append("convergence: " + self.convergence.verdict)
+        lines += [f"horizon fit: {f}" for f in self.horizon_fit.values()]
         return "\n".join(lines)
+
+    @property
+    def horizon_fit(self) -> dict:
+        """``tune(..., horizons=)``: one :class:`~muplify.tools.tune.horizons.PowerLaw` per fitted key (empty
+        without horizons)."""
+        from .horizons import horizon_fits
+
+        return horizon_fits(self.best or {})
 
     # plots (muplify.tools.tune.plots) ----------------------------------------------------------------------------
     def plot(self, path: str, dpi: int = 110) -> str:
@@ -181,8 +196,16 @@ class TuneResult:
 
         return plot_importance(self, path, dpi)
 
+    def plot_horizons(self, path: str, dpi: int = 110) -> str:
+        """``tune(..., horizons=)``: each fitted value's optimum against the horizon (log-log) with its power law
+        (PNG, no pyplot)."""
+        from .plots import plot_horizons
 
-def _record(t, space: Mapping[str, Dist], phase: str = "global", width: int | None = None) -> TrialRecord:
+        return plot_horizons(self, path, dpi)
+
+
+def _record(t, space: Mapping[str, Dist], phase: str = "global", width: int | None = None,
+            horizon: int | None = None) -> TrialRecord:
     state = trial_state(t)
     config = None
     if all(k in t.params for k in searched(space)):
@@ -200,13 +223,14 @@ def _record(t, space: Mapping[str, Dist], phase: str = "global", width: int | No
         note = (note + "; " if note else "") + f"re-runs lost trial {t.user_attrs[RETRY_ATTR]}"
     return TrialRecord(t.number, state, value, config, t.user_attrs.get(SEED_ATTR), seconds,
                        max(t.intermediate_values) if t.intermediate_values else None,
-                       str(t.user_attrs.get(WORKER_ATTR, "")), note, phase, width, t.user_attrs.get(VALUES_ATTR))
+                       str(t.user_attrs.get(WORKER_ATTR, "")), note, phase, width, t.user_attrs.get(VALUES_ATTR),
+                       horizon)
 
 
 def _result(study, spec: Mapping, storage: str | None) -> TuneResult:
     space = space_from_dict(spec["space"])
     phase, width = spec.get("phase", "global"), spec.get("trial_width", spec["width"])
-    records = [_record(t, space, phase, width) for t in study.get_trials(deepcopy=False)]
+    records = [_record(t, space, phase, width, spec.get("horizon")) for t in study.get_trials(deepcopy=False)]
     done = [r for r in records if r.state == "complete" and r.config is not None]
     best = None
     if done:
@@ -220,6 +244,9 @@ def _result(study, spec: Mapping, storage: str | None) -> TuneResult:
             best.update(phase=phase, tuned_at=width)
         if spec.get("regime"):
             best["regime"] = dict(spec["regime"])
+        fit = study.user_attrs.get(FIT_ATTR)  # tune(..., horizons=) recorded it on the main study
+        if fit is not None:
+            best[FIT_KEY] = fit
     return TuneResult(best, study, records, space, spec["width"], storage, dict(spec))
 
 

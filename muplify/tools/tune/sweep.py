@@ -107,8 +107,9 @@ def check_regime(regime: Mapping[str, Any] | None) -> dict | None:
 def run_sweep(sw: Sweep, *, width: int, base_width: int, space: Mapping[str, Dist], trials: int, sampler: Any,
               pruner: Any, study_name: str, seed: int, seeds_per_trial: int = 1, phase: str = "global",
               enqueue: Sequence[Mapping[str, Any]] = (), deadline: float | None = None,
-              progress: bool = True) -> TuneResult:
-    """One study: ``trials`` finished trials at ``width`` (relative to ``base_width``) over the box ``space``."""
+              progress: bool = True, horizon: int | None = None) -> TuneResult:
+    """One study: ``trials`` finished trials at ``width`` (relative to ``base_width``) over the box ``space``
+    (``horizon``: the steps its objective trains for, ``tune(..., horizons=)``; its trials are tagged with it)."""
     budget = trials
     if sampler == "grid":
         n_grid = math.prod(len(d.grid()) for d in searched(space).values())
@@ -126,6 +127,8 @@ def run_sweep(sw: Sweep, *, width: int, base_width: int, space: Mapping[str, Dis
         spec["phase"] = phase
     if sw.regime:
         spec["regime"] = dict(sw.regime)
+    if horizon is not None:
+        spec["horizon"] = horizon
     points = [encode_point(space, p) for p in enqueue]
     storage_obj = open_storage(sw.storage)
     study = _create_study(storage_obj, study_name, spec)

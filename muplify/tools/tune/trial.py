@@ -2,6 +2,7 @@
 study attributes every other part reads."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -18,6 +19,8 @@ import torch.nn as nn
 from ...reuse import reusing
 from .space import Fixed, TuneError, assemble
 
+
+log = logging.getLogger("muplify.tune")
 
 DEFAULT_STORAGE = "sqlite:///muplify-tune.db"
 DEFAULT_STUDY = "muplify-tune"
@@ -73,8 +76,13 @@ def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer:
     ``batch_size=`` / ``steps=``: the target run's regime; the proxy's is ``config["regime"]`` (recorded by
     ``tune(..., batch_size=, steps=)``, or pass ``base_batch_size=`` / ``base_steps=``), and the optimizer family's
     batch-size and duration rules scale lr, ε, weight decay and the betas (docs/rules.md).
+
+    With a horizon fit (``tune(..., horizons=)``: ``config["horizon_fit"]``), ``steps=S`` first sets each fitted
+    value to its power law at S (a fitted value gets no duration rule on top; docs/tune.md, "Horizons"); the fits
+    and their uncertainty are logged and written to every param group's ``"mup_horizon"`` and ``mu.plan.notes``;
+    a warning when S is beyond 10x the largest tuned horizon.
     """
-    from ...core import muplify
+    from .horizons import at_horizon
 
     proxy = config.get("width")
     width = width if width is not None else proxy
@@ -82,6 +90,7 @@ def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer:
     if width is None or base_width is None:
         raise TuneError("transfer() needs width= and base_width= (or a config with 'width', e.g. result.best)")
     kwargs = {**dict(config.get("muplify") or {}), **muplify_kwargs}
+    config, rule_steps, fit_text = at_horizon(config, steps)
     recorded = dict(config.get("regime") or {})
     for key, given in (("batch_size", batch_size), ("steps", steps)):
         base_key = f"base_{key}"
@@ -97,8 +106,13 @@ def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer:
     if not isinstance(model, nn.Module):
         raise TuneError(f"make_model({width}) returned {type(model).__name__}, not an nn.Module")
     mu = _muplify_as_tuned(make_model, model, config, width, base_width, kwargs)
-    regime = {k: v for k, v in (("batch_size", batch_size), ("steps", steps)) if v is not None}
+    regime = {k: v for k, v in (("batch_size", batch_size), ("steps", rule_steps)) if v is not None}
     opt = mu.optimizer(optimizer, lr=config["lr"], **dict(config.get("optimizer") or {}), **regime)
+    if fit_text is not None:
+        log.info("%s", fit_text)
+        mu.plan.notes.append(fit_text)
+        for g in opt.param_groups:
+            g["mup_horizon"] = fit_text
     return mu, opt
 
 
@@ -155,15 +169,20 @@ class _Reporter:
             raise optuna.TrialPruned(f"pruned at step {step} (value {v:.4g})")
 
 
-def takes_seed(objective: Callable) -> bool:
-    """Whether the objective takes a ``seed`` keyword (its data seed, e.g. the built-in ``byte_lm``)."""
+def takes_keyword(objective: Callable, name: str) -> bool:
+    """Whether the objective takes the keyword ``name`` (or ``**kwargs``)."""
     import inspect
 
     try:
         params = inspect.signature(objective).parameters
     except (TypeError, ValueError):
         return False
-    return "seed" in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def takes_seed(objective: Callable) -> bool:
+    """Whether the objective takes a ``seed`` keyword (its data seed, e.g. the built-in ``byte_lm``)."""
+    return takes_keyword(objective, "seed")
 
 
 def evaluate(make_model: Callable[[int], nn.Module], objective: Callable[..., float], optimizer: Any, config: Mapping,
