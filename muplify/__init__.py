@@ -9,7 +9,8 @@ Pipeline: capture (torch.export) -> width analysis (sympy) -> classify (the plan
 from .core import MuplifiedModule, analyze, is_muplified, muplify
 from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, WidthError
 from .optim import CombinedOptimizer, register_family, register_rule
-from .plan import HyperParams, Options, ParamPlan, Plan, Site
+from .options import HyperParams, Options
+from .plan import ParamPlan, Plan, Site
 from .policy import ForwardMultiplier, OptimizerFamily
 
 __all__ = [

@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from .errors import PlanError
 from .initialization import note_init_reading, read_init
-from .plan import Decision, HyperParams, Layout, Options, ParamPlan, Plan, decided_by_text, role_from_fans
+from .options import HyperParams, Options
+from .plan import Decision, Layout, ParamPlan, Plan, decided_by_text, role_from_fans
 from .rules import CONTRACTING_KINDS, Use, found_upstream
 from .rules import table as ops
 from .module_kinds import assign_module_kinds

@@ -27,7 +27,8 @@ from .classify import build_plan, detect_init_rules
 from .module_kinds import assign_module_kinds
 from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
-from .plan import HyperParams, Options, Plan
+from .options import HyperParams, Options
+from .plan import Plan
 from .policy import get_parametrization
 from .width import analyse
 from .width_source import reconsider_width, rounded_dim_notes

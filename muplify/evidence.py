@@ -367,7 +367,7 @@ def _kv_head_guesses(S: _Solver, g: DimGraph, guesses: dict[int, str]) -> None:
     fraction of the query heads, so they scale; a model family may instead keep its K/V head count at every width
     (Llama 3: 8), and one width cannot tell: a named guess on the K/V axis and the projection axes built from it."""
     heads = {g.find(a.heads) for a in g.attention if a.heads is not None}
-    kv: dict[int, int] = {}  # K/V head root -> query head count
+    kv: set[int] = set()  # K/V head roots
     for kind, out, parts in g.relations:
         ro = g.find(out)
         if ro not in heads or kind not in ("scale", "prod") or ro in S.finite:
@@ -375,12 +375,12 @@ def _kv_head_guesses(S: _Solver, g: DimGraph, guesses: dict[int, str]) -> None:
         for p in parts:
             r = g.find(p)
             if r != ro and g.size[r] > 1 and r not in S.finite and g.size[r] < g.size[ro]:
-                kv[r] = g.size[ro]
-    for r, n_heads in kv.items():
-        why = (f"{g.size[r]} K/V heads repeated to {n_heads} query heads: taken to grow with width (a fixed group "
-               "size); if the model keeps its K/V head count at every width (Llama 3 keeps 8), they are fixed and "
-               "K/V are output-like. One width cannot tell: pass base=<the model at the base width> (tune and "
-               "transfer read it from two widths)")
+                kv.add(r)
+    # no sizes in the text: a plan reused at another width (muplify.reuse) keeps it
+    why = ("K/V heads repeated to the query heads (GQA): taken to grow with width (a fixed group size); if the model "
+           "keeps its K/V head count at every width (Llama 3 keeps 8), they are fixed and K/V are output-like. One "
+           "width cannot tell: pass base=<the model at the base width> (tune and transfer read it from two widths)")
+    for r in kv:
         guesses.setdefault(r, why)
         for kind, out, parts in g.relations:
             if kind == "prod" and any(g.find(p) == r for p in parts) and g.find(out) not in S.finite:

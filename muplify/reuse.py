@@ -39,7 +39,8 @@ import sympy
 import torch
 import torch.nn as nn
 
-from .plan import HyperParams, Options, Plan, _evaluate, _parse
+from .options import HyperParams, Options
+from .plan import Plan, _evaluate, _parse
 
 __all__ = ["reusing", "plan_for", "respecialize", "structure_key", "ReuseCache", "ReuseStats", "REUSE_NOTE"]
 

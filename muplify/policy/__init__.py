@@ -31,9 +31,9 @@ __all__ = ["ParamRules", "ForwardMultiplier", "OptimizerFamily", "UpdateRule", "
 def _register() -> None:
     import sys
 
-    from .. import plan as _plan
+    from .. import options as _options
 
-    _plan.POLICY = sys.modules[__name__]
+    _options.POLICY = sys.modules[__name__]
 
 
 _register()

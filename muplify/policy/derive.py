@@ -139,7 +139,7 @@ def check_hp_keys(plan: Plan) -> None:
     """PlanError for an ``init_mult`` / ``lr_mult`` key that is neither a role nor a module kind nor a module key of
     this plan, listing the valid ones."""
     from ..module_kinds import kinds_present, module_keys_present
-    from ..plan import GAIN, ROLES
+    from ..options import GAIN, ROLES
 
     extra = plan.hp.per_module_keys()
     if not extra:

@@ -163,7 +163,7 @@ def register_site_kind(kind: SiteKind) -> SiteKind:
     if kind.name in SITE_KINDS:
         raise PlanError(f"a site kind named {kind.name!r} is already registered ({SITE_KINDS[kind.name]!r})")
     if kind.hp_key is not None:
-        from ..plan import HP_SCALARS
+        from ..options import HP_SCALARS
 
         if kind.hp_key not in HP_SCALARS:
             raise PlanError(f"site kind {kind.name!r}: hp_key must be one of {list(HP_SCALARS)} or None, got "

@@ -19,7 +19,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ...errors import MuplifyError
-from ...plan import _HP_KEY, GAIN, HP_PER_ROLE, HP_SCALARS, ROLES, Plan
+from ...options import _HP_KEY, GAIN, HP_PER_ROLE, HP_SCALARS, ROLES
+from ...plan import Plan
 
 __all__ = ["Entry", "LogUniform", "Uniform", "IntRange", "Choice", "Fixed", "Dist", "DISTS", "parse_dist", "check_key",
            "assemble", "default_space", "plan_roles", "plan_kinds", "space_to_dict", "space_from_dict", "searched", "TuneError",

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from ...errors import MuplifyError
 from ...module_kinds import kinds_present, module_keys_present
-from ...plan import HyperParams, Plan
+from ...options import HyperParams
+from ...plan import Plan
 from .space import (DISTS, HP_ACTS_ON, Dist, TuneError, assemble, check_key, default_space, encode_point, is_number,
                     plan_roles, searched, space_to_dict)
 from .samplers import make_pruner, make_sampler
