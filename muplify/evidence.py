@@ -382,9 +382,9 @@ def _kv_head_guesses(S: _Solver, g: DimGraph, guesses: dict[int, str]) -> None:
            "width cannot tell: pass base=<the model at the base width> (tune and transfer read it from two widths)")
     for r in kv:
         guesses.setdefault(r, why)
-        for kind, out, parts in g.relations:
-            if kind == "prod" and any(g.find(p) == r for p in parts) and g.find(out) not in S.finite:
-                guesses.setdefault(g.find(out), why)
+    for kind, out, parts in g.relations:
+        if kv and kind == "prod" and g.find(out) not in S.finite and any(g.find(p) in kv for p in parts):
+            guesses.setdefault(g.find(out), why)
 
 
 def _one_scaling_axis_per_fan(S: _Solver, g: DimGraph, param_axes: dict[str, list[int]], head_scaling: str,

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import sympy
 
+from .registry import register_in
+
 if TYPE_CHECKING:
     from .plan import ParamPlan, Plan
 
@@ -96,11 +98,8 @@ KIND_RULES: dict[str, KindRule] = {}
 
 
 def kind_rule(name: str) -> Callable[[KindRule], KindRule]:
-    """Register a rule deciding module kinds (tried in registration order)."""
-    def register(fn: KindRule) -> KindRule:
-        KIND_RULES[name] = fn
-        return fn
-    return register
+    """Register a rule deciding module kinds (tried in registration order); a taken name raises."""
+    return register_in(KIND_RULES, "module-kind rule", name)
 
 
 @kind_rule("readout")

@@ -8,12 +8,9 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Protocol, Union, get_args, get_origin, get_type_hints
 
 from .errors import MuplifyError, PlanError
-
-if TYPE_CHECKING:
-    from .plan import ParamPlan
 
 __all__ = ["Options", "HyperParams", "HP_SCALARS", "HP_PER_ROLE", "GAIN", "ROLES", "Role"]
 
@@ -130,6 +127,15 @@ def _type_error(tp: Any, v: Any) -> str | None:
     return None if isinstance(v, tp) else f"a {getattr(tp, '__name__', tp)}"
 
 
+class HpTarget(Protocol):
+    """What a per-parameter hp lookup reads of a plan entry (:class:`muplify.plan.ParamPlan` has it)."""
+
+    role: str
+    module_kind: str
+    module_key: str
+    gain: bool
+
+
 HP_SCALARS = ("output_mult", "attn_mult", "embed_mult")
 HP_PER_ROLE = ("init_mult", "lr_mult")
 GAIN = "gain"  # per-role hp dicts also take "gain": the trainable norm gains (a subset of "vector")
@@ -195,11 +201,11 @@ class HyperParams:
         """The lr factor of a parameter with this role (a norm gain: the "gain" entry first)."""
         return self.lr_mult.get(GAIN, self.lr_mult.get(role, 1.0)) if gain else self.lr_mult.get(role, 1.0)
 
-    def param_init(self, p: "ParamPlan") -> float:
+    def param_init(self, p: HpTarget) -> float:
         """The init factor of a plan entry: its module key's, else its module kind's, else its role's."""
         return _lookup(self.init_mult, p)
 
-    def param_lr(self, p: "ParamPlan") -> float:
+    def param_lr(self, p: HpTarget) -> float:
         """The lr factor of a plan entry: its module key's, else its module kind's, else its role's."""
         return _lookup(self.lr_mult, p)
 
@@ -215,7 +221,7 @@ class HyperParams:
 _HP_KEY = re.compile(r"[A-Za-z_*][\w*]*(\.[\w*]+)*")
 
 
-def _lookup(d: Mapping[str, float], p: "ParamPlan") -> float:
+def _lookup(d: Mapping[str, float], p: HpTarget) -> float:
     """Precedence: module key > module kind > "gain" (norm gains) > role."""
     if p.module_key and p.module_key in d:
         return d[p.module_key]

@@ -22,6 +22,7 @@ from .branches import Branch, find_branches  # noqa: F401 - re-exported
 from .fold import _FoldCtx, _param_of, fold_targets
 from .nodes import _flat_args, _inside, _is_module_output, _walk_views_back, module_of, param_dependent_nodes
 from .rules import CONTRACTING_KINDS, Use
+from .registry import register_in
 from .rules import table as ops
 
 aten = torch.ops.aten
@@ -72,11 +73,8 @@ SITE_FINDERS: dict[str, SiteFinder] = {}
 
 
 def site_finder(kind: str) -> Callable[[SiteFinder], SiteFinder]:
-    def register(fn: SiteFinder) -> SiteFinder:
-        SITE_FINDERS[kind] = fn
-        return fn
-
-    return register
+    """Register the site finder of ``kind`` (``@site_finder("readout")``); a taken kind raises."""
+    return register_in(SITE_FINDERS, "site finder", kind)
 
 
 def find_sites(ctx: SiteContext) -> tuple[list[Site], list[Attention], list[str]]:

@@ -262,3 +262,17 @@ def test_a_new_family_site_kind_and_parametrization_are_each_one_registered_obje
         SITE_KINDS.pop(kind.name)
         SITE_FINDERS.pop(kind.name)
         PARAMETRIZATIONS.pop(param.name)
+
+
+def test_site_finders_and_module_kind_rules_refuse_a_taken_name():
+    """The registries behind @site_finder and @kind_rule are loud: a second function under a taken name raises and
+    the built-in stays."""
+    from muplify.module_kinds import KIND_RULES, kind_rule
+    from muplify.sites import SITE_FINDERS, site_finder
+
+    before = (dict(SITE_FINDERS), dict(KIND_RULES))
+    with pytest.raises(ValueError, match="site finder for 'readout' is already registered"):
+        site_finder("readout")(lambda ctx: [])
+    with pytest.raises(ValueError, match="module-kind rule for 'norm' is already registered"):
+        kind_rule("norm")(lambda plan, p, evidence: None)
+    assert (SITE_FINDERS, KIND_RULES) == before

@@ -250,3 +250,25 @@ def test_cli_transfer_refuses_a_best_json_tuned_under_other_roles(tmp_path, caps
     err = capsys.readouterr().err
     assert "error: the target's roles differ" in err and "k.weight: tuned as hidden, the target reads output" in err
     assert main(["transfer", "test_roles_agree:GQA", "--width", "128", "--hp", str(best)]) == 0
+
+
+def _needs_real_tensors(w):
+    """A factory that reads a value while building (``.item()``): it cannot build on the meta device."""
+    model = GQA(w)
+    if torch.zeros(1).item() != 0.0:
+        raise AssertionError
+    return model
+
+
+def test_transfer_falls_back_when_the_factory_cannot_build_on_meta():
+    """Only the meta build of the proxy is caught (warned, then the target's own one-width analysis); muplify's own
+    errors still reach the user."""
+    cfg = {"lr": 1e-3, "hp": {}, "width": 64, "muplify": {}}
+    with pytest.warns(UserWarning, match="could not build the proxy on the meta device"):
+        target, _ = transfer(_needs_real_tensors, cfg, width=128)
+    assert target.plan.width == 128 and target.plan.base_width == 64
+    bad = dict(cfg, hp={"lr_mult": {"no_such_role": 2.0}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception, match="no_such_role"):
+            transfer(GQA, bad, width=128)

@@ -169,10 +169,8 @@ def register_site_kind(kind: SiteKind) -> SiteKind:
             raise PlanError(f"site kind {kind.name!r}: hp_key must be one of {list(HP_SCALARS)} or None, got "
                             f"{kind.hp_key!r}")
     if kind.finder is not None:
-        from ..sites import SITE_FINDERS, site_finder
+        from ..sites import site_finder
 
-        if kind.name in SITE_FINDERS:
-            raise PlanError(f"a site finder for {kind.name!r} is already registered")
         site_finder(kind.name)(kind.finder)
     SITE_KINDS[kind.name] = kind
     return kind

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ...policy.regime import DURATION_ACTS_ON
-from .space import Dist, LogUniform, TuneError, Uniform, assemble
+from .space import Dist, LogUniform, TuneError, Uniform, assemble, config_value
 
 FIT_KEY = "horizon_fit"  # result.best[FIT_KEY] = {flat key: PowerLaw.to_dict()}
 FIT_ATTR = "muplify.horizon_fit"  # the same, as a user attribute of the main study
@@ -110,14 +110,13 @@ def check_horizons(horizons: Sequence[int] | None, steps: int | None, objective:
 def fit_horizons(space: Mapping[str, Dist], optima: Mapping[int, Mapping]) -> dict[str, PowerLaw]:
     """One :class:`PowerLaw` per searched LogUniform/Uniform key, from the best configuration at each horizon
     (``optima``: horizon -> config).  A key with a non-positive optimum is skipped with a warning."""
-    from .plots import _leaf
-
+    
     hs = sorted(optima)
     fits = {}
     for key, d in space.items():
         if not isinstance(d, FITTED):
             continue
-        vals = [float(_leaf(optima[s], key)) for s in hs]
+        vals = [float(config_value(optima[s], key)) for s in hs]
         if any(v <= 0 for v in vals):
             warnings.warn(f"muplify.tune: horizon fit of {key} skipped: its optima {vals} are not all positive (a power "
                           "law needs positive values)", stacklevel=3)

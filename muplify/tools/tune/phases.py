@@ -33,12 +33,11 @@ from typing import Any
 
 import torch.nn as nn
 
-from .plots import _leaf
 from .result import Convergence, PhaseRecord, ReevalRecord, TrialRecord, TuneResult
 from .samplers import SamplerName
 from .horizons import FIT_ATTR, FIT_KEY, FITTED, check_horizons, fit_horizons
 from .roles import ROLES_KEY, record_roles, tuned_roles
-from .space import Choice, Dist, Fixed, IntRange, LogUniform, TuneError, Uniform, searched, space_to_dict
+from .space import Choice, Dist, Fixed, IntRange, LogUniform, TuneError, Uniform, config_value, searched, space_to_dict
 from .sweep import prepare, run_sweep
 from .trial import DEFAULT_STORAGE, DEFAULT_STUDY, SEED_STRIDE, evaluate, takes_seed
 
@@ -60,7 +59,7 @@ def narrow(space: Mapping[str, Dist], config: Mapping, shrink: float) -> dict[st
         if isinstance(d, Fixed):
             out[key] = d
             continue
-        v = _leaf(config, key)
+        v = config_value(config, key)
         if isinstance(d, Choice):
             out[key] = Fixed(tuple(v) if isinstance(v, list) else v)
             continue
@@ -86,7 +85,7 @@ def narrow(space: Mapping[str, Dist], config: Mapping, shrink: float) -> dict[st
 
 def flat_point(space: Mapping[str, Dist], config: Mapping) -> dict[str, Any]:
     """The searched keys' values of ``config`` (what ``enqueue`` takes)."""
-    return {k: _leaf(config, k) for k in searched(space)}
+    return {k: config_value(config, k) for k in searched(space)}
 
 
 # ------------------------------------------------------------------------------------------------ tune

@@ -3,10 +3,9 @@ phases of a multi-phase sweep."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .space import Choice, Dist, IntRange, LogUniform, TuneError, Uniform, searched
+from .space import Choice, Dist, IntRange, LogUniform, TuneError, Uniform, config_value, searched
 
 if TYPE_CHECKING:
     from .result import TuneResult
@@ -39,7 +38,7 @@ def plot_params(self: TuneResult, path: str, dpi: int = 110) -> str:
     for i, key in enumerate(keys):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         d = self.space[key]
-        xs = lambda ts: [_plot_x(d, _leaf(t.config, key)) for t in ts]  # noqa: E731
+        xs = lambda ts: [_plot_x(d, config_value(t.config, key)) for t in ts]  # noqa: E731
         if pruned:
             ax.scatter(xs(pruned), [t.value for t in pruned], marker="x", s=14, c="0.6",
                        label="pruned (last report)")
@@ -47,7 +46,7 @@ def plot_params(self: TuneResult, path: str, dpi: int = 110) -> str:
             ax.scatter(xs(done), [t.value for t in done], s=16, c=[t.number / n_max for t in done],
                        cmap="viridis", vmin=0, vmax=1, label="complete")
         if star:
-            ax.scatter([_plot_x(d, _leaf(self.best, key))], [self.best["value"]], marker="*", s=140, c="red",
+            ax.scatter([_plot_x(d, config_value(self.best, key))], [self.best["value"]], marker="*", s=140, c="red",
                        edgecolors="k", linewidths=0.5, zorder=5, label="best")
         if isinstance(d, LogUniform) or (isinstance(d, IntRange) and d.log):
             ax.set_xscale("log", base=2)
@@ -138,13 +137,6 @@ def plot_horizons(self: TuneResult, path: str, dpi: int = 110) -> str:
 def _makedirs_for(path: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-
-
-def _leaf(config: Mapping, key: str) -> Any:
-    cur: Any = config
-    for part in key.split("."):
-        cur = cur[part.split("+")[0]]  # "input+output" share one value
-    return cur
 
 
 def _plot_x(d: Dist, v: Any) -> Any:

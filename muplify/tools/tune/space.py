@@ -341,6 +341,15 @@ LR_FALLBACK = LogUniform(1e-5, 1.0)  # an optimizer muplify has no family for (t
 ROLE_ORDER = ("input", "hidden", "output", "vector", GAIN)
 
 
+def config_value(config: Mapping, key: str) -> Any:
+    """The value of the flat space key ``key`` in a nested configuration (the inverse of :func:`assemble`:
+    ``"hp.lr_mult.input+output"`` reads the value the two roles share)."""
+    cur: Any = config
+    for part in key.split("."):
+        cur = cur[part.split("+")[0]]
+    return cur
+
+
 def plan_roles(plan: Plan) -> list[str]:
     """Roles (with "gain" for norm gains, apart from other vectors) that some parameter of the plan has; fixed
     parameters (μP leaves them alone) are not listed."""
