@@ -43,7 +43,7 @@ __all__ = ["DimGraph", "Use", "AttentionSite", "CONTRACTING_KINDS", "rule", "dec
 def apply_rule(g: DimGraph, node: fx.Node, recurse: Callable[[fx.Node], None]) -> None:
     r = table.rule_for(node.target)
     if r is not None:
-        before = {p: len(us) for p, us in g.uses.items()}
+        before = {p: len(g.uses.get(p, ())) for p in _operand_params(g, node)}  # the uses a data operand could get
         try:
             r(g, node)
         except Exception as e:
@@ -64,6 +64,15 @@ def apply_rule(g: DimGraph, node: fx.Node, recurse: Callable[[fx.Node], None]) -
         for i, a in enumerate(node.args):
             for param, _ in g.origins(a):
                 g.uses.setdefault(param, []).append(Use("unknown", node, i, (), ()))
+
+
+def _operands(node: fx.Node):
+    for a in node.args:
+        yield from (a if isinstance(a, (list, tuple)) else [a])
+
+
+def _operand_params(g: DimGraph, node: fx.Node) -> set[str]:
+    return {param for x in _operands(node) for param, _ in g.origins(x)}
 
 
 def _data_uses(g: DimGraph, node: fx.Node, before: dict[str, int]) -> None:
