@@ -2,7 +2,8 @@
 
 Runs the per-op rules of :mod:`muplify.rules` over the captured graph, then decides (:mod:`muplify.evidence`) which
 dims are *finite* (fixed as the model widens) and which are *infinite* (scale with width), from evidence, strongest
-first:
+first (``evidence.STEPS``: one function per kind of evidence, each labelled with its tier, run in order; a dim keeps
+the first reason that marks it):
 
 1. ``hard``: axes of the model's inputs; kernel sizes; axes indexed, counted or selected by integers (embedding rows,
    ``one_hot`` classes, ``histc`` bins, ``scatter``/``index_add`` targets, ``x[..., i]``); the class axis of a loss;
@@ -45,7 +46,7 @@ import torch.fx as fx
 
 from .capture import Capture
 from .errors import WidthError
-from .evidence import _count_axes, _forced_for, _solve
+from .evidence import count_axes, forced_for, solve
 from .plan import Decision, decided_by_text
 from .rules import AttentionSite, DimGraph, Use, apply_rule
 
@@ -247,10 +248,9 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
 
     forced: set[int] = set()
     if width is not None:
-        S0, *_ = _solve(g, cap, param_axes, head_scaling, None, set())
-        forced = _forced_for(g, param_axes, width, S0)
-    S, root, source, guesses, notes = _solve(g, cap, param_axes, head_scaling, width, forced)
-    finite = S.finite
+        forced = forced_for(g, param_axes, width, solve(g, cap, param_axes, head_scaling))
+    sol = solve(g, cap, param_axes, head_scaling, width, forced)
+    finite, root, source, guesses, notes = sol.finite, sol.root, sol.source, sol.guesses, sol.notes
     if root is None:
         shapes = {ns[0]: tuple(g.size[d] for d in param_axes[ph]) for ph, ns in placeholders.items()}
         raise WidthError(
@@ -259,7 +259,7 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
             "pass width=<its size> (dimensions of that size then scale even if they reach an output)."
         )
     width_size = g.size[root]
-    counts = _count_axes(g, cap, param_axes, finite)
+    counts = count_axes(g, cap, param_axes, finite)
     if source == "most-used":
         best = counts[root]
         top = sorted({g.size[r] for r, c in counts.items() if c == best})
@@ -301,7 +301,7 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
         notes.append("ops without a shape rule (their dims are unconstrained): " +
                      ", ".join(f"{k} x{v}" for k, v in sorted(g.unknown_ops.items())))
     wa = WidthAnalysis(W, width_size, params, g.attention, cap.graph, g, candidates, notes, list(cap.unused_params),
-                       finite, source, root, scaling, dict(S.kind), guesses)
+                       finite, source, root, scaling, dict(sol.kind), guesses)
     return wa
 
 

@@ -293,3 +293,31 @@ def test_embedding_concatenated_into_the_width_is_a_named_guess():
         mu = muplify(transformers.MobileBertForMaskedLM(cfg), base_width=32)
     assert "concatenated into a scaling dim" in mu.plan["mobilebert.embeddings.word_embeddings.weight"].decided_by
     assert mu.plan["mobilebert.encoder.layer.0.attention.self.query.weight"].decided_by == "graph"
+
+
+def test_the_solver_runs_its_evidence_steps_in_order(monkeypatch):
+    """The finiteness decisions are the ordered list ``evidence.STEPS``, each step labelled with a tier the module
+    docstring lists: taking the readout step out makes a classifier's classes scale (its readout reads as hidden);
+    a step added to the list is run, in its place, with what the earlier steps decided."""
+    import muplify.evidence as evidence
+    import muplify.width as width_stage
+    from muplify.models import MLP
+
+    tiers = {evidence.HARD, evidence.CONVENTION, evidence.READOUT, evidence.SOURCE, evidence.GUESS}
+    assert {s.tier for s in evidence.STEPS} == tiers | {"flow", "width"}
+    assert all(f"``{t}``" in width_stage.__doc__ for t in tiers)
+    names = [s.run.__name__ for s in evidence.STEPS]
+    assert names.index("_choose_width") < names.index("_readouts")  # the readouts compare sizes with the width's
+
+    def roles():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {n: p.role for n, p in core.analyze(MLP(16, 64, 10, depth=3), base_width=32).params.items()}
+
+    assert roles()["net.4.weight"] == "output"
+    seen = []
+    added = evidence.Step(evidence.GUESS, lambda ev: seen.append((ev.g.size[ev.root], sorted(ev.S.finite.values()))))
+    monkeypatch.setattr(evidence, "STEPS", tuple(s for s in evidence.STEPS if s.run is not evidence._readouts)
+                        + (added,))
+    assert roles()["net.4.weight"] == "hidden"  # the classes scale once no step reads them as a readout
+    assert seen and seen[0][0] == 64 and not any("readout" in why for why in seen[0][1])

@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import PlanError
 from ..plan import ParamPlan, Plan
 from .families import OptimizerFamily, UpdateRule
-from .site_kinds import SITE_KINDS, SiteKind, SiteUse, depth_mult
+from .site_kinds import SiteKind, SiteUse, depth_mult
 
 __all__ = ["Parametrization", "MuP", "Standard", "Spectral", "PARAMETRIZATIONS", "register_parametrization",
            "get_parametrization", "parametrization_of", "width_init_factor"]

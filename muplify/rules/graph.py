@@ -20,7 +20,7 @@ __all__ = ["DimGraph", "Use", "AttentionSite", "CONTRACTING_KINDS"]
 CONTRACTING_KINDS = ("matmul", "conv", "embedding")  # use kinds that contract a parameter axis with an activation
 
 
-@dataclass
+@dataclass(frozen=True)
 class Use:
     """One use of a parameter by an op: ``fan_in_axes`` are contracted with the activation, ``fan_out_axes`` survive."""
 
@@ -166,6 +166,15 @@ class DimGraph:
             self.finite_reasons.setdefault(d, reason)
 
     # -- parameter uses -------------------------------------------------------------------------------------------
+    def replace_use(self, old: Use, new: Use) -> None:
+        """Put ``new`` where ``old`` is among its parameter's uses (a later stage's reading of a use, as a new record:
+        the records the rules made are not edited).  Nothing happens when ``old`` was already replaced."""
+        for uses in self.uses.values():
+            for i, u in enumerate(uses):
+                if u is old:
+                    uses[i] = new
+                    return
+
     def use(self, node: fx.Node, operand: int, kind: str, fan_in: Sequence[int], fan_out: Sequence[int],
             detail: str = "", groups: int = 1, arg=None) -> list[Use]:
         """Record that ``node.args[operand]`` (if parameter-derived) is used with these (operand-axis) fans."""

@@ -124,7 +124,7 @@ def _slice(g: DimGraph, call: Call) -> None:
 @rule("select.int", selection=True, needs=("input", OUT))
 def _select(g: DimGraph, call: Call) -> None:
     node, src = call.node, call.arg("input")
-    di, do = call.dims(src), call.out
+    di = call.dims(src)
     axis = _norm_axis(call.arg("dim"), len(di))
     keep = [i for i in range(len(di)) if i != axis]
     g.eq_axes(src, node, [(i, j) for j, i in enumerate(keep)])
