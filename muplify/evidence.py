@@ -81,6 +81,7 @@ class _Evidence:
     notes: list[str] = field(default_factory=list)
     flow: Flow | None = None
     out_roots: dict[int, list[str]] = field(default_factory=dict)  # root -> names of the model outputs it reaches
+    input_roots: set[int] = field(default_factory=set)  # roots of the model inputs' axes
     terminal: set[int] = field(default_factory=set)  # produced, read by no layer, reaching an output or a selection
     counts: Counter = field(default_factory=Counter)  # root -> parameter axes of it (the width's candidates)
     root: int | None = None  # the width's dim
@@ -94,6 +95,7 @@ def _input_axes(ev: _Evidence) -> None:
     for n in ev.cap.user_inputs:
         for d in _flat(g.node_dims.get(n)):
             S.mark(d, f"axis of model input '{n.name}'", HARD)
+            ev.input_roots.add(g.find(d))
     for d, why in g.finite_reasons.items():
         S.mark(d, why, HARD)
     S.propagate()
@@ -123,7 +125,7 @@ def _position_tables(ev: _Evidence) -> None:
     param_roots = {g.find(d) for axes in ev.param_axes.values() for d in axes}
     for out, src in g.slices.items():
         r = g.find(out)
-        if g.find(src) in param_roots and S.kind.get(r) == HARD and S.finite[r].startswith("axis of model input"):
+        if g.find(src) in param_roots and r in ev.input_roots and r in S.finite:
             S.mark(src, f"rows of a table sliced to the length of an input axis ({S.finite[r]})", HARD)
     S.propagate()
 
