@@ -15,7 +15,7 @@ pytest.importorskip("optuna")
 import muplify  # noqa: E402
 from muplify.models import MLP  # noqa: E402
 from muplify.tools.tune import Choice, LogUniform, TuneError, transfer  # noqa: E402
-from muplify.tools.tune.horizons import PowerLaw, at_horizon, fit_power_law  # noqa: E402
+from muplify.tools.tune.horizons import PowerLaw, at_horizon, fit_power_law, horizon_optimum  # noqa: E402
 from muplify_dev.tasks import fit_regression  # noqa: E402
 
 WIDTH = 8
@@ -75,6 +75,32 @@ def test_power_law_fit_recovers_a_known_exponent_and_its_error():
 
 
 # ------------------------------------------------------------------------------------------------ tune(horizons=)
+def test_each_horizons_optimum_is_the_bowl_of_its_better_trials_not_one_noisy_trial():
+    """A noisy bowl in log lr (optimum 2^-7, noise as large as the loss change over ±2 octaves) with a second
+    searched axis: over 30 sweeps of 40 trials, the parabola through each sweep's better half lands nearer the
+    optimum than the single best trial, which its noise picks; a one-sided landscape (no vertex among the trials)
+    and too few trials fall back to the best trial."""
+    space = {"lr": LogUniform(2 ** -12, 2 ** -2), "hp.output_mult": LogUniform(0.25, 4.0)}
+    err_bowl, err_best, bowls = [], [], 0
+    for seed in range(30):
+        gen = torch.Generator().manual_seed(seed)
+        xs = (torch.rand(40, generator=gen) * 10 - 12).tolist()  # log2 lr in [-12, -2]
+        ms = (torch.rand(40, generator=gen) * 4 - 2).tolist()
+        noise = (torch.randn(40, generator=gen) * 0.15).tolist()
+        trials = [({"lr": 2.0 ** x, "hp": {"output_mult": 2.0 ** m}}, 0.03 * (x + 7) ** 2 + 0.01 * m ** 2 + e)
+                  for x, m, e in zip(xs, ms, noise)]
+        values, origin = horizon_optimum(space, trials)
+        bowls += origin["lr"] == "bowl"
+        err_bowl.append(abs(math.log2(values["lr"]) + 7))
+        err_best.append(abs(math.log2(min(trials, key=lambda t: t[1])[0]["lr"]) + 7))
+    assert bowls >= 25 and sum(err_bowl) < 0.7 * sum(err_best), (bowls, sum(err_bowl) / 30, sum(err_best) / 30)
+    one_sided = [({"lr": 2.0 ** x, "hp": {"output_mult": 1.0}}, -x) for x in xs]  # lower loss at larger lr
+    values, origin = horizon_optimum(space, one_sided)
+    assert origin["lr"] == "best trial" and values["lr"] == max(2.0 ** x for x in xs)
+    values, origin = horizon_optimum(space, trials[:4])
+    assert set(origin.values()) == {"best trial"}
+
+
 def test_tune_sweeps_each_horizon_tags_its_trials_and_fits_the_optima(result, tmp_path):
     assert sorted(set(RUNS)) == HS  # the objective trained for each horizon
     for h in HS:
@@ -85,9 +111,10 @@ def test_tune_sweeps_each_horizon_tags_its_trials_and_fits_the_optima(result, tm
     assert best["value"] == min(t.value for t in result.trials if t.horizon == 16 and t.state == "complete")
     fit = best["horizon_fit"]["lr"]
     assert fit["horizons"] == HS and fit["stderr"] is not None
-    for h, opt in zip(HS, fit["optima"]):
+    for h, opt in zip(HS, fit["optima"]):  # 4 trials per horizon: too few for a bowl, the best trial's value
         done = [t for t in result.trials if t.horizon == h and t.state == "complete"]
         assert opt == min(done, key=lambda t: t.value).config["lr"]
+    assert fit["optimum_from"] == ["best trial"] * len(HS)
     ref = fit_power_law("lr", HS, fit["optima"])
     assert fit["exponent"] == pytest.approx(ref.exponent) and fit["coef"] == pytest.approx(ref.coef)
     assert result.study.user_attrs["muplify.horizon_fit"] == best["horizon_fit"]  # recorded in the main study

@@ -4,7 +4,10 @@ The proxy sweep runs at each horizon (the objective is called with ``steps=S``);
 continuous value (``LogUniform``/``Uniform``: lr, weight decay, multipliers) at each horizon is fitted against the
 horizon as a power law ``v(S) = a·S^b`` (least squares in log-log, as DeepSeek LLM 2024 and Power Lines fit the lr
 optimum against the token horizon); with 3+ horizons the exponent's standard error comes with it, with 2 it is
-unknown.  :func:`at_horizon` evaluates the fits at the target's ``steps`` for :func:`~.trial.transfer` and the CLI.
+unknown.  Each horizon's optimum of a value is the vertex of a parabola fitted to the loss of the horizon's better
+trials against that value (log scale for a LogUniform), as DeepSeek LLM reads an optimum off a bowl rather than one
+noisy trial; with fewer than :data:`BOWL_MIN_TRIALS` trials, or a parabola that does not open upward with its vertex
+among the trials, it is the best trial's value (``optimum_from`` says which, per horizon).  :func:`at_horizon` evaluates the fits at the target's ``steps`` for :func:`~.trial.transfer` and the CLI.
 
 How it composes with the regime rules (:mod:`muplify.policy.regime`): a fitted value *is* the duration rule for that
 value, so the duration factor κ_S is not applied on top of it.  Today κ_S acts only on decoupled weight decay
@@ -28,6 +31,8 @@ FIT_KEY = "horizon_fit"  # result.best[FIT_KEY] = {flat key: PowerLaw.to_dict()}
 FIT_ATTR = "muplify.horizon_fit"  # the same, as a user attribute of the main study
 FAR = 10  # transfer warns beyond FAR x the largest tuned horizon
 FITTED = (LogUniform, Uniform)  # the entries whose optimum is fitted (continuous, searched)
+BOWL_MIN_TRIALS = 5  # a parabola (3 coefficients) through fewer points has too few residuals to trust
+BEST_TRIAL, BOWL = "best trial", "bowl"
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ class PowerLaw:
     coef: float  # a
     stderr: float | None  # standard error of b (None with 2 horizons: unknown)
     horizons: list[int]
-    optima: list[float]  # the best trial's value at each horizon
+    optima: list[float]  # the optimum at each horizon
+    optimum_from: list[str] | None = None  # per horizon: "bowl" (a parabola's vertex) or "best trial"
 
     def at(self, steps: float) -> float:
         return self.coef * steps ** self.exponent
@@ -49,8 +55,10 @@ class PowerLaw:
                 else f"± unknown ({len(self.horizons)} horizons: no residual left to estimate it)")
 
     def __str__(self) -> str:
+        origin = "" if not self.optimum_from or set(self.optimum_from) == {BEST_TRIAL} else \
+            f"; optima from {', '.join(self.optimum_from)}"
         return f"{self.key} = {self.coef:.4g}·S^{self.exponent:+.3f} ({self.uncertainty()}; fitted on S = " \
-               f"{', '.join(map(str, self.horizons))})"
+               f"{', '.join(map(str, self.horizons))}{origin})"
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "key"}
@@ -58,10 +66,12 @@ class PowerLaw:
     @classmethod
     def from_dict(cls, key: str, d: Mapping) -> "PowerLaw":
         return cls(key, float(d["exponent"]), float(d["coef"]), None if d.get("stderr") is None else float(d["stderr"]),
-                   [int(s) for s in d["horizons"]], [float(v) for v in d["optima"]])
+                   [int(s) for s in d["horizons"]], [float(v) for v in d["optima"]],
+                   list(d["optimum_from"]) if d.get("optimum_from") else None)
 
 
-def fit_power_law(key: str, horizons: Sequence[int], optima: Sequence[float]) -> PowerLaw:
+def fit_power_law(key: str, horizons: Sequence[int], optima: Sequence[float],
+                  optimum_from: Sequence[str] | None = None) -> PowerLaw:
     """Least squares of log v on log S; the exponent's standard error from the residuals (3+ points)."""
     if len(horizons) != len(optima) or len(horizons) < 2:
         raise TuneError(f"a power-law fit needs 2+ (horizon, optimum) pairs, got {len(horizons)}")
@@ -77,7 +87,49 @@ def fit_power_law(key: str, horizons: Sequence[int], optima: Sequence[float]) ->
     if n > 2:
         rss = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
         se = math.sqrt(rss / (n - 2) / sxx)
-    return PowerLaw(key, b, math.exp(a), se, list(horizons), list(optima))
+    return PowerLaw(key, b, math.exp(a), se, list(horizons), list(optima),
+                    list(optimum_from) if optimum_from is not None else None)
+
+
+def bowl_vertex(xs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """The vertex of the least-squares parabola of ``losses`` against ``xs``, when it opens upward and the vertex
+    lies within the range of ``xs``; None otherwise (or with fewer than :data:`BOWL_MIN_TRIALS` points)."""
+    import numpy as np
+
+    if len(xs) < BOWL_MIN_TRIALS or max(xs) - min(xs) <= 0:
+        return None
+    c, b, _ = np.polyfit(np.asarray(xs, float), np.asarray(losses, float), 2)
+    if not c > 0:
+        return None
+    vertex = float(-b / (2 * c))
+    return vertex if min(xs) <= vertex <= max(xs) else None
+
+
+def horizon_optimum(space: Mapping[str, Dist], trials: Sequence[tuple[Mapping, float]]
+                    ) -> tuple[dict[str, float], dict[str, str]]:
+    """Each searched LogUniform/Uniform value's optimum at one horizon, and where it came from, given the horizon's
+    finished trials as ``(config, value)``: the vertex of the parabola through the better half of the trials (at
+    least :data:`BOWL_MIN_TRIALS`; the loss against the value, log scale for a LogUniform) when there is one, else
+    the best trial's value."""
+    ranked = sorted(trials, key=lambda t: t[1])
+    if not ranked:
+        raise TuneError("no finished trial to read an optimum from")
+    top = ranked[:max(BOWL_MIN_TRIALS, -(-len(ranked) // 2))]
+    values, origin = {}, {}
+    for key, d in space.items():
+        if not isinstance(d, FITTED):
+            continue
+        best = float(config_value(ranked[0][0], key))
+        log = isinstance(d, LogUniform)
+        pts = [(float(config_value(c, key)), v) for c, v in top]
+        if log and any(x <= 0 for x, _ in pts):
+            pts = []
+        vertex = bowl_vertex([math.log(x) if log else x for x, _ in pts], [v for _, v in pts])
+        if vertex is None:
+            values[key], origin[key] = best, BEST_TRIAL
+        else:
+            values[key], origin[key] = (math.exp(vertex) if log else vertex), BOWL
+    return values, origin
 
 
 def check_horizons(horizons: Sequence[int] | None, steps: int | None, objective: Any,
@@ -107,21 +159,23 @@ def check_horizons(horizons: Sequence[int] | None, steps: int | None, objective:
     return sorted(hs)
 
 
-def fit_horizons(space: Mapping[str, Dist], optima: Mapping[int, Mapping]) -> dict[str, PowerLaw]:
-    """One :class:`PowerLaw` per searched LogUniform/Uniform key, from the best configuration at each horizon
-    (``optima``: horizon -> config).  A key with a non-positive optimum is skipped with a warning."""
-    
-    hs = sorted(optima)
+def fit_horizons(space: Mapping[str, Dist], trials: Mapping[int, Sequence[tuple[Mapping, float]]]
+                 ) -> dict[str, PowerLaw]:
+    """One :class:`PowerLaw` per searched LogUniform/Uniform key, from its optimum at each horizon
+    (:func:`horizon_optimum` of ``trials``: horizon -> its finished trials as ``(config, value)``).  A key with a
+    non-positive optimum is skipped with a warning."""
+    hs = sorted(trials)
+    optima = {h: horizon_optimum(space, trials[h]) for h in hs}
     fits = {}
     for key, d in space.items():
         if not isinstance(d, FITTED):
             continue
-        vals = [float(config_value(optima[s], key)) for s in hs]
+        vals = [optima[h][0][key] for h in hs]
         if any(v <= 0 for v in vals):
             warnings.warn(f"muplify.tune: horizon fit of {key} skipped: its optima {vals} are not all positive (a power "
                           "law needs positive values)", stacklevel=3)
             continue
-        fits[key] = fit_power_law(key, hs, vals)
+        fits[key] = fit_power_law(key, hs, vals, [optima[h][1][key] for h in hs])
     return fits
 
 

@@ -286,12 +286,11 @@ def _check_widths(width: int | None, widths: Sequence[int] | None) -> list[int]:
 
 def _fit(space: Mapping[str, Dist], trials: Sequence[TrialRecord], hs: list[int], width: int,
          progress: bool) -> dict:
-    """The horizon fit: each horizon's best trial at the proxy width (global and refine), fitted key by key."""
-    optima = {}
-    for h in hs:
-        done = [t for t in trials if t.horizon == h and t.width == width and t.state == "complete" and t.config]
-        optima[h] = min(done, key=lambda t: (t.value, t.number)).config
-    fits = fit_horizons(space, optima)
+    """The horizon fit: each horizon's optimum from its finished trials at the proxy width (global and refine),
+    fitted key by key."""
+    done = {h: [(t.config, t.value) for t in sorted(trials, key=lambda t: t.number)
+                if t.horizon == h and t.width == width and t.state == "complete" and t.config] for h in hs}
+    fits = fit_horizons(space, done)
     for f in fits.values():
         _say(progress, f"tune: horizon fit: {f}")
     return {k: f.to_dict() for k, f in fits.items()}

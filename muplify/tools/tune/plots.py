@@ -118,7 +118,8 @@ def plot_horizons(self: TuneResult, path: str, dpi: int = 110) -> str:
         beyond = [hi * 10 ** (j / 20) for j in range(21)]
         ax.plot(inside, [f.at(s) for s in inside], c="tab:blue", label=f"{f.coef:.3g}·S^{f.exponent:.3f}")
         ax.plot(beyond, [f.at(s) for s in beyond], c="tab:blue", ls="--", alpha=0.6, label="extrapolated")
-        ax.scatter(f.horizons, f.optima, c="red", zorder=5, s=22, label="optimum (best trial)")
+        ax.scatter(f.horizons, f.optima, c="red", zorder=5, s=22,
+                   label="optimum (" + "/".join(sorted(set(f.optimum_from or ["best trial"]))) + ")")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_title(f"{f.key}: exponent {f.exponent:+.3f} {f.uncertainty().split(' (')[0]}", fontsize=9)

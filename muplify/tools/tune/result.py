@@ -82,7 +82,7 @@ class TuneResult:
     names ``"phase"`` and ``"tuned_at"`` (the width ``value`` was measured at); with ``tune(..., batch_size=,
     steps=)`` ``"regime"`` (the proxy's batch size and steps, which :func:`transfer` scales from); with a known seed spread
     ``"value_spread"``; after re-evaluation ``"value_in_sweep"`` (``value`` is then the fresh-seed mean); with
-    ``tune(..., horizons=)`` ``"horizon_fit"`` (``{key: {"exponent", "stderr", "coef", "horizons", "optima"}}``,
+    ``tune(..., horizons=)`` ``"horizon_fit"`` (``{key: {"exponent", "stderr", "coef", "horizons", "optima", "optimum_from"}}``,
     see :attr:`horizon_fit`; ``value`` and the rest are the largest horizon's)."""
 
     best: dict | None  # None when no trial completed
