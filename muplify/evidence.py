@@ -399,6 +399,37 @@ def _kv_head_guesses(ev: _Evidence) -> None:
             ev.guesses.setdefault(g.find(out), why)
 
 
+def _output_bottlenecks(ev: _Evidence) -> None:
+    """guess (named, no mark): a scaling dim smaller than the width that a layer writes, a layer reads and the
+    model returns (a VAE's latent mu / logvar, an autoencoder's code) is read as a fraction of the width; a latent
+    size is often fixed as the model widens, and one width cannot tell: named on it and on the dims it is split
+    from or joined into."""
+    g, S, flow = ev.g, ev.S, ev.flow
+    wsize = g.size[ev.root]
+    written = set(flow.produced)  # by a layer, or split from / joined into what a layer writes (mu, logvar = chunk)
+    for kind, out, parts in g.relations:
+        group = {g.find(out), *(g.find(p) for p in parts)}
+        if group & flow.produced:
+            written |= group
+    found: dict[int, str] = {}
+    for r, names in ev.out_roots.items():
+        if r in S.finite or r in S.forced or g.size[r] >= wsize or r not in written or r not in flow.consumed:
+            continue
+        shown = ", ".join(f"'{n}'" for n in names[:2])
+        # no sizes in the text: a plan reused at another width (muplify.reuse) keeps it
+        found[r] = (f"a dim narrower than the width reaches model output {shown} and a layer reads it (a latent, a "
+                    "code): taken to scale with the width; if its size is fixed as the model widens, pass base=<the "
+                    "model at the base width>")
+    for r, why in found.items():
+        ev.guesses.setdefault(r, why)
+        for kind, out, parts in g.relations:
+            group = {g.find(out), *(g.find(p) for p in parts)}
+            if r in group:
+                for x in group:
+                    if x not in S.finite and x not in S.forced and g.size[x] > 1:
+                        ev.guesses.setdefault(x, why)
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of the solver: ``tier`` is the evidence tier its marks carry (:mod:`muplify.width`'s list), or
@@ -427,6 +458,7 @@ STEPS: tuple[Step, ...] = (
     Step(GUESS, _timm_head),
     Step(CONVENTION, _one_scaling_axis_per_fan),
     Step(GUESS, _kv_head_guesses),
+    Step(GUESS, _output_bottlenecks),
 )
 
 

@@ -321,3 +321,37 @@ def test_the_solver_runs_its_evidence_steps_in_order(monkeypatch):
                         + (added,))
     assert roles()["net.4.weight"] == "hidden"  # the classes scale once no step reads them as a readout
     assert seen and seen[0][0] == 64 and not any("readout" in why for why in seen[0][1])
+
+
+class _VAE(nn.Module):
+    """A conv VAE with a fixed 4-channel latent: (mu, logvar) = chunk(to_lat(h)), returned with the reconstruction."""
+
+    def __init__(self, w: int):
+        super().__init__()
+        self.e1, self.e2 = nn.Conv2d(3, w, 4, 2, 1), nn.Conv2d(w, 2 * w, 4, 2, 1)
+        self.to_lat, self.from_lat = nn.Conv2d(2 * w, 8, 1), nn.Conv2d(4, 2 * w, 1)
+        self.d1, self.d2 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ConvTranspose2d(w, 3, 4, 2, 1)
+
+    def forward(self, x):
+        mu, logvar = self.to_lat(F.relu(self.e2(F.relu(self.e1(x))))).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return self.d2(F.relu(self.d1(F.relu(self.from_lat(z))))), mu, logvar
+
+
+def test_a_returned_latent_narrower_than_the_width_is_a_named_guess():
+    """One width reads a VAE's 4-channel latent as w/16 (nothing in the graph fixes it): a named guess on the
+    layers that write and read it, in the one warning; base= reads it exactly (fixed: to_lat output-like, from_lat
+    input-like), unmarked."""
+    x = (torch.randn(2, 3, 16, 16),)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = core.analyze(_VAE(64), base_width=32, example_inputs=x)
+        mu = muplify(_VAE(64), base_width=32, example_inputs=x)
+    for n in ("to_lat.weight", "from_lat.weight"):
+        assert plan[n].decided_by.startswith("guess") and "latent" in plan[n].decided_by, plan[n].decided_by
+    assert not plan["e2.weight"].decided_by.startswith("guess")
+    assert any("guessed the role" in str(w.message) and "from_lat.weight" in str(w.message) for w in caught)
+    exact = quiet_muplify(_VAE(64), base=_VAE(32), example_inputs=x).plan
+    assert (exact["to_lat.weight"].role, exact["from_lat.weight"].role) == ("output", "input")
+    assert not any(exact[n].decided_by.startswith("guess") for n in ("to_lat.weight", "from_lat.weight"))
+    assert mu.plan["to_lat.weight"].role == "hidden"
