@@ -8,6 +8,7 @@ the first reason that marks it):
 1. ``hard``: axes of the model's inputs; kernel sizes; axes indexed, counted or selected by integers (embedding rows,
    ``one_hot`` classes, ``histc`` bins, ``scatter``/``index_add`` targets, ``x[..., i]``); the class axis of a loss;
    the stack axis of a weight used as independent matrices (experts); spatial axes (affine in the input's); the
+   query and key positions of an attention op (a Perceiver's learned latents too); the
    rows of a table sliced to an input axis's length (``pos[:, :T]``); and
    everything these determine through products, sums and fixed multiples.
 2. ``convention``: head_dim (or the head count) by ``head_scaling``; the group width of grouped convs; and where
@@ -243,6 +244,7 @@ def analyse(cap: Capture, width: int | None = None, head_scaling: str = "heads",
         raise WidthError(f"width must be a positive int (the size of the width dimension), got {width!r}")
     g = DimGraph()
     _run_rules(g, cap.graph, gm if gm is not None else cap.graph_module, cap)
+    g.unify_factorizations()
     ph_nodes = {n.name: n for n in cap.graph.nodes if n.op == "placeholder"}
     placeholders = _one_placeholder_per_param(g, cap, ph_nodes)
     param_axes = {ph: g.node_dims[ph_nodes[ph]] for ph in placeholders}

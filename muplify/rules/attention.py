@@ -34,9 +34,18 @@ def _sdpa(g: DimGraph, call: Call) -> None:
         for i, d in enumerate(dm):
             if 0 <= off + i < len(target):
                 g.eq(d, target[off + i])
+    _positions(g, dq[-2], dk[-2])
     heads = dq[-3] if len(dq) >= 3 else None
     g.attention.append(AttentionSite(node, "sdpa", dq[-1], heads))
     g.attention.append(AttentionSite(node, "sdpa-v", dv[-1], dv[-3] if len(dv) >= 3 else None))
+
+
+def _positions(g: DimGraph, queries: int, keys: int) -> None:
+    """The query and key axes of an attention op are positions (tokens, patches, latents), not features: fixed as
+    the model widens, even where no model input sets them (a Perceiver's learned latents, a set transformer's seed
+    vectors, memory tokens)."""
+    g.finite(queries, "query positions of an attention op")
+    g.finite(keys, "key positions of an attention op")
 
 
 def _reaches_softmax(node: fx.Node, depth: int = 6) -> bool:
@@ -81,8 +90,10 @@ def maybe_manual_attention(g: DimGraph, node: fx.Node, a, b) -> bool:
     if da is None or db is None or len(da) < 3:
         return False
     if _reaches_softmax(node):
+        _positions(g, da[-2], db[-1])
         g.attention.append(AttentionSite(node, "manual", da[-1], da[-3] if len(da) >= 3 else None))
     elif _from_softmax(a) and len(db) >= 3:
+        _positions(g, da[-2], db[-2])
         g.attention.append(AttentionSite(node, "manual-v", db[-1], db[-3] if len(db) >= 3 else None))
     else:
         return False

@@ -146,6 +146,24 @@ class DimGraph:
             self.relations.append(("prod", parts[0], tuple(out)))
         # many-to-many regroupings (rare) carry no usable relation
 
+    def unify_factorizations(self) -> None:
+        """Two row-major factorizations of one dim into factors of the same sizes, in the same order, are one split:
+        their factors are unified pairwise.  A view that merges (batch, heads) and a later view that splits the merged
+        dim again (torch's MultiheadAttention: ``(L, B*H, hd)`` then ``(B, H, L, hd)``) otherwise leaves the first
+        batch factor unrelated to the batch the attention op ties to the keys'.  Repeated until nothing changes."""
+        changed = True
+        while changed:
+            changed = False
+            seen: dict[tuple[int, tuple[int, ...]], tuple[int, ...]] = {}
+            for kind, out, parts in self.relations:
+                if kind != "prod":
+                    continue
+                first = seen.setdefault((self.find(out), tuple(self.size[p] for p in parts)), parts)
+                for a, b in zip(first, parts):
+                    if self.find(a) != self.find(b):
+                        self.eq(a, b)
+                        changed |= self.find(a) == self.find(b)
+
     def sum(self, out: int, parts: Sequence[int]) -> None:
         parts = [d for d in parts if self.size[d] != 0]
         if len(parts) == 1:
