@@ -430,6 +430,26 @@ def _output_bottlenecks(ev: _Evidence) -> None:
                         ev.guesses.setdefault(x, why)
 
 
+def _small_embeddings(ev: _Evidence) -> None:
+    """guess (named, no mark): an embedding whose feature dim is not the width's size and that a layer reads (a
+    class or task embedding conditioning the model through a projection, a factorized embedding) is read as a
+    fraction or multiple of the width; such a size is often fixed as the model widens (ALBERT keeps 128), and one
+    width cannot tell (a config that states the size decides it: the input-side guess above)."""
+    g, S, flow = ev.g, ev.S, ev.flow
+    wsize = g.size[ev.root]
+    # no sizes in the text: a plan reused at another width (muplify.reuse) keeps it
+    why = ("an embedding whose size is not the width's feeds a layer (a conditioning or factorized embedding): taken "
+           "to scale with the width; if its size is fixed as the model widens, pass base=<the model at the base width>")
+    heads = {g.find(a.heads) for a in g.attention if a.heads is not None}
+    for r, prods in flow.producers.items():
+        r = g.find(r)
+        if r in S.finite or r in S.forced or g.size[r] == wsize or r not in flow.consumed or r in flow.related or \
+                r in heads or not prods or any(fin for _, fin, _dep in prods):
+            continue  # heads (a relative-position bias per head) and dims built with others have their evidence
+        if all(u.kind == "embedding" for ph, *_ in prods for u in g.uses.get(ph, []) if u.kind in CONTRACTING_KINDS):
+            ev.guesses.setdefault(r, why)
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of the solver: ``tier`` is the evidence tier its marks carry (:mod:`muplify.width`'s list), or
@@ -459,6 +479,7 @@ STEPS: tuple[Step, ...] = (
     Step(CONVENTION, _one_scaling_axis_per_fan),
     Step(GUESS, _kv_head_guesses),
     Step(GUESS, _output_bottlenecks),
+    Step(GUESS, _small_embeddings),
 )
 
 

@@ -23,7 +23,8 @@ the first reason that marks it):
    on one channel count only; a readout-like dim the size of the width, taken to scale; axes of tensors the forward
    creates (``arange`` for sinusoidal features) that no layer produces, unless what they build has a scaling size;
    K/V heads repeated to the query heads (GQA), taken to scale (a family may keep its K/V head count fixed); a dim
-   narrower than the width that layers write and read and the model returns (a VAE's latent), taken to scale.
+   narrower than the width that layers write and read and the model returns (a VAE's latent), and an embedding of
+   its own size that a layer reads (a conditioning embedding), both taken to scale.
 
 Every other dim scales; an infinite dim gets the sympy expression ``(size / width_size) * w``, so an MLP
 down-projection has ``fan_in = 4*w``; finite dims are integers.  The width itself is the model's declared width

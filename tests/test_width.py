@@ -355,3 +355,30 @@ def test_a_returned_latent_narrower_than_the_width_is_a_named_guess():
     assert (exact["to_lat.weight"].role, exact["from_lat.weight"].role) == ("output", "input")
     assert not any(exact[n].decided_by.startswith("guess") for n in ("to_lat.weight", "from_lat.weight"))
     assert mu.plan["to_lat.weight"].role == "hidden"
+
+
+class _FiLM(nn.Module):
+    """A class embedding of its own size (16) conditions the hidden layer through a projection to scale/shift."""
+
+    def __init__(self, w: int):
+        super().__init__()
+        self.cond, self.film = nn.Embedding(10, 16), nn.Linear(16, 2 * w)
+        self.inp, self.hid, self.out = nn.Linear(8, w), nn.Linear(w, w), nn.Linear(w, 2)
+
+    def forward(self, x, c):
+        g, b = self.film(self.cond(c)).chunk(2, -1)
+        return self.out(F.relu(self.hid(F.relu(self.inp(x))) * (1 + g) + b))
+
+
+def test_an_embedding_of_its_own_size_feeding_a_layer_is_a_named_guess():
+    """One width reads a 16-wide conditioning embedding as w/4: named as a guess on the embedding and the layer that
+    reads it; base= reads it fixed (cond fixed, film input-like), unmarked.  A relative-position bias per head (T5,
+    Swin: an embedding whose size is the head count) is not such a guess (the zoo's plans are unchanged)."""
+    args = (torch.randn(4, 8), torch.randint(0, 10, (4,)))
+    one = core.analyze(_FiLM(64), base_width=32, example_inputs=args)
+    for n in ("cond.weight", "film.weight"):
+        assert one[n].decided_by.startswith("guess") and "conditioning" in one[n].decided_by, one[n].decided_by
+    assert not one["hid.weight"].decided_by.startswith("guess")
+    exact = core.analyze(_FiLM(64), base=_FiLM(32), example_inputs=args)
+    assert (exact["cond.weight"].role, exact["film.weight"].role) == ("fixed", "input")
+    assert not any(exact[n].decided_by.startswith("guess") for n in ("cond.weight", "film.weight"))
