@@ -244,7 +244,9 @@ def axis_facts(wa, base_width: int, base_shapes: dict[str, tuple[int, ...]] | No
 
     Without a base model the width analysis decides which axes grow and the base sizes follow from ``base_width``;
     with one (``base=``), an axis grows exactly when its size differs from the base model's (the `mup` package's
-    base shapes, but fans still come from the graph) and the base sizes are read, not computed."""
+    base shapes, but fans still come from the graph) and the base sizes are read, not computed.  A growing axis keeps
+    the graph's own expression where the base model confirms it (its value at the base width is the base size): a
+    fused ``w + 32`` (scaling Q rows, one fixed K/V head) stays a sum of blocks, not ``5*w/4``."""
     sym, width = wa.width_symbol, wa.width_size
     out = {}
     for name, pd in wa.params.items():
@@ -252,9 +254,25 @@ def axis_facts(wa, base_width: int, base_shapes: dict[str, tuple[int, ...]] | No
             out[name] = (list(pd.axis_exprs), [max(1, _at(e, sym, base_width)) for e in pd.axis_exprs])
             continue
         base = base_shapes[name]
-        exprs = [sympy.Integer(n) if n == b else sympy.Rational(n, width) * sym for n, b in zip(pd.shape, base)]
+        exprs = [sympy.Integer(n) if n == b else
+                 e if e.has(sym) and _at(e, sym, base_width) == b else
+                 _two_size_expr(n, b, width, base_width, sym) if not e.has(sym) else sympy.Rational(n, width) * sym
+                 for n, b, e in zip(pd.shape, base, pd.axis_exprs)]
         out[name] = (exprs, [max(1, int(b)) for b in base])
     return out
+
+
+def _two_size_expr(n: int, b: int, width: int, base_width: int, sym: sympy.Symbol) -> sympy.Expr:
+    """A growing axis that one instance read as fixed, from its sizes at two widths: ``k*w + c`` when they say whole
+    blocks of ``w`` plus a fixed block (HF Falcon's multi-query qkv, whose K/V rows a list index picks: 96 rows at 64,
+    160 at 128 is ``w + 32``), else proportional (``n/width*w``).  An axis the graph reads as growing but not as the
+    base model has it (a size rounded to a multiple) stays proportional."""
+    if width != base_width:
+        k = sympy.Rational(n - b, width - base_width)
+        c = n - k * width
+        if k.is_integer and k > 0 and c.is_integer and c > 0:
+            return k * sym + c
+    return sympy.Rational(n, width) * sym
 
 
 def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: HyperParams | None = None,

@@ -77,7 +77,10 @@ def describe(plan: Plan) -> str:
     if len(plan.scaling_dims) > 1:
         lines.append("scaling dims: " + ", ".join(f"{size} = {expr} ({n} axes)" for size, expr, n in plan.scaling_dims))
     if not plan.hp.is_default():
-        lines.append(f"hp: {plan.hp.to_dict()}")
+        lines.append(f"hp: {plan.hp.values()}")
+    if plan.hp.tuned_roles:
+        lines.append(f"hp tuned under the roles of {len(plan.hp.tuned_roles)} parameters (hp['tuned_roles']): "
+                     "this model's agree")
     rules = plan.rules()
     rows = [("parameter", "shape", "role", "fan_in", "fan_out", "init", "adam lr", "sgd lr", "decided by")]
     for n, p in plan.params.items():
