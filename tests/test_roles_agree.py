@@ -1,6 +1,7 @@
 """Issue 18 items 1, 3 and 5: the proxy and the target get the same roles (tune/transfer read them from two widths,
-and a mismatch with the roles the values were tuned under is refused), a scalar head is a readout (a router is what a
-top-k selects along), learned tables added to the stream are input-like and per-head biases vector-like."""
+and hp tuned under other roles are refused wherever they are applied, plain muplify(hp=) included), a scalar head is
+a readout (a router is what a top-k selects along, or what a softmax over the experts weights their outputs with),
+learned tables added to the stream are input-like and per-head biases vector-like."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from muplify import RolesMismatchError, muplify  # noqa: E402
 from muplify.tools.tune.roles import tuned_roles  # noqa: E402
 from muplify.tools.tune.trial import transfer  # noqa: E402
 from muplify_dev.kv_heads import GQALM, MQAFusedLM  # noqa: E402
+from muplify_dev.soft_moe import SoftmaxClassifier, SoftMoE  # noqa: E402
 
 VOCAB = 50
 
@@ -372,6 +374,51 @@ def test_a_router_is_what_a_topk_selects_along():
     r = mu.plan["router.weight"]
     assert r.role == "output" and not r.readout and "router" in r.note and "topk" in r.note
     assert mu.plan["head.weight"].readout
+
+
+def _router_outputs(mu, x):
+    seen = []
+    handle = mu.router.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.no_grad():
+        y = mu(x)
+    handle.remove()
+    return seen[0], y
+
+
+@pytest.mark.parametrize("mix", ["stack", "einsum", "loop"])
+def test_a_soft_router_is_output_like_not_the_readout(mix):
+    """No top-k: a softmax over the experts whose probabilities weight the experts' outputs, summed over the expert
+    axis (a sum, an einsum, or adds expert by expert), is what makes Linear(w, E) a router: output-like, its lr and
+    init by the output rules, but output_mult (the readout's multiplier) does not reach it; the plan says why."""
+    x = torch.randn(2, 5, 8)
+    torch.manual_seed(0)
+    model = SoftMoE(64, mix=mix)
+    state = _state(model)
+    mu1 = _mu(model, 32, x)
+    r = mu1.plan["router.weight"]
+    assert (r.role, str(r.fan_out), r.readout) == ("output", "4", False)
+    assert "router: its outputs weight the experts (a softmax over them" in r.note
+    assert "router: its outputs weight the experts" in str(mu1.plan)
+    assert mu1.plan["head.weight"].readout and "router" not in mu1.plan["head.weight"].note
+    model2 = SoftMoE(64, mix=mix)
+    model2.load_state_dict(state)
+    mu2 = _mu(model2, 32, x, hp={"output_mult": 2.0})
+    mu2.load_state_dict(mu1.state_dict())
+    (r1, y1), (r2, y2) = _router_outputs(mu1, x), _router_outputs(mu2, x)
+    torch.testing.assert_close(r2, r1, rtol=0, atol=0)  # output_mult does not touch the router ...
+    bias = mu1.head.bias.detach()
+    torch.testing.assert_close(y2 - bias, 2 * (y1 - bias))  # ... and doubles the readout's input
+
+
+def test_a_readouts_softmax_is_not_a_router():
+    """A classifier whose output is the softmax of its readout (class probabilities reaching the model output) and a
+    scalar value head stay readouts: no expert outputs are weighted."""
+    x = torch.randn(3, 8)
+    mu = _mu(SoftmaxClassifier(64), 32, x)
+    p = mu.plan["head.weight"]
+    assert p.role == "output" and p.readout and "router" not in p.note
+    v = _mu(ValueHead(64), 32, x).plan["v.weight"]
+    assert v.role == "output" and v.readout and "router" not in v.note
 
 
 # ------------------------------------------------------------------------------------------------ item 5

@@ -99,6 +99,8 @@ def describe(plan: Plan) -> str:
             lines.append("  ".join("-" * x for x in widths))
     if any(p.role == "output" and not p.readout for p in plan.params.values()):
         lines.append("(output* = output-like but not the model's readout, e.g. a MoE router: 1/m_in, no output_mult)")
+        lines += [f"  {n}: {p.note}" for n, p in plan.params.items()  # why (a router: what weights the experts)
+                  if p.role == "output" and not p.readout and p.note]
     lines += _kinds_lines(plan)
     fwd = forward_multipliers(plan)
     absorbed = {n: r.absorbed for n, r in rules.items() if r.absorbed != 1.0}
