@@ -227,6 +227,26 @@ def _fused_blocks(fan_out: sympy.Expr, sym: sympy.Symbol) -> str | None:
             "hidden (its fixed rows get hidden's init and lr scaling). Split the projection for per-block treatment")
 
 
+def _fixed_rows_around_a_query(wa, params: dict[str, ParamPlan], attention, axes) -> None:
+    """A fused projection read as fixed as a whole (output-like) although part of its rows is an attention query of
+    a scaling size: HF Falcon's multi-query ``query_key_value`` picks its K/V rows with a list index
+    (``x[..., [-2], :]``), which makes the whole row axis read as fixed at one width, while its Q rows (``w`` of ``w
+    + 2 * head_dim``) make the heads.  One width cannot read the blocks: a named guess pointing to ``base=``."""
+    scaling = {int(size) for size, _, _ in _scaling_dims(wa, axes)}
+    for a in attention:
+        q = a.query
+        p = params.get(q.param) if q is not None and q.channels else None
+        if p is None or p.role != "output" or p.readout or p.decision is not Decision.GRAPH:
+            continue
+        start, stop, total = q.channels
+        if stop - start in scaling and stop - start < total:
+            p.decided_by = _mark_guess(wa.params[q.param], (
+                f"fused rows: {stop - start} of its {total} rows are the query of '{a.module}' (a size that scales "
+                f"with width), the other {total - stop + start} read as fixed (e.g. multi-query K/V), and so the whole "
+                "matrix as output-like; one width cannot read the blocks. Pass base=<the model at the base width> "
+                "(tune and transfer read it from two widths): it reads the rows as scaling Q + fixed K/V"))
+
+
 def _is_gain(pd, uses: list[Use]) -> bool:
     """A vector that scales a normalised activation: a norm op's weight, or ``weight * x`` right after a
     normalisation (HF RMSNorm)."""
@@ -458,6 +478,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                       find_branches=options.base_depth is not None)
     sites, attention, site_notes = find_sites(ctx)
     notes += site_notes
+    if base_shapes is None:
+        _fixed_rows_around_a_query(wa, params, attention, axes)
     if options.base_depth is not None:
         options, depth_notes = _depth(options, ctx.blocks, model)
         notes += depth_notes

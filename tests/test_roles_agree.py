@@ -330,9 +330,11 @@ def test_fused_qkv_with_fixed_kv_rows_is_a_named_guess(route):
     assert p.guessed and "fused rows w + 32" in p.decided_by
 
 
-def test_falcon_multi_query_qkv_is_a_named_guess_with_base():
+@pytest.mark.parametrize("route", ["one width", "base="])
+def test_falcon_multi_query_qkv_is_a_named_guess(route):
     """HF Falcon (multi_query, old architecture) picks its K/V rows with a list index, which one instance reads as a
-    fixed axis; the exact route reads the fused rows from the two sizes and names the one role as a guess."""
+    fixed axis (the whole matrix output-like): named as a guess pointing to base=, since its query rows make the
+    heads.  The exact route reads the fused rows from the two sizes (w + 32) and names the one role as a guess."""
     T = pytest.importorskip("transformers")
 
     def falcon(w):
@@ -340,11 +342,16 @@ def test_falcon_multi_query_qkv_is_a_named_guess_with_base():
                            multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False)
         return T.FalconForCausalLM(c)
 
+    kw = {"base_width": 64} if route == "one width" else {"base": lambda: falcon(64)}
     with pytest.warns(UserWarning, match=r"guessed the role of 1 parameter\(s\): .*query_key_value\.weight"):
-        plan = muplify(falcon(128), base=lambda: falcon(64)).plan
+        plan = muplify(falcon(128), **kw).plan
     p = plan["transformer.h.0.self_attention.query_key_value.weight"]
-    assert (p.role, str(p.fan_out), p.base_fan_out) == ("hidden", "w + 32", 96)
-    assert p.guessed and "fused rows w + 32" in p.decided_by
+    if route == "base=":
+        assert (p.role, str(p.fan_out), p.base_fan_out) == ("hidden", "w + 32", 96)
+        assert p.guessed and "fused rows w + 32" in p.decided_by
+    else:
+        assert (p.role, str(p.fan_out)) == ("output", "160") and p.guessed
+        assert "fused rows: 128 of its 160 rows are the query" in p.decided_by and "base=" in p.decided_by
     assert not plan["transformer.h.0.self_attention.dense.weight"].guessed
 
 
