@@ -7,7 +7,7 @@ Pipeline: capture (torch.export) -> width analysis (sympy) -> classify (the plan
 -> rewrite (hooks, init) -> optimizer.
 """
 from .core import MuplifiedModule, analyze, is_muplified, muplify
-from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, WidthError
+from .errors import CaptureError, MuplifyError, OptimizerRuleError, PlanError, RolesMismatchError, WidthError
 from .optim import CombinedOptimizer, register_family, register_rule
 from .options import HyperParams, Options
 from .plan import ParamPlan, Plan, Site
@@ -16,7 +16,7 @@ from .policy import ForwardMultiplier, OptimizerFamily
 __all__ = [
     "muplify", "analyze", "is_muplified", "MuplifiedModule", "Plan", "ParamPlan", "Site", "Options", "HyperParams",
     "ForwardMultiplier", "OptimizerFamily", "CombinedOptimizer", "register_rule", "register_family", "coord_check",
-    "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError",
+    "MuplifyError", "CaptureError", "WidthError", "PlanError", "OptimizerRuleError", "RolesMismatchError",
     "tune",
 ]
 __version__ = "0.1.0"

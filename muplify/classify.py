@@ -96,6 +96,83 @@ def _routing_selection(wa, dims: list[int], axes) -> str | None:
     return None
 
 
+def _downstream(node: fx.Node, depth: int):
+    """Ops that read ``node``'s result, at most ``depth`` ops on (nearest first)."""
+    seen, frontier = {node}, [node]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for u in n.users:
+                if u not in seen and u.op == "call_function":
+                    seen.add(u)
+                    nxt.append(u)
+                    yield u
+        frontier = nxt
+
+
+def _upstream(node, match, depth: int) -> bool:
+    """Whether an op ``match``-ing produces ``node`` or one of its inputs, at most ``depth`` ops back (a list of
+    tensors, ``torch.stack``'s, is followed)."""
+    seen, frontier = set(), [node]
+    for _ in range(depth + 1):
+        nxt = []
+        for n in frontier:
+            if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
+                continue
+            seen.add(n)
+            if match(n):
+                return True
+            nxt.extend(n.all_input_nodes)
+        frontier = nxt
+    return False
+
+
+def _soft_routing(wa, node: fx.Node, dims: list[int], axes) -> str | None:
+    """Why an output-like use's fan-out axis is a soft expert choice: a softmax over it whose probabilities multiply
+    the outputs of layers (the experts) and are summed over that axis -- by a sum reduction, a contraction with the
+    stacked expert outputs, or expert by expert with adds.  A readout's softmax (class probabilities reaching the
+    model's output, or weighing targets that come from the inputs) weighs no layer outputs: not a router."""
+    g = wa.dim_graph
+    roots = {g.find(dims[a]) for a in axes if a < len(dims)}
+    if len(roots) != 1:
+        return None
+    (root,) = roots
+
+    def carries(n) -> bool:
+        d = g.dims(n)
+        return d is not None and any(g.find(x) == root for x in d)
+
+    def softmax_axis_is_root(n) -> bool:
+        d, axis = g.dims(n.args[0]) if n.args else None, n.args[1] if len(n.args) > 1 else -1
+        return isinstance(axis, int) and bool(d) and -len(d) <= axis < len(d) and g.find(d[axis]) == root
+
+    sm = next((n for n in _downstream(node, 6) if ops.is_softmax(n.target) and softmax_axis_is_root(n)), None)
+    if sm is None:
+        return None
+    from_gate = lambda n: _upstream(n, lambda m: m is sm, 8)  # noqa: E731
+    from_layers = lambda n: _upstream(n, lambda m: ops.layer_slots(m.target) is not None, 8)  # noqa: E731
+    for n in _downstream(sm, 8):
+        ins = [a for a in n.all_input_nodes if g.dims(a) is not None]
+        gate = [a for a in ins if from_gate(a)]
+        experts = [a for a in ins if a not in gate and from_layers(a)]
+        if not gate or not experts:
+            continue
+        if carries(gate[0]) and any(carries(a) for a in experts) and not carries(n):
+            return f"contracted with the expert outputs by {_opname(n)}"
+        if not ops.is_scaling(n.target):
+            continue
+        for m in _downstream(n, 4):
+            if ops.is_sum_reduction(m.target) and carries(m.args[0]) and not carries(m):
+                return "multiplied with the expert outputs and summed over the expert axis"
+            if ops.is_add(m.target) and all(from_gate(a) and from_layers(a) for a in m.all_input_nodes):
+                return "multiplied with each expert's output and the products added up"
+    return None
+
+
+def _opname(n: fx.Node) -> str:
+    return str(n.target).split(".")[1] if str(n.target).startswith("aten.") else str(n.target)
+
+
 def _added_table(pd, wa, exprs) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """(row axes, feature axes) of a learned table added to the activation stream: a positional table
     ``(1, N, w)`` -- elementwise uses, one of them an add, axes of fixed size > 1 that are not a head_dim / state
@@ -148,6 +225,26 @@ def _fused_blocks(fan_out: sympy.Expr, sym: sympy.Symbol) -> str | None:
     return (f"fused rows {sympy.Add(*scaling)} + {sympy.Add(*fixed)}: the scaling block (e.g. Q) is hidden, the fixed "
             f"block ({sympy.Add(*fixed)} rows, e.g. one K/V head) would be output-like; the whole matrix is taken as "
             "hidden (its fixed rows get hidden's init and lr scaling). Split the projection for per-block treatment")
+
+
+def _fixed_rows_around_a_query(wa, params: dict[str, ParamPlan], attention, axes) -> None:
+    """A fused projection read as fixed as a whole (output-like) although part of its rows is an attention query of
+    a scaling size: HF Falcon's multi-query ``query_key_value`` picks its K/V rows with a list index
+    (``x[..., [-2], :]``), which makes the whole row axis read as fixed at one width, while its Q rows (``w`` of ``w
+    + 2 * head_dim``) make the heads.  One width cannot read the blocks: a named guess pointing to ``base=``."""
+    scaling = {int(size) for size, _, _ in _scaling_dims(wa, axes)}
+    for a in attention:
+        q = a.query
+        p = params.get(q.param) if q is not None and q.channels else None
+        if p is None or p.role != "output" or p.readout or p.decision is not Decision.GRAPH:
+            continue
+        start, stop, total = q.channels
+        if stop - start in scaling and stop - start < total:
+            p.decided_by = _mark_guess(wa.params[q.param], (
+                f"fused rows: {stop - start} of its {total} rows are the query of '{a.module}' (a size that scales "
+                f"with width), the other {total - stop + start} read as fixed (e.g. multi-query K/V), and so the whole "
+                "matrix as output-like; one width cannot read the blocks. Pass base=<the model at the base width> "
+                "(tune and transfer read it from two widths): it reads the rows as scaling Q + fixed K/V"))
 
 
 def _is_gain(pd, uses: list[Use]) -> bool:
@@ -244,7 +341,9 @@ def axis_facts(wa, base_width: int, base_shapes: dict[str, tuple[int, ...]] | No
 
     Without a base model the width analysis decides which axes grow and the base sizes follow from ``base_width``;
     with one (``base=``), an axis grows exactly when its size differs from the base model's (the `mup` package's
-    base shapes, but fans still come from the graph) and the base sizes are read, not computed."""
+    base shapes, but fans still come from the graph) and the base sizes are read, not computed.  A growing axis keeps
+    the graph's own expression where the base model confirms it (its value at the base width is the base size): a
+    fused ``w + 32`` (scaling Q rows, one fixed K/V head) stays a sum of blocks, not ``5*w/4``."""
     sym, width = wa.width_symbol, wa.width_size
     out = {}
     for name, pd in wa.params.items():
@@ -252,9 +351,25 @@ def axis_facts(wa, base_width: int, base_shapes: dict[str, tuple[int, ...]] | No
             out[name] = (list(pd.axis_exprs), [max(1, _at(e, sym, base_width)) for e in pd.axis_exprs])
             continue
         base = base_shapes[name]
-        exprs = [sympy.Integer(n) if n == b else sympy.Rational(n, width) * sym for n, b in zip(pd.shape, base)]
+        exprs = [sympy.Integer(n) if n == b else
+                 e if e.has(sym) and _at(e, sym, base_width) == b else
+                 _two_size_expr(n, b, width, base_width, sym) if not e.has(sym) else sympy.Rational(n, width) * sym
+                 for n, b, e in zip(pd.shape, base, pd.axis_exprs)]
         out[name] = (exprs, [max(1, int(b)) for b in base])
     return out
+
+
+def _two_size_expr(n: int, b: int, width: int, base_width: int, sym: sympy.Symbol) -> sympy.Expr:
+    """A growing axis that one instance read as fixed, from its sizes at two widths: ``k*w + c`` when they say whole
+    blocks of ``w`` plus a fixed block (HF Falcon's multi-query qkv, whose K/V rows a list index picks: 96 rows at 64,
+    160 at 128 is ``w + 32``), else proportional (``n/width*w``).  An axis the graph reads as growing but not as the
+    base model has it (a size rounded to a multiple) stays proportional."""
+    if width != base_width:
+        k = sympy.Rational(n - b, width - base_width)
+        c = n - k * width
+        if k.is_integer and k > 0 and c.is_integer and c > 0:
+            return k * sym + c
+    return sympy.Rational(n, width) * sym
 
 
 def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: HyperParams | None = None,
@@ -309,9 +424,13 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                 dims = wa.roots(pd.placeholder)
                 readout = any(dims[a] in out_roots for a in use.fan_out_axes if a < len(dims))
                 router = _routing_selection(wa, dims, use.fan_out_axes)
-                if router is not None:
+                soft = None if router is not None else _soft_routing(wa, use.node, dims, use.fan_out_axes)
+                if router is not None or soft is not None:
                     readout = False
-                    note = (note + "; " if note else "") + f"router: its outputs are {router}"
+                    note = (note + "; " if note else "") + (
+                        f"router: its outputs are {router}" if router is not None else
+                        f"router: its outputs weight the experts (a softmax over them, {soft}): output-like, not "
+                        "the readout")
                 elif not readout and all(pd.shape[a] <= 1 for a in use.fan_out_axes):
                     # a single output unit has no dim to follow to the output: follow the tensor
                     readout = _single_unit_reaches_output(use.node)
@@ -359,6 +478,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                       find_branches=options.base_depth is not None)
     sites, attention, site_notes = find_sites(ctx)
     notes += site_notes
+    if base_shapes is None:
+        _fixed_rows_around_a_query(wa, params, attention, axes)
     if options.base_depth is not None:
         options, depth_notes = _depth(options, ctx.blocks, model)
         notes += depth_notes

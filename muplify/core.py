@@ -27,6 +27,7 @@ from .module_kinds import assign_module_kinds
 from .errors import MuplifyError, PlanError, WidthError, user_stacklevel
 from .optim import make_optimizer, watch_plain_optimizers
 from .options import HyperParams, Options
+from .tuned_roles import check_roles
 from .plan import Plan
 from .policy import get_parametrization
 from .width import analyse
@@ -376,10 +377,12 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
 
     ``hp=`` sets the μP hyperparameters a proxy sweep tunes (``output_mult``, ``attn_mult``, ``embed_mult``,
     ``init_mult={role: x}``, ``lr_mult={role: x}``), base-anchored: at ``width == base_width`` the model equals the
-    original with those constants applied by hand.  ``eps="scaled"`` scales Adam's ε with the gradients (1/width_mult;
-    ``"fixed"`` keeps it).  ``plan=`` (a :class:`Plan`, its dict, or a path to a plan JSON file) re-applies a saved
-    plan without re-deriving it; it must match the model exactly.  ``overrides={"glob": {"role": "hidden"}}`` edits
-    the plan's facts before the rewrite.
+    original with those constants applied by hand.  ``hp["tuned_roles"]`` (what :func:`muplify.tune` records in
+    ``result.best["hp"]``) is the roles the values were tuned under: a model that reads any parameter in another role
+    is refused with :class:`RolesMismatchError`, naming the parameters, before anything is changed.
+    ``eps="scaled"`` scales Adam's ε with the gradients (1/width_mult; ``"fixed"`` keeps it).  ``plan=`` (a
+    :class:`Plan`, its dict, or a path to a plan JSON file) re-applies a saved plan without re-deriving it; it must
+    match the model exactly.  ``overrides={"glob": {"role": "hidden"}}`` edits the plan's facts before the rewrite.
 
     ``base_depth=`` adds CompleteP depth scaling (Dey et al. 2025): every residual branch found in the graph is
     multiplied by ``(base_depth/depth)**depth_alpha`` (``depth`` inferred as the number of residual blocks, or given),
@@ -419,6 +422,7 @@ def muplify(model: nn.Module, base_width: int | None = None, *, width: int | Non
         plan = analyze(model, base_width, width=width, example_inputs=example_inputs, example_kwargs=example_kwargs,
                        hp=hp, base=base, overrides=overrides, **options)
         apply_init = True
+    check_roles(plan.hp.tuned_roles, plan)  # hp tuned under other roles would act on other weights: refuse
     plan.rules()  # derive everything now: a missing site or an impossible request raises before any change
     # everything that can fail has run; from here on the model is modified
     rewrite.apply_plan(model, plan, init=apply_init)

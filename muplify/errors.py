@@ -17,6 +17,11 @@ class PlanError(MuplifyError):
     """A plan does not fit the model it is applied to, or an override is invalid."""
 
 
+class RolesMismatchError(PlanError):
+    """The model reads some parameters in other roles than the proxy the hyperparameters were tuned on
+    (``hp["tuned_roles"]``): per-role values would act on other weights."""
+
+
 class OptimizerRuleError(MuplifyError):
     """The optimizer class has no known μP rule."""
 

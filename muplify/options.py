@@ -139,6 +139,7 @@ class HpTarget(Protocol):
 HP_SCALARS = ("output_mult", "attn_mult", "embed_mult")
 HP_PER_ROLE = ("init_mult", "lr_mult")
 GAIN = "gain"  # per-role hp dicts also take "gain": the trainable norm gains (a subset of "vector")
+TUNED_ROLES = "tuned_roles"  # hp key: the roles the values were tuned under (checked by muplify.tuned_roles)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,9 @@ class HyperParams:
     # parameter the most specific wins: module key > module kind > "gain" (norm gains) > role (muplify.module_kinds)
     init_mult: Mapping[str, float] = field(default_factory=dict)  # role / kind / module key -> factor on init values
     lr_mult: Mapping[str, float] = field(default_factory=dict)  # role / kind / module key -> factor on the lr
+    # what the values were tuned under (muplify.tune writes it into result.best["hp"]): {parameter: (role, fan_in
+    # scales, fan_out scales)}; muplify() refuses a model whose roles differ (muplify.tuned_roles).  None: unchecked
+    tuned_roles: Mapping[str, tuple] | None = None
 
     @classmethod
     def from_dict(cls, hp: Mapping | "HyperParams" | None) -> "HyperParams":
@@ -165,7 +169,7 @@ class HyperParams:
         if not isinstance(hp, Mapping):
             raise PlanError(f"hp must be a dict like {{'output_mult': 2.0, 'lr_mult': {{'input': 4.0}}}}, got "
                             f"{type(hp).__name__}")
-        allowed = HP_SCALARS + HP_PER_ROLE
+        allowed = HP_SCALARS + HP_PER_ROLE + (TUNED_ROLES,)
         bad = [k for k in hp if k not in allowed]
         if bad:
             raise PlanError(f"unknown hp keys {bad}; allowed: {list(allowed)}")
@@ -186,12 +190,23 @@ class HyperParams:
                                 "module kinds (e.g. 'query', 'mlp_in') or module keys (e.g. 'blocks.*.attn.c_attn')")
             # a zero learning rate freezes a role (e.g. norm gains); a zero init is readout_zero_init's job
             out[k] = {r: _positive(f"hp[{k!r}][{r!r}]", v, allow_zero=(k == "lr_mult")) for r, v in d.items()}
+        if hp.get(TUNED_ROLES) is not None:
+            out[TUNED_ROLES] = _tuned_roles(hp[TUNED_ROLES])
         return cls(**out)
 
     def to_dict(self) -> dict:
         """Plain JSON-able data; ``HyperParams.from_dict(hp.to_dict()) == hp``."""
-        return {"output_mult": self.output_mult, "attn_mult": self.attn_mult, "embed_mult": self.embed_mult,
-                "init_mult": dict(self.init_mult), "lr_mult": dict(self.lr_mult)}
+        d = {"output_mult": self.output_mult, "attn_mult": self.attn_mult, "embed_mult": self.embed_mult,
+             "init_mult": dict(self.init_mult), "lr_mult": dict(self.lr_mult)}
+        if self.tuned_roles is not None:
+            d[TUNED_ROLES] = {n: list(s) for n, s in self.tuned_roles.items()}
+        return d
+
+    def values(self) -> dict:
+        """:meth:`to_dict` without the tuned roles: the values themselves (what a plan prints)."""
+        d = self.to_dict()
+        d.pop(TUNED_ROLES, None)
+        return d
 
     def role_init(self, role: str, gain: bool = False) -> float:
         """The init factor of a parameter with this role (a norm gain: the "gain" entry first)."""
@@ -215,7 +230,23 @@ class HyperParams:
 
     def is_default(self) -> bool:
         """Whether every hyperparameter is 1 (μP as derived, nothing tuned)."""
-        return self == HyperParams()
+        return self.values() == HyperParams().values()
+
+
+def _tuned_roles(sig: Any) -> dict[str, tuple]:
+    """Validate ``hp["tuned_roles"]``: ``{parameter: [role, fan_in scales, fan_out scales]}``."""
+    if not isinstance(sig, Mapping):
+        raise PlanError(f"hp[{TUNED_ROLES!r}] maps parameter names to [role, fan_in scales, fan_out scales] (as "
+                        f"muplify.tune records it); got {type(sig).__name__}")
+    out = {}
+    for n, s in sig.items():
+        ok = isinstance(n, str) and isinstance(s, (list, tuple)) and len(s) == 3 and s[0] in ROLES and \
+            all(isinstance(x, bool) for x in s[1:])
+        if not ok:
+            raise PlanError(f"hp[{TUNED_ROLES!r}][{n!r}] must be [role, fan_in scales, fan_out scales] with a role "
+                            f"of {list(ROLES)} and two booleans; got {s!r}")
+        out[n] = tuple(s)
+    return out
 
 
 _HP_KEY = re.compile(r"[A-Za-z_*][\w*]*(\.[\w*]+)*")

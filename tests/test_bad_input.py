@@ -232,6 +232,23 @@ def test_plan_with_other_base_width():
                      base_width=16)
 
 
+@pytest.mark.parametrize("route", ["analysis", "plan="])
+def test_hp_tuned_under_other_roles(route):
+    """hp["tuned_roles"] (what tune records in best["hp"]) that this model reads otherwise: refused, listed."""
+    from muplify import RolesMismatchError
+    from muplify.tuned_roles import role_signature
+
+    plan = muplify(_mlp(), base_width=32).plan
+    roles = role_signature(plan)
+    readout = next(n for n, p in plan.params.items() if p.readout and n.endswith("weight"))
+    roles[readout] = ["hidden", True, True]
+    kw = {"base_width": 32} if route == "analysis" else {"plan": plan}
+    msg = raises_untouched(_mlp(), RolesMismatchError, r"this model's roles differ from those the hyperparameters "
+                           r"were tuned under \(1 parameters: " + readout.replace(".", r"\.") +
+                           ": tuned as hidden, the target reads output", hp={"tuned_roles": roles}, **kw)
+    assert "overrides=" in msg and "base=" in msg
+
+
 @pytest.mark.parametrize("edit", ["where", "role", "factor"])
 def test_hand_edited_plan_with_invalid_entries(edit):
     model = SharedHidden()

@@ -195,7 +195,9 @@ def test_trials_complete_and_best_is_the_argmin(tmp_path):
     assert all(t.state == "complete" and t.worker.endswith(f":{os.getpid()}") for t in result.trials)
     best = min(result.trials, key=lambda t: t.value)
     assert result.best["value"] == best.value and result.best["trial"] == best.number
-    assert {k: result.best[k] for k in ("lr", "hp", "optimizer", "objective")} == best.config
+    hp = dict(result.best["hp"])
+    assert hp.pop("tuned_roles")  # the roles the values were tuned under ride with them (issue 18)
+    assert {**{k: result.best[k] for k in ("lr", "optimizer", "objective")}, "hp": hp} == best.config
     assert result.best["lr"] == result.study.trials[best.number].params["lr"]
     assert result.best["width"] == WIDTH and result.best["seed"] == best.number  # trial n runs under seed 0 + n
     assert len({t.config["lr"] for t in result.trials}) == 8

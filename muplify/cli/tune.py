@@ -185,7 +185,7 @@ def cmd_transfer(a: argparse.Namespace) -> int:
                 raise TuneError(f"{flag} needs the proxy's {key.replace('_', ' ')}: {a.hp} records none (tune "
                                 f"{flag} records it), or pass --muplify-arg base_{key}=N")
         torch.manual_seed(0)
-        # roles read from two widths and checked against best["roles"] (what the values were tuned under)
+        # roles read from two widths; muplify checks them against best["hp"]["tuned_roles"] (older files: best["roles"])
         mu = _muplify_as_tuned(factory, factory(a.width), best, a.width, base, mkw)
         regime = {k: v for k, v in (("batch_size", a.batch_size), ("steps", rule_steps)) if v is not None}
         opt_obj = None

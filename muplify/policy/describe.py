@@ -77,7 +77,10 @@ def describe(plan: Plan) -> str:
     if len(plan.scaling_dims) > 1:
         lines.append("scaling dims: " + ", ".join(f"{size} = {expr} ({n} axes)" for size, expr, n in plan.scaling_dims))
     if not plan.hp.is_default():
-        lines.append(f"hp: {plan.hp.to_dict()}")
+        lines.append(f"hp: {plan.hp.values()}")
+    if plan.hp.tuned_roles:
+        lines.append(f"hp tuned under the roles of {len(plan.hp.tuned_roles)} parameters (hp['tuned_roles']): "
+                     "this model's agree")
     rules = plan.rules()
     rows = [("parameter", "shape", "role", "fan_in", "fan_out", "init", "adam lr", "sgd lr", "decided by")]
     for n, p in plan.params.items():
@@ -96,6 +99,8 @@ def describe(plan: Plan) -> str:
             lines.append("  ".join("-" * x for x in widths))
     if any(p.role == "output" and not p.readout for p in plan.params.values()):
         lines.append("(output* = output-like but not the model's readout, e.g. a MoE router: 1/m_in, no output_mult)")
+        lines += [f"  {n}: {p.note}" for n, p in plan.params.items()  # why (a router: what weights the experts)
+                  if p.role == "output" and not p.readout and p.note]
     lines += _kinds_lines(plan)
     fwd = forward_multipliers(plan)
     absorbed = {n: r.absorbed for n, r in rules.items() if r.absorbed != 1.0}

@@ -12,7 +12,8 @@ aten = torch.ops.aten
 
 
 @rule("argmax", "argmin", "max.dim", "min.dim", arg_reduction=True, needs=("input", OUTS))
-@rule("sum.dim_IntList", "mean.dim", "amax", "amin", "var.correction", "std.correction", "var.dim", "std.dim",
+@rule("sum.dim_IntList", "mean.dim", sum_reduction=True, needs=("input", OUTS))
+@rule("amax", "amin", "var.correction", "std.correction", "var.dim", "std.dim",
       "linalg_vector_norm", "norm.ScalarOpt_dim", "logsumexp", "any.dim", "all.dim", "prod.dim_int",
       needs=("input", OUTS))
 def _reduce(g: DimGraph, call: Call) -> None:

@@ -31,8 +31,8 @@ aten = torch.ops.aten
 
 __all__ = ["OpInfo", "Norm", "Layer", "rule", "declare", "lookup", "rule_for", "unregister", "user_ops", "TABLE",
            "is_view_like", "is_cast", "keeps_axes", "norm_slots", "is_norm", "layer_slots", "product_operands",
-           "is_softmax", "is_selection", "is_arg_reduction", "is_linear_combination", "is_scaling", "is_add",
-           "is_softmax_path", "is_pointwise"]
+           "is_softmax", "is_selection", "is_arg_reduction", "is_sum_reduction", "is_linear_combination",
+           "is_scaling", "is_add", "is_softmax_path", "is_pointwise"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class OpInfo:
     softmax_path: bool = False  # attention scores pass through it on their way to/from a softmax
     selection: bool = False  # selects entries along an axis (split, unbind, select, slice, getitem)
     arg_reduction: bool = False  # reduces by selecting along the reduced axes (argmax, max.dim)
+    sum_reduction: bool = False  # sums (or averages) its input's entries along the reduced axes (sum.dim, mean.dim)
     linear_combination: bool = False  # linear in its tensor operands (add, sub, neg, cat, a product by one tensor)
     scaling: bool = False  # multiplies/divides by a factor (mul, div)
     add: bool = False  # a sum of two tensors (a residual add candidate)
@@ -235,6 +236,10 @@ def is_selection(op) -> bool:
 
 def is_arg_reduction(op) -> bool:
     return lookup(_target(op)).arg_reduction
+
+
+def is_sum_reduction(op) -> bool:
+    return lookup(_target(op)).sum_reduction
 
 
 def is_linear_combination(op) -> bool:

@@ -118,6 +118,10 @@ def _slice(g: DimGraph, call: Call) -> None:
         g.eq(a, b)  # only unifies axes the slice leaves whole (eq ignores different sizes)
         if g.size[a] != g.size[b] and g.size[b] > 0:
             g.slices[b] = a
+            if g.size[b] == 1 and not g.is_param_derived(src):
+                # one element kept as an axis (gates[..., e:e+1], a soft router's gate expert by expert): a selection
+                # along the axis, as x[..., e] is (finite if no layer reads the axis)
+                g.selected.setdefault(a, "indexed by a Python integer (x[..., i:i+1])")
     g.derive(node, src, list(range(len(do))))
 
 

@@ -64,7 +64,7 @@ SECTIONS: tuple[Section, ...] = (
             "`muplify.tune(...)` sweeps lr and `hp` on a proxy with Optuna; `result.best` goes to `muplify(hp=...)` "
             "and `mu.optimizer(lr=...)` at the target. Workflow, ranges, storage, workers: docs/tune.md."),
     Section("Errors", ("muplify.MuplifyError", "muplify.CaptureError", "muplify.WidthError", "muplify.PlanError",
-                       "muplify.OptimizerRuleError")),
+                       "muplify.RolesMismatchError", "muplify.OptimizerRuleError")),
     Section("Tools: training loop, corpus, batches",
             ("muplify.tools.train.train", "muplify.tools.train.TrainOptions", "muplify.tools.train.TrainResult",
              "muplify.tools.train.evaluate", "muplify.tools.train.lr_factor", "muplify.tools.train.make_scheduler",

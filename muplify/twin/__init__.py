@@ -10,6 +10,7 @@ refused (blocks carry their index, shared blocks) or the twin's capture fails, t
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable
@@ -74,7 +75,7 @@ def shallow_plan(model: nn.Module, derive: Callable, depth_given: bool):
         return plan
     to_full = _name_map(stacks)
     try:
-        with twin_of(stacks):
+        with twin_of(stacks), _quiet_fake_tensor_errors():
             twin_plan = derive(model, to_full)
     except Exception as e:  # noqa: BLE001 - the full capture decides: it raises the user's error if it is one
         plan = derive(model, lambda n: n)
@@ -82,6 +83,20 @@ def shallow_plan(model: nn.Module, derive: Callable, depth_given: bool):
                           f"{str(e).splitlines()[0][:200] if str(e) else ''})")
         return plan
     return expand_plan(twin_plan, model, stacks, depth_given)
+
+
+@contextmanager
+def _quiet_fake_tensor_errors():
+    """A twin that cannot run (a forward that zips a stack with a tensor of the full count, e.g. a soft MoE's gates
+    with its experts) fails under fake tensors, and torch logs that failure as an ERROR before muplify falls back to
+    the full model: keep that log quiet (the plan notes the fallback; the full capture logs and raises real errors)."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _name_map(stacks: list[Stack]) -> Callable[[str], str]:

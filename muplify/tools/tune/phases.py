@@ -36,7 +36,7 @@ import torch.nn as nn
 from .result import Convergence, PhaseRecord, ReevalRecord, TrialRecord, TuneResult
 from .samplers import SamplerName
 from .horizons import FIT_ATTR, FIT_KEY, FITTED, check_horizons, fit_horizons
-from .roles import ROLES_KEY, record_roles, tuned_roles
+from .roles import record_roles, tuned_roles, with_roles
 from .space import Choice, Dist, Fixed, IntRange, LogUniform, TuneError, Uniform, config_value, searched, space_to_dict
 from .sweep import prepare, run_sweep
 from .trial import DEFAULT_STORAGE, DEFAULT_STUDY, SEED_STRIDE, evaluate, takes_seed
@@ -248,8 +248,9 @@ def tune(make_model: Callable[[int], nn.Module], width: int | None, objective: C
             spread = statistics.stdev(chosen.seed_values)
     best = {**chosen.config, "optimizer_class": sw.opt_name, "muplify": dict(sw.recorded), "value": value,
             "trial": chosen.number, "seed": chosen.seed, "width": width}
-    best[ROLES_KEY] = tuned_roles(make_model, width, sw.muplify_kwargs)  # what the values act on (issue 18)
-    record_roles(first.study, best[ROLES_KEY])
+    roles = tuned_roles(make_model, width, sw.muplify_kwargs)  # what the values act on (issue 18)
+    with_roles(best, roles)  # in best["hp"]: muplify(hp=best["hp"]) checks them wherever the values are applied
+    record_roles(first.study, roles)
     if chosen.phase != "global" or final_width != width:
         best.update(phase=chosen.phase, tuned_at=final_width)
     if sw.regime:

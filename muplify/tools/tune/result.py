@@ -13,6 +13,8 @@ from .trial import (DEFAULT_STORAGE, DEFAULT_STUDY, FAILURE_ATTR, RETRY_ATTR, SE
 from .storage import TrialStateName, open_storage, trial_state
 from .plots import _makedirs_for
 from .horizons import FIT_ATTR, FIT_KEY
+from .roles import ROLES_ATTR, with_roles
+from ...options import TUNED_ROLES
 
 
 # ================================================================================================ result
@@ -165,7 +167,8 @@ class TuneResult:
         if self.best.get("tuned_at", self.width) != self.width:
             where += f", at width {self.best['tuned_at']}"
         lines = [head, f"best value {value} ({where}): " + json.dumps(
-            {k: self.best[k] for k in ("lr", "hp", "optimizer", "objective")})]
+            {k: _values(self.best[k]) if k == "hp" else self.best[k]
+             for k in ("lr", "hp", "optimizer", "objective")})]
         if len(self.phases) > 1 or self.reeval:
             lines.append("budget: " + self.budget())
         if self.convergence is not None:
@@ -226,6 +229,11 @@ def _record(t, space: Mapping[str, Dist], phase: str = "global", width: int | No
                        horizon)
 
 
+def _values(hp: Any) -> Any:
+    """A best's hp as printed: the values, without the roles they were tuned under (a line per parameter)."""
+    return {k: v for k, v in hp.items() if k != TUNED_ROLES} if isinstance(hp, Mapping) else hp
+
+
 def _result(study, spec: Mapping, storage: str | None) -> TuneResult:
     space = space_from_dict(spec["space"])
     phase, width = spec.get("phase", "global"), spec.get("trial_width", spec["width"])
@@ -236,9 +244,9 @@ def _result(study, spec: Mapping, storage: str | None) -> TuneResult:
         b = min(done, key=lambda r: (r.value, r.number))
         best = {**b.config, "optimizer_class": spec.get("optimizer"), "muplify": dict(spec.get("muplify") or {}),
                 "value": b.value, "trial": b.number, "seed": b.seed, "width": spec["width"]}
-        roles = study.user_attrs.get("muplify.roles")  # what the values were tuned under (tune/roles.py)
+        roles = study.user_attrs.get(ROLES_ATTR)  # what the values were tuned under (tune/roles.py)
         if roles is not None:
-            best["roles"] = roles
+            with_roles(best, roles)
         if phase != "global" or width != spec["width"]:
             best.update(phase=phase, tuned_at=width)
         if spec.get("regime"):

@@ -10,8 +10,10 @@ act on different weights at the proxy and at the target.  :func:`transfer` and e
   differs);
 * :func:`proxy_overrides` is what the proxy's own analysis gets wrong against that reference: passed to the proxy's
   ``muplify(overrides=)`` (each named in the plan as an override with the reason);
-* :func:`role_signature` (recorded in ``best["roles"]``) is what the values were tuned under; :func:`check_roles`
-  refuses a target whose roles differ, naming the parameters.
+* :func:`tuned_roles` is what the values were tuned under: recorded in ``result.best["hp"]["tuned_roles"]``, so
+  that every ``muplify(..., hp=best["hp"])`` checks it (:mod:`muplify.tuned_roles`: :func:`role_signature`,
+  :func:`check_roles`) and refuses a target whose roles differ, naming the parameters, before changing the model.
+  A ``best.json`` of an older tune has them in ``best["roles"]`` (:func:`hp_with_roles` moves them into the hp).
 """
 from __future__ import annotations
 
@@ -21,24 +23,29 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from .space import TuneError
+from ...options import TUNED_ROLES
+from ...tuned_roles import check_roles, mismatches, role_signature
 
-__all__ = ["check_roles", "proxy_overrides", "reference_roles", "role_signature"]
+__all__ = ["check_roles", "hp_with_roles", "mismatches", "proxy_overrides", "reference_roles", "role_signature"]
 
-ROLES_KEY = "roles"  # best["roles"]: {parameter: [role, fan_in scales, fan_out scales]}
+ROLES_KEY = "roles"  # best["roles"] of a tune before the roles moved into best["hp"]["tuned_roles"] (still read)
 _ANALYSIS_KWARGS = ("example_inputs", "example_kwargs", "width", "head_scaling", "capture", "parametrization")
 _CACHE: dict = {}
 
 
-def _signature_of(plan) -> dict[str, list]:
-    w = plan.width_symbol
-    return {n: [p.role, bool(p.fan_in.has(w)), bool(p.fan_out.has(w))] for n, p in plan.params.items()
-            if p.decided_by != "dtype"}
+def hp_with_roles(config: Mapping) -> dict:
+    """``config["hp"]`` carrying the roles the values were tuned under: its own ``"tuned_roles"``, else those a
+    ``best.json`` of an older tune keeps in ``config["roles"]``, else none (applied unchecked)."""
+    hp = dict(config.get("hp") or {})
+    if hp.get(TUNED_ROLES) is None and config.get(ROLES_KEY):
+        hp[TUNED_ROLES] = config[ROLES_KEY]
+    return hp
 
 
-def role_signature(plan) -> dict[str, list]:
-    """``{parameter: [role, fan_in scales, fan_out scales]}`` of a plan: what hyperparameters tuned on it act on."""
-    return _signature_of(plan)
+def with_roles(best: dict, roles: Mapping) -> dict:
+    """``best`` whose ``hp`` records ``roles`` (a copy of the hp: the trial's config is not changed)."""
+    best["hp"] = {**dict(best.get("hp") or {}), TUNED_ROLES: dict(roles)}
+    return best
 
 
 def _factory_key(make_model):
@@ -88,7 +95,7 @@ def reference_roles(make_model: Callable[[int], nn.Module], width: int,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             plan = analyze(build_on_meta(make_model, 2 * width), base=lambda: make_model(width), **kw)
-        sig = _signature_of(plan)
+        sig = role_signature(plan)
     except Exception as e:  # noqa: BLE001 - the reference is a cross-check; the sweep runs without it
         warnings.warn(f"muplify.tune: could not read the roles from two widths ({type(e).__name__}: "
                       f"{str(e).splitlines()[0][:200]}); the proxy's roles come from its own analysis, which cannot "
@@ -129,7 +136,8 @@ def proxy_fixes(make_model: Callable[[int], nn.Module], model: nn.Module, width:
 
 
 def tuned_roles(make_model: Callable[[int], nn.Module], width: int, muplify_kwargs: Mapping) -> dict[str, list]:
-    """The signature recorded in ``best["roles"]``: the two-width roles, else the proxy's own analysis."""
+    """The signature recorded in ``best["hp"]["tuned_roles"]``: the two-width roles, else the proxy's own
+    analysis."""
     ref = reference_roles(make_model, width, muplify_kwargs)
     if ref is not None:
         return ref
@@ -138,10 +146,10 @@ def tuned_roles(make_model: Callable[[int], nn.Module], width: int, muplify_kwar
     kw = {k: v for k, v in muplify_kwargs.items() if k not in ("hp",)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _signature_of(analyze(make_model(width), base_width=width, **kw))
+        return role_signature(analyze(make_model(width), base_width=width, **kw))
 
 
-ROLES_ATTR = "muplify.roles"  # study attribute: the roles best["roles"] records (load_result reads it back)
+ROLES_ATTR = "muplify.roles"  # study attribute: the roles best["hp"] records (load_result reads them back)
 
 
 def record_roles(study, roles: Mapping) -> None:
@@ -150,30 +158,3 @@ def record_roles(study, roles: Mapping) -> None:
         study.set_user_attr(ROLES_ATTR, dict(roles))
     except Exception:  # noqa: BLE001 - a storage that refuses attributes: best.json still has them
         pass
-
-
-def mismatches(tuned: Mapping[str, list], plan) -> list[str]:
-    """One line per parameter whose role or scaling fans differ between the tuned signature and ``plan``."""
-    now = _signature_of(plan)
-    out = []
-    for n in sorted(set(tuned) | set(now)):
-        a, b = tuned.get(n), now.get(n)
-        if a is None or b is None:
-            out.append(f"{n}: {'absent at the proxy' if a is None else 'absent in the target'}")
-        elif list(a)[0] != b[0]:
-            out.append(f"{n}: tuned as {a[0]}, the target reads {b[0]}")
-    return out
-
-
-def check_roles(tuned: Mapping[str, list] | None, plan) -> None:
-    """Refuse a target whose roles differ from those the hyperparameters were tuned under (``best["roles"]``):
-    per-role values (``lr_mult[role]``, ``init_mult[role]``, ``output_mult``) would act on other weights."""
-    if not tuned:
-        return
-    bad = mismatches(tuned, plan)
-    if bad:
-        shown = "; ".join(bad[:12]) + (f"; ... ({len(bad) - 12} more)" if len(bad) > 12 else "")
-        raise TuneError(
-            f"the target's roles differ from those the hyperparameters were tuned under ({len(bad)} parameters: "
-            f"{shown}). Per-role values would act on other weights than at the proxy. Tune on a proxy of the same "
-            "architecture (the same fixed and scaling dimensions), or fix the roles with overrides= on both sides.")

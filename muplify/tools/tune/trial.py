@@ -117,16 +117,15 @@ def transfer(make_model: Callable[[int], nn.Module], config: Mapping, optimizer:
 
 
 def _muplify_as_tuned(make_model, model, config: Mapping, width: int, base_width: int, kwargs: dict):
-    """muplify ``model`` with the roles read from two widths (the proxy's are the target's, :mod:`.roles`), and
-    refuse a target whose roles differ from ``config["roles"]`` (what the values were tuned under)."""
+    """muplify ``model`` with the roles read from two widths (the proxy's are the target's, :mod:`.roles`); the hp
+    carries the roles the values were tuned under (``config["hp"]["tuned_roles"]``, or an older ``best.json``'s
+    ``config["roles"]``), so muplify itself refuses a target whose roles differ, before changing it."""
     from ...core import muplify
-    from .roles import ROLES_KEY, build_on_meta, check_roles, proxy_fixes
+    from .roles import build_on_meta, hp_with_roles, proxy_fixes
 
-    hp = config.get("hp") or {}
+    hp = hp_with_roles(config)
     if "plan" in kwargs or "base" in kwargs:  # the user fixed the analysis: only the check
-        mu = muplify(model, base_width=base_width, hp=hp, **kwargs)
-        check_roles(config.get(ROLES_KEY), mu.plan)
-        return mu
+        return muplify(model, base_width=base_width, hp=hp, **kwargs)
     if width != base_width:  # the exact route: an axis scales exactly when its size differs from the proxy's
         try:
             base = build_on_meta(make_model, base_width)
@@ -137,16 +136,11 @@ def _muplify_as_tuned(make_model, model, config: Mapping, width: int, base_width
                           stacklevel=4)
             base = None
         if base is not None:
-            mu = muplify(model, base=base, hp=hp, **kwargs)
-        else:
-            mu = muplify(model, base_width=base_width, hp=hp, **kwargs)
-        check_roles(config.get(ROLES_KEY), mu.plan)
-        return mu
+            return muplify(model, base=base, hp=hp, **kwargs)
+        return muplify(model, base_width=base_width, hp=hp, **kwargs)
     fixes = proxy_fixes(make_model, model, base_width, kwargs)
     overrides = {**fixes, **dict(kwargs.pop("overrides", None) or {})}
-    mu = muplify(model, base_width=base_width, hp=hp, overrides=overrides or None, **kwargs)
-    check_roles(config.get(ROLES_KEY), mu.plan)
-    return mu
+    return muplify(model, base_width=base_width, hp=hp, overrides=overrides or None, **kwargs)
 
 
 class _Reporter:
