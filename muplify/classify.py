@@ -28,7 +28,7 @@ from .errors import PlanError
 from .initialization import note_init_reading, read_init
 from .options import HyperParams, Options
 from .plan import Decision, Layout, ParamPlan, Plan, decided_by_text, role_from_fans
-from .rules import CONTRACTING_KINDS, Use, found_upstream
+from .rules import CONTRACTING_KINDS, SelectionKind, Use, found_upstream
 from .rules import table as ops
 from .module_kinds import assign_module_kinds
 from .sites import SiteContext, find_sites, module_of
@@ -88,11 +88,10 @@ def _single_unit_reaches_output(node: fx.Node, depth: int = 24) -> bool:
 def _routing_selection(wa, dims: list[int], axes) -> str | None:
     """Why the fan-out axis of an output-like use is an expert choice: selected along by top-k / argmax / sort
     (the op table's selection rules), which is what makes a router.  Integer indexing (``x[..., 0]``) is not."""
-    selected = {wa.dim_graph.find(d): why for d, why in wa.dim_graph.selected.items()}
     for a in axes:
-        why = selected.get(dims[a]) if a < len(dims) else None
-        if why is not None and why.startswith("selected along by"):
-            return why
+        sel = wa.selection(dims[a]) if a < len(dims) else None
+        if sel is not None and sel.kind is SelectionKind.RANKED:
+            return sel.why
     return None
 
 

@@ -51,7 +51,7 @@ from .capture import Capture
 from .errors import WidthError
 from .evidence import count_axes, forced_for, solve
 from .plan import Decision, decided_by_text
-from .rules import AttentionSite, DimGraph, Use, apply_rule
+from .rules import AttentionSite, DimGraph, Selection, Use, apply_rule
 
 __all__ = ["WidthAnalysis", "ParamDims", "ScalingDim", "analyse", "W"]
 
@@ -132,6 +132,11 @@ class WidthAnalysis:
                     yield from flat(y)
 
         return [g.find(d) for d in flat(g.node_dims.get(self._placeholder(node)))]
+
+    def selection(self, root: int) -> Selection | None:
+        """How an op selects along dim ``root`` (top-k / argmax / sort, or an integer index), if one does."""
+        g = self.dim_graph
+        return next((sel for d, sel in g.selected.items() if g.find(d) == root), None)
 
     def loss_roots(self) -> set[int]:
         """Dim ids of class dims a loss reads by its target."""

@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from . import table
 from .call import OUT, OUTS, Call
-from .graph import CONTRACTING_KINDS, AttentionSite, DimGraph, Use
+from .graph import CONTRACTING_KINDS, AttentionSite, DimGraph, Selection, SelectionKind, Use
 from .table import Layer, Norm, declare, rule, unregister
 
 # the rule families register themselves on import
@@ -36,7 +36,7 @@ from .elementwise import POINTWISE, _no_op
 
 table._builtins_loaded()
 
-__all__ = ["DimGraph", "Use", "AttentionSite", "CONTRACTING_KINDS", "rule", "declare", "unregister", "Norm", "Layer",
+__all__ = ["DimGraph", "Use", "AttentionSite", "Selection", "SelectionKind", "CONTRACTING_KINDS", "rule", "declare", "unregister", "Norm", "Layer",
            "Call", "OUT", "OUTS", "table", "apply_rule", "found_upstream"]
 
 

@@ -9,6 +9,7 @@ contracted = fan_in, which survive into the output = fan_out).  Dims are keyed b
 """
 from __future__ import annotations
 
+from enum import Enum
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -18,6 +19,22 @@ import torch.fx as fx
 __all__ = ["DimGraph", "Use", "AttentionSite", "CONTRACTING_KINDS"]
 
 CONTRACTING_KINDS = ("matmul", "conv", "embedding")  # use kinds that contract a parameter axis with an activation
+
+
+class SelectionKind(Enum):
+    """How an op picks along an axis."""
+
+    RANKED = "ranked"  # top-k / sort / argmax: a choice among the axis's entries (an expert choice when a router's)
+    INDEXED = "indexed"  # a Python integer index (x[..., i]): a cls token, a shape, one gate of a soft router
+
+
+@dataclass(frozen=True)
+class Selection:
+    kind: SelectionKind
+    why: str  # what selects along the axis, for the plan's reasons ("selected along by topk")
+
+    def __str__(self) -> str:
+        return self.why
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,7 @@ class DimGraph:
     attention: list[AttentionSite] = field(default_factory=list)
     unknown_ops: dict[str, int] = field(default_factory=dict)
     # dims an op selects along (topk, sort, argmax): finite when nothing downstream reads them as features
-    selected: dict[int, str] = field(default_factory=dict)
+    selected: dict[int, Selection] = field(default_factory=dict)
     # node -> further (param, axis map) pairs, for a tensor stacked/concatenated from several parameters
     more_origins: dict[fx.Node, list] = field(default_factory=dict)
     # grouped convs: (use, per-group input-channel dim, input-channel dim of the activation, groups)
@@ -178,6 +195,10 @@ class DimGraph:
             self.eq(out, part)
         elif self.size[out] > 1 and self.size[part] > 1:
             self.relations.append(("scale", out, (part,)))
+
+    def select(self, d: int, kind: SelectionKind, why: str) -> None:
+        """Dim ``d`` is selected along (the first op to do so names it)."""
+        self.selected.setdefault(d, Selection(kind, why))
 
     def finite(self, d: int, reason: str) -> None:
         if self.size[d] != 1:

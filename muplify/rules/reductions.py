@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .call import OUTS, Call
-from .graph import DimGraph, _norm_axis, _opname, _ops
+from .graph import DimGraph, SelectionKind, _norm_axis, _opname, _ops
 from .table import is_arg_reduction, rule
 
 aten = torch.ops.aten
@@ -27,7 +27,7 @@ def _reduce(g: DimGraph, call: Call) -> None:
     keep = [i for i in range(len(di)) if i not in red]
     if is_arg_reduction(node.target):
         for a in red:
-            g.selected.setdefault(di[a], f"selected along by {str(node.target).split('.')[1]}")
+            g.select(di[a], SelectionKind.RANKED, f"selected along by {str(node.target).split('.')[1]}")
     targets = outs if not isinstance(outs[0], int) else [outs]
     for o in targets:
         if not isinstance(o, list):
@@ -97,7 +97,7 @@ def _topk(g: DimGraph, call: Call) -> None:
                 for j, i in enumerate(k for k in range(len(di)) if k != axis):
                     if j < len(o):
                         g.eq(di[i], o[j])
-    g.selected.setdefault(di[axis], f"selected along by {_opname(node)}")
+    g.select(di[axis], SelectionKind.RANKED, f"selected along by {_opname(node)}")
 
 
 @rule("argsort", "argsort.stable", needs=("input",))
@@ -106,7 +106,7 @@ def _argsort(g: DimGraph, call: Call) -> None:
     di = call.dims(src)
     g.eq_axes(src, node)
     axis = _norm_axis(call.get("dim", -1), len(di))
-    g.selected.setdefault(di[axis], f"selected along by {_opname(node)}")
+    g.select(di[axis], SelectionKind.RANKED, f"selected along by {_opname(node)}")
 
 
 @rule("histc", "bincount")

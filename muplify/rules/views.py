@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 
 from .call import OUT, OUTS, Call
-from .graph import DimGraph, Use, _ndim, _norm_axis, _ops
+from .graph import DimGraph, SelectionKind, Use, _ndim, _norm_axis, _ops
 from .table import rule
 
 aten = torch.ops.aten
@@ -121,7 +121,7 @@ def _slice(g: DimGraph, call: Call) -> None:
             if g.size[b] == 1 and not g.is_param_derived(src):
                 # one element kept as an axis (gates[..., e:e+1], a soft router's gate expert by expert): a selection
                 # along the axis, as x[..., e] is (finite if no layer reads the axis)
-                g.selected.setdefault(a, "indexed by a Python integer (x[..., i:i+1])")
+                g.select(a, SelectionKind.INDEXED, "indexed by a Python integer (x[..., i:i+1])")
     g.derive(node, src, list(range(len(do))))
 
 
@@ -142,7 +142,7 @@ def _indexed_by_int(g: DimGraph, src, d: int, why: str) -> None:
     if g.is_param_derived(src):
         g.finite(d, why)
     else:
-        g.selected.setdefault(d, "indexed by a Python integer (x[..., i])")
+        g.select(d, SelectionKind.INDEXED, "indexed by a Python integer (x[..., i])")
 
 
 @rule("split.Tensor", "split_with_sizes", "chunk", "unbind.int", selection=True, needs=("input", OUTS))
