@@ -44,7 +44,9 @@ import torch.nn.functional as F  # noqa: E402
 import transformers as T  # noqa: E402
 
 from muplify import muplify  # noqa: E402
+from muplify_dev.hand_written import VAE, FiLM, LearnedQueries, LoRAMLP  # noqa: E402
 from muplify_dev.kv_heads import GQALM, MQAFusedLM  # noqa: E402
+from muplify_dev.soft_moe import SoftMoE  # noqa: E402
 from muplify_dev.oracle import oracle_roles  # noqa: E402
 from muplify_dev.zoo import HEAD_DIM, MAX_POS, VOCAB, _images, _tokens, ensure_torchvision  # noqa: E402
 
@@ -305,24 +307,6 @@ class GNN(nn.Module):
         return self.out(h)
 
 
-class VAE(nn.Module):
-    """Conv encoder to a fixed latent (mu, logvar from one conv), reparametrization, transposed-conv decoder."""
-    def __init__(self, w):
-        super().__init__()
-        self.e1 = nn.Conv2d(3, w, 4, 2, 1)
-        self.e2 = nn.Conv2d(w, 2 * w, 4, 2, 1)
-        self.to_lat = nn.Conv2d(2 * w, 2 * 4, 1)
-        self.from_lat = nn.Conv2d(4, 2 * w, 1)
-        self.d1 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1)
-        self.d2 = nn.ConvTranspose2d(w, 3, 4, 2, 1)
-
-    def forward(self, x):
-        h = F.relu(self.e2(F.relu(self.e1(x))))
-        mu, logvar = self.to_lat(h).chunk(2, dim=1)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return self.d2(F.relu(self.d1(F.relu(self.from_lat(z))))), mu, logvar
-
-
 class MHALM(nn.Module):
     """Issue 18 item 2: a token LM on torch's nn.TransformerEncoderLayer (its MultiheadAttention in_proj is
     Xavier-uniform, the init rule once read from noise), a learnable logit temperature owned by the root first
@@ -415,6 +399,12 @@ HAND_WRITTEN = {
     "rwkv": (RWKVLM, lambda: ((torch.randint(0, 128, (2, 6), generator=G),), {}), 64),
     "gnn": (GNN, lambda: ((torch.randn(7, 12, generator=G), torch.randint(0, 7, (2, 15), generator=G)), {}), 64),
     "vae": (VAE, lambda: ((torch.randn(2, 3, 16, 16, generator=G),), {}), 32),
+    "perceiver_latents": (LearnedQueries, lambda: ((torch.randn(3, 7, 12, generator=G),), {}), 64),
+    "set_transformer_seeds": (lambda w: LearnedQueries(w, residual=False),
+                              lambda: ((torch.randn(3, 7, 12, generator=G),), {}), 64),
+    "film": (FiLM, lambda: ((torch.randn(4, 8, generator=G), torch.randint(0, 10, (4,), generator=G)), {}), 32),
+    "soft_moe": (SoftMoE, lambda: ((torch.randn(3, 8, generator=G),), {}), 32),
+    "lora_mlp": (LoRAMLP, lambda: ((torch.randn(4, 10, generator=G),), {}), 32),
 }
 
 
@@ -543,31 +533,39 @@ def main(argv=None) -> int:
     names = args.only or (QUICK if args.quick else list(HF_AND_TIMM) + list(HAND_WRITTEN))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = [run_one(n) for n in names]
-    print("| model | muplify() s | width (from) | in/hid/out/vec/fixed | = oracle | guesses | base identity "
+    table: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line)
+        table.extend(line.split("\n"))
+
+    say("| model | muplify() s | width (from) | in/hid/out/vec/fixed | = oracle | guesses | base identity "
           "| export (hp) | depth / branches | proxy roles = target (plain / transfer) |")
-    print("|" + "---|" * 10)
+    say("|" + "---|" * 10)
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | ERROR {r['error']} |" + " |" * 8)
+            say(f"| {r['model']} | ERROR {r['error']} |" + " |" * 8)
             continue
         ro = r["roles"]
         dis = r["oracle_disagreements"]
         agree = "n/a" if dis is None else ("yes" if not dis else "NO " + json.dumps(dis))
         export = f"{r['export_rel_err']:.0e}" if "export_rel_err" in r else "refused: " + r["export_error"][:70]
         depth = f"{r['depth']} / {r['branches']}" if "depth" in r else "refused: " + r["depth_error"][:60]
-        print(f"| {r['model']} | {r['muplify_s']:.2f} | {r['width']} ({r['width_source']}) | "
+        say(f"| {r['model']} | {r['muplify_s']:.2f} | {r['width']} ({r['width_source']}) | "
               f"{ro['input']}/{ro['hidden']}/{ro['output']}/{ro['vector']}/{ro['fixed']} | {agree} | "
               f"{len(r['guesses'])} | {'yes' if r['base_identity'] else 'NO'} | {export} | {depth} | "
               f"{_agree(r.get('proxy_role_diffs'))} / {_agree(r.get('transfer_role_diffs'))} |")
     ok = [r for r in rows if "error" not in r]
     known = [r for r in ok if r["oracle_disagreements"] is not None]
-    print(f"\n{len(ok)}/{len(rows)} models muplified; {sum(not r['oracle_disagreements'] for r in known)}/"
+    say(f"\n{len(ok)}/{len(rows)} models muplified; {sum(not r['oracle_disagreements'] for r in known)}/"
           f"{len(known)} agree with the oracle where it knows the layouts; base identity "
           f"{sum(r['base_identity'] for r in ok)}/{len(ok)}; export {sum('export_rel_err' in r for r in ok)}/{len(ok)}; "
           f"{sum(len(r['guesses']) for r in ok)} parameters on a marked guess")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "beyond_zoo.json"), "w") as fh:
         json.dump({"torch": torch.__version__, "transformers": T.__version__, "rows": rows}, fh, indent=1)
+    with open(os.path.join(args.out, "table.md"), "w") as fh:
+        fh.write("\n".join(table) + "\n")
     return 0
 
 

@@ -12,6 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 from muplify import muplify
 from muplify.models import GPT
+from muplify_dev.hand_written import LearnedQueries
 
 BASE, WIDE, HEADS = 32, 128, 2  # heads fixed: head_dim 16 -> 64
 
@@ -119,26 +120,6 @@ def test_head_convention_in_width_analysis(head_scaling):
         assert head_dim.has(w) and not heads.has(w), (head_dim, heads)
 
 
-class _LearnedQueries(torch.nn.Module):
-    """Attention whose queries are learned rows, not the input: a Perceiver's latent array added back as a residual
-    (``lat``, (n, w)) or a set transformer's seed vectors (``seeds``, (1, n, w)), through torch's
-    nn.MultiheadAttention (its (L, B*H, hd) -> (B, H, L, hd) views split a merged batch again)."""
-
-    def __init__(self, w: int, n: int = 5, residual: bool = True):
-        super().__init__()
-        self.residual = residual
-        self.lat = torch.nn.Parameter(torch.randn(1, n, w) * 0.02)
-        self.inp = torch.nn.Linear(12, w)
-        self.attn = torch.nn.MultiheadAttention(w, w // 16, batch_first=True)
-        self.head = torch.nn.Linear(w, 5)
-
-    def forward(self, x):
-        kv = self.inp(x)
-        q = self.lat.expand(x.shape[0], -1, -1)
-        h = self.attn(q, kv, kv, need_weights=False)[0]
-        return self.head((q + h if self.residual else h).mean(1))
-
-
 @pytest.mark.parametrize("residual", [True, False], ids=["perceiver_latents", "set_transformer_seeds"])
 def test_learned_queries_keep_their_rows_and_the_batch_fixed(residual):
     """One width reads what two widths read: the query rows (positions of an attention op) are fixed, so the
@@ -151,8 +132,8 @@ def test_learned_queries_keep_their_rows_and_the_batch_fixed(residual):
     x = (torch.randn(3, 7, 12),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        one = analyze(_LearnedQueries(128, residual=residual), base_width=64, example_inputs=x)
-        two = analyze(_LearnedQueries(128, residual=residual), base=_LearnedQueries(64, residual=residual),
+        one = analyze(LearnedQueries(128, residual=residual), base_width=64, example_inputs=x)
+        two = analyze(LearnedQueries(128, residual=residual), base=LearnedQueries(64, residual=residual),
                       example_inputs=x)
     for n in two.params:
         assert (one[n].role, str(one[n].fan_in), str(one[n].fan_out)) == \

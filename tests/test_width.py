@@ -2,21 +2,15 @@
 dim listed; grouped convs; outputs that must not freeze the width (moved from test_analysis_issue8)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
-import sympy
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import muplify.core as core
-from muplify import CaptureError, muplify
-from muplify.capture import capture, default_example_inputs
-from muplify.width import analyse
+from muplify import muplify
+from muplify_dev.hand_written import VAE, FiLM
 from muplify_dev.oracle import infinite_axes, oracle_roles
 from muplify_dev.zoo import build, widths_for
 
@@ -323,21 +317,6 @@ def test_the_solver_runs_its_evidence_steps_in_order(monkeypatch):
     assert seen and seen[0][0] == 64 and not any("readout" in why for why in seen[0][1])
 
 
-class _VAE(nn.Module):
-    """A conv VAE with a fixed 4-channel latent: (mu, logvar) = chunk(to_lat(h)), returned with the reconstruction."""
-
-    def __init__(self, w: int):
-        super().__init__()
-        self.e1, self.e2 = nn.Conv2d(3, w, 4, 2, 1), nn.Conv2d(w, 2 * w, 4, 2, 1)
-        self.to_lat, self.from_lat = nn.Conv2d(2 * w, 8, 1), nn.Conv2d(4, 2 * w, 1)
-        self.d1, self.d2 = nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ConvTranspose2d(w, 3, 4, 2, 1)
-
-    def forward(self, x):
-        mu, logvar = self.to_lat(F.relu(self.e2(F.relu(self.e1(x))))).chunk(2, dim=1)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return self.d2(F.relu(self.d1(F.relu(self.from_lat(z))))), mu, logvar
-
-
 def test_a_returned_latent_narrower_than_the_width_is_a_named_guess():
     """One width reads a VAE's 4-channel latent as w/16 (nothing in the graph fixes it): a named guess on the
     layers that write and read it, in the one warning; base= reads it exactly (fixed: to_lat output-like, from_lat
@@ -345,29 +324,16 @@ def test_a_returned_latent_narrower_than_the_width_is_a_named_guess():
     x = (torch.randn(2, 3, 16, 16),)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan = core.analyze(_VAE(64), base_width=32, example_inputs=x)
-        mu = muplify(_VAE(64), base_width=32, example_inputs=x)
+        plan = core.analyze(VAE(64), base_width=32, example_inputs=x)
+        mu = muplify(VAE(64), base_width=32, example_inputs=x)
     for n in ("to_lat.weight", "from_lat.weight"):
         assert plan[n].decided_by.startswith("guess") and "latent" in plan[n].decided_by, plan[n].decided_by
     assert not plan["e2.weight"].decided_by.startswith("guess")
     assert any("guessed the role" in str(w.message) and "from_lat.weight" in str(w.message) for w in caught)
-    exact = quiet_muplify(_VAE(64), base=_VAE(32), example_inputs=x).plan
+    exact = quiet_muplify(VAE(64), base=VAE(32), example_inputs=x).plan
     assert (exact["to_lat.weight"].role, exact["from_lat.weight"].role) == ("output", "input")
     assert not any(exact[n].decided_by.startswith("guess") for n in ("to_lat.weight", "from_lat.weight"))
     assert mu.plan["to_lat.weight"].role == "hidden"
-
-
-class _FiLM(nn.Module):
-    """A class embedding of its own size (16) conditions the hidden layer through a projection to scale/shift."""
-
-    def __init__(self, w: int):
-        super().__init__()
-        self.cond, self.film = nn.Embedding(10, 16), nn.Linear(16, 2 * w)
-        self.inp, self.hid, self.out = nn.Linear(8, w), nn.Linear(w, w), nn.Linear(w, 2)
-
-    def forward(self, x, c):
-        g, b = self.film(self.cond(c)).chunk(2, -1)
-        return self.out(F.relu(self.hid(F.relu(self.inp(x))) * (1 + g) + b))
 
 
 def test_an_embedding_of_its_own_size_feeding_a_layer_is_a_named_guess():
@@ -375,10 +341,10 @@ def test_an_embedding_of_its_own_size_feeding_a_layer_is_a_named_guess():
     reads it; base= reads it fixed (cond fixed, film input-like), unmarked.  A relative-position bias per head (T5,
     Swin: an embedding whose size is the head count) is not such a guess (the zoo's plans are unchanged)."""
     args = (torch.randn(4, 8), torch.randint(0, 10, (4,)))
-    one = core.analyze(_FiLM(64), base_width=32, example_inputs=args)
+    one = core.analyze(FiLM(64), base_width=32, example_inputs=args)
     for n in ("cond.weight", "film.weight"):
         assert one[n].decided_by.startswith("guess") and "conditioning" in one[n].decided_by, one[n].decided_by
     assert not one["hid.weight"].decided_by.startswith("guess")
-    exact = core.analyze(_FiLM(64), base=_FiLM(32), example_inputs=args)
+    exact = core.analyze(FiLM(64), base=FiLM(32), example_inputs=args)
     assert (exact["cond.weight"].role, exact["film.weight"].role) == ("fixed", "input")
     assert not any(exact[n].decided_by.startswith("guess") for n in ("cond.weight", "film.weight"))
