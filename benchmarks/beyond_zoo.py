@@ -44,7 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 import transformers as T  # noqa: E402
 
 from muplify import muplify  # noqa: E402
-from muplify_dev.hand_written import VAE, FiLM, LearnedQueries, LoRAMLP  # noqa: E402
+from muplify_dev.hand_written import DLRM, VAE, FiLM, LearnedQueries, LoRAMLP  # noqa: E402
 from muplify_dev.kv_heads import GQALM, MQAFusedLM  # noqa: E402
 from muplify_dev.soft_moe import SoftMoE  # noqa: E402
 from muplify_dev.oracle import oracle_roles  # noqa: E402
@@ -405,6 +405,7 @@ HAND_WRITTEN = {
     "film": (FiLM, lambda: ((torch.randn(4, 8, generator=G), torch.randint(0, 10, (4,), generator=G)), {}), 32),
     "soft_moe": (SoftMoE, lambda: ((torch.randn(3, 8, generator=G),), {}), 32),
     "lora_mlp": (LoRAMLP, lambda: ((torch.randn(4, 10, generator=G),), {}), 32),
+    "dlrm": (DLRM, lambda: ((torch.randn(4, 13, generator=G), torch.randint(0, 100, (4, 3, 2), generator=G)), {}), 32),
 }
 
 

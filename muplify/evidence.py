@@ -421,13 +421,20 @@ def _output_bottlenecks(ev: _Evidence) -> None:
                     "code): taken to scale with the width; if its size is fixed as the model widens, pass base=<the "
                     "model at the base width>")
     for r, why in found.items():
-        ev.guesses.setdefault(r, why)
-        for kind, out, parts in g.relations:
-            group = {g.find(out), *(g.find(p) for p in parts)}
-            if r in group:
-                for x in group:
-                    if x not in S.finite and x not in S.forced and g.size[x] > 1:
-                        ev.guesses.setdefault(x, why)
+        _name_with_relatives(ev, r, why)
+
+
+def _name_with_relatives(ev: _Evidence, r: int, why: str) -> None:
+    """Name guess ``why`` on dim ``r`` and on the scaling dims it is split from, joined into or multiplied with (one
+    relation): their reading rests on the same ambiguity (the input of the layer that reads a concatenation)."""
+    g, S = ev.g, ev.S
+    ev.guesses.setdefault(r, why)
+    for kind, out, parts in g.relations:
+        group = {g.find(out), *(g.find(p) for p in parts)}
+        if r in group:
+            for x in group:
+                if x not in S.finite and x not in S.forced and g.size[x] > 1:
+                    ev.guesses.setdefault(x, why)
 
 
 def _small_embeddings(ev: _Evidence) -> None:
@@ -443,11 +450,11 @@ def _small_embeddings(ev: _Evidence) -> None:
     heads = {g.find(a.heads) for a in g.attention if a.heads is not None}
     for r, prods in flow.producers.items():
         r = g.find(r)
-        if r in S.finite or r in S.forced or g.size[r] == wsize or r not in flow.consumed or r in flow.related or \
-                r in heads or not prods or any(fin for _, fin, _dep in prods):
-            continue  # heads (a relative-position bias per head) and dims built with others have their evidence
+        if r in S.finite or r in S.forced or g.size[r] == wsize or r not in flow.consumed or r in heads or \
+                not prods or any(fin for _, fin, _dep in prods):
+            continue  # heads: a relative-position bias per head (T5, Swin) scales with the heads
         if all(u.kind == "embedding" for ph, *_ in prods for u in g.uses.get(ph, []) if u.kind in CONTRACTING_KINDS):
-            ev.guesses.setdefault(r, why)
+            _name_with_relatives(ev, r, why)  # DLRM: [bottom MLP ; embeddings] into the top MLP
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,17 @@ class LoRAMLP(nn.Module):
     def forward(self, x):
         h = F.relu(self.inp(x))
         return self.out(F.relu(self.base(h) + h @ self.A.t() @ self.B.t()))
+
+
+class DLRM(nn.Module):
+    """A recommender of DLRM's shape: sparse features through ``nn.EmbeddingBag`` tables of a fixed size ``d_emb``,
+    dense features through a bottom MLP to ``d_emb``, all concatenated into a top MLP of width ``w``."""
+
+    def __init__(self, w: int, d_emb: int = 8, tables: int = 3):
+        super().__init__()
+        self.tabs = nn.ModuleList([nn.EmbeddingBag(100, d_emb, mode="sum") for _ in range(tables)])
+        self.bot = nn.Sequential(nn.Linear(13, w), nn.ReLU(), nn.Linear(w, d_emb))
+        self.top = nn.Sequential(nn.Linear(d_emb * (tables + 1), w), nn.ReLU(), nn.Linear(w, 1))
+
+    def forward(self, dense, idx):
+        return self.top(torch.cat([self.bot(dense)] + [t(idx[:, i]) for i, t in enumerate(self.tabs)], 1))

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import muplify.core as core
 from muplify import muplify
-from muplify_dev.hand_written import VAE, FiLM
+from muplify_dev.hand_written import DLRM, VAE, FiLM
 from muplify_dev.oracle import infinite_axes, oracle_roles
 from muplify_dev.zoo import build, widths_for
 
@@ -348,3 +348,19 @@ def test_an_embedding_of_its_own_size_feeding_a_layer_is_a_named_guess():
     exact = core.analyze(FiLM(64), base=FiLM(32), example_inputs=args)
     assert (exact["cond.weight"].role, exact["film.weight"].role) == ("fixed", "input")
     assert not any(exact[n].decided_by.startswith("guess") for n in ("cond.weight", "film.weight"))
+
+
+def test_embedding_bag_rows_are_fixed_and_its_small_features_a_named_guess():
+    """nn.EmbeddingBag has a shape rule (its rows are indexed: fixed); a DLRM's 8-wide tables concatenated with the
+    bottom MLP's output into the top MLP read as w/8 at one width, named as a guess on every layer that touches the
+    concatenation; base= reads them fixed, unmarked."""
+    args = (torch.randn(4, 13), torch.randint(0, 100, (4, 3, 2)))
+    one = core.analyze(DLRM(64), base_width=32, example_inputs=args)
+    assert not any("embedding_bag" in n for n in one.notes), one.notes
+    assert (one["tabs.0.weight"].role, str(one["tabs.0.weight"].fan_in)) == ("input", "100")
+    for n in ("tabs.0.weight", "bot.2.weight", "top.0.weight"):
+        assert one[n].decided_by.startswith("guess"), (n, one[n].decided_by)
+    exact = core.analyze(DLRM(64), base=DLRM(32), example_inputs=args)
+    assert [str(exact[n].fan_out) for n in ("tabs.0.weight", "bot.2.weight")] == ["8", "8"]
+    assert str(exact["top.0.weight"].fan_in) == "32"
+    assert not any(p.decided_by.startswith("guess") for p in exact.params.values())

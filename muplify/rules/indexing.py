@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .call import OUT, Call
+from .call import OUT, OUTS, Call
 from .graph import DimGraph, _ndim, _norm_axis, _opname, _ops
 from .table import Layer, rule
 
@@ -20,6 +20,23 @@ def _embedding(g: DimGraph, call: Call) -> None:
     for a, b in zip(di or [], do[:-1]):
         g.eq(a, b)
     g.finite(dw[0], "indexed by integer inputs (vocabulary / positions)")
+    g.use(node, 0, "embedding", (0,), (1,))
+
+
+@rule(aten.embedding_bag, aten._embedding_bag, needs=("weight", OUTS))
+def _embedding_bag(g: DimGraph, call: Call) -> None:
+    """``nn.EmbeddingBag``: the rows of the table are indexed (fixed), its columns are the output's features; the
+    output's bags line up with the offsets."""
+    node, outs = call.node, call.outs
+    dw = call.dims("weight")
+    out = outs[0] if outs and isinstance(outs[0], list) else None
+    if out is None or len(dw) != 2:
+        return
+    g.eq(dw[1], out[-1])
+    do = call.dims("offsets")
+    if do and len(out) == 2:
+        g.eq(do[0], out[0])  # eq ignores a size mismatch (include_last_offset: one more offset than bags)
+    g.finite(dw[0], "indexed by integer inputs (the rows of an embedding bag)")
     g.use(node, 0, "embedding", (0,), (1,))
 
 
