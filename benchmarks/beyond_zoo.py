@@ -44,7 +44,8 @@ import torch.nn.functional as F  # noqa: E402
 import transformers as T  # noqa: E402
 
 from muplify import muplify  # noqa: E402
-from muplify_dev.hand_written import DLRM, VAE, FiLM, LearnedQueries, LoRAMLP  # noqa: E402
+from muplify_dev.hand_written import (DLRM, FNet, VAE, FFTLongConv, FiLM, LearnedQueries, LoRAMLP,  # noqa: E402
+                                      MetaLlama, SubPixelSR, UnfoldPatches)
 from muplify_dev.kv_heads import GQALM, MQAFusedLM  # noqa: E402
 from muplify_dev.soft_moe import SoftMoE  # noqa: E402
 from muplify_dev.oracle import oracle_roles  # noqa: E402
@@ -406,6 +407,11 @@ HAND_WRITTEN = {
     "soft_moe": (SoftMoE, lambda: ((torch.randn(3, 8, generator=G),), {}), 32),
     "lora_mlp": (LoRAMLP, lambda: ((torch.randn(4, 10, generator=G),), {}), 32),
     "dlrm": (DLRM, lambda: ((torch.randn(4, 13, generator=G), torch.randint(0, 100, (4, 3, 2), generator=G)), {}), 32),
+    "meta_llama": (MetaLlama, lambda: ((torch.randint(0, 64, (2, 8), generator=G),), {}), 32),
+    "fft_long_conv": (FFTLongConv, lambda: ((torch.randn(2, 16, 4, generator=G),), {}), 32),
+    "fnet": (FNet, lambda: ((torch.randint(0, 40, (2, 8), generator=G),), {}), 32),
+    "sub_pixel_sr": (SubPixelSR, lambda: ((torch.randn(2, 3, 8, 8, generator=G),), {}), 32),
+    "unfold_patches": (UnfoldPatches, lambda: ((torch.randn(2, 3, 16, 16, generator=G),), {}), 32),
 }
 
 

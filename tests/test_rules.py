@@ -302,3 +302,35 @@ def test_axes_of_tensors_the_forward_creates_are_fixed():
     assert (t_mlp.role, t_mlp.fan_in, t_mlp.fan_out) == ("input", 32, mu.plan.width_symbol)
     assert t_mlp.decided_by.startswith("guess") and "built in the forward" in t_mlp.decided_by
     assert [size for size, _e, _n in mu.plan.scaling_dims] == [64]
+
+
+_SIGNAL_MODELS = {  # name -> (build(width), example inputs, base width)
+    "meta_llama": ("MetaLlama", lambda: (torch.randint(0, 64, (2, 8)),), 32),
+    "fft_long_conv": ("FFTLongConv", lambda: (torch.randn(2, 16, 4),), 32),
+    "fnet": ("FNet", lambda: (torch.randint(0, 40, (2, 8)),), 32),
+    "sub_pixel_sr": ("SubPixelSR", lambda: (torch.randn(2, 3, 8, 8),), 32),
+    "unfold_patches": ("UnfoldPatches", lambda: (torch.randn(2, 3, 16, 16),), 32),
+    "dlrm": ("DLRM", lambda: (torch.randn(4, 13), torch.randint(0, 100, (4, 3, 2))), 32),
+}
+
+
+@pytest.mark.parametrize("name", list(_SIGNAL_MODELS))
+def test_complex_fft_pixel_shuffle_unfold_and_embedding_bag_have_rules(name):
+    """view_as_complex / view_as_real / real (Meta's rotary), fft / rfft / irfft (long convolutions, FNet),
+    pixel_shuffle, im2col (F.unfold) and embedding_bag each have a shape rule: no op is left unconstrained, and one
+    width reads every fan as two widths do (sub-pixel conv: 3·r² output channels, not 3w/16; unfold: 3·4·4 patch
+    features, not 3w/4; the long-conv filter: (w, L), not (w, w/4); FNet's same-length fft keeps the width)."""
+    import muplify_dev.hand_written as hw
+
+    cls_name, inputs, base = _SIGNAL_MODELS[name]
+    cls = getattr(hw, cls_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = core.analyze(cls(2 * base), base_width=base, example_inputs=inputs())
+        two = core.analyze(cls(2 * base), base=cls(base), example_inputs=inputs())
+    assert not [n for n in one.notes if "without a shape rule" in n], one.notes
+    assert one.width == 2 * base
+    for n, p in two.params.items():
+        if one[n].decided_by.startswith("guess"):
+            continue  # named where one width cannot tell (DLRM's 8-wide tables)
+        assert (one[n].role, str(one[n].fan_in), str(one[n].fan_out)) == (p.role, str(p.fan_in), str(p.fan_out)), n

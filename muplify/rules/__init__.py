@@ -30,7 +30,7 @@ from .graph import CONTRACTING_KINDS, AttentionSite, DimGraph, Selection, Select
 from .table import Layer, Norm, declare, rule, unregister
 
 # the rule families register themselves on import
-from . import elementwise, views, reductions, contractions, indexing, norms, attention  # noqa: E402,F401,I001
+from . import elementwise, views, reductions, contractions, indexing, norms, attention, fourier  # noqa: E402,F401,I001
 from .attention import found_upstream
 from .elementwise import POINTWISE, _no_op
 

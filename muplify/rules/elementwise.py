@@ -45,6 +45,7 @@ declare("sub.Tensor", "neg", linear_combination=True)
 @rule("alias", "detach", "to.dtype_layout", "type_as", cast=True, view_like=True, keeps_axes=True)
 @rule("to.device", "to.other", "lift_fresh_copy", cast=True, keeps_axes=True)
 @rule("dropout", view_like=True, keeps_axes=True, softmax_path=True)
+@rule("real", "imag", "conj", "_conj", "conj_physical", "resolve_conj", "resolve_neg", "angle", keeps_axes=True)
 @rule("softmax.int", "_softmax", "_safe_softmax", softmax=True)
 @rule("native_dropout", "tril", "triu", "cumsum", "log_softmax.int", "_log_softmax", "ones_like", "zeros_like",
       "full_like", "empty_like", "rand_like", "randn_like", "flip", "roll", "cumprod", "logcumsumexp", "cummax",
@@ -70,7 +71,7 @@ def _same_shape(g: DimGraph, call: Call) -> None:
 @rule("masked_fill.Scalar", "masked_fill.Tensor", softmax_path=True)
 @rule("where.self", "where.ScalarSelf", "where.ScalarOther", "masked_fill_.Scalar", "masked_fill_.Tensor", "copy_",
       "copy", "fill_.Scalar", "fill_.Tensor", "zero_", "clamp_min_", "clamp_max_", "greater.Tensor",
-      "greater_equal.Tensor", "less.Tensor", "less_equal.Tensor", "not_equal.Tensor")
+      "greater_equal.Tensor", "less.Tensor", "less_equal.Tensor", "not_equal.Tensor", "polar", "complex")
 def _masked(g: DimGraph, call: Call) -> None:
     pointwise(g, call)
 

@@ -254,3 +254,84 @@ def _stack(g: DimGraph, call: Call) -> None:
     g.finite(do[axis], "stacked from a fixed number of tensors")
     _combine_params(g, node, tensors, lambda dp: [i if i < axis else (None if i == axis else i - 1)
                                                         for i in range(len(dp) + 1)])
+
+
+@rule("view_as_complex", view_like=True, needs=("input", OUT))
+def _view_as_complex(g: DimGraph, call: Call) -> None:
+    """(..., n, 2) real -> (..., n) complex (Meta's Llama rotary embedding): the pairs axis goes."""
+    node, src = call.node, call.arg("input")
+    di, do = call.dims(src), call.out
+    for a, b in zip(di[:-1], do):
+        g.eq(a, b)
+    g.derive(node, src, list(range(len(do))))
+
+
+@rule("view_as_real", view_like=True, needs=("input", OUT))
+def _view_as_real(g: DimGraph, call: Call) -> None:
+    """(...) complex -> (..., 2) real: a pairs axis of size 2 comes."""
+    node, src = call.node, call.arg("input")
+    di, do = call.dims(src), call.out
+    for a, b in zip(di, do):
+        g.eq(a, b)
+    g.derive(node, src, list(range(len(di))) + [None])
+
+
+def _factor_dims(g: DimGraph, r: int, why: str) -> tuple[int, int]:
+    rh, rw = g.new_dim(r), g.new_dim(r)
+    g.finite(rh, why)
+    g.finite(rw, why)
+    return rh, rw
+
+
+@rule(torch.ops.aten.pixel_shuffle, needs=("input", OUT))
+def _pixel_shuffle(g: DimGraph, call: Call) -> None:
+    """(*, C·r², H, W) -> (*, C, H·r, W·r) (sub-pixel upsampling): C·r² is C times the fixed factor r²."""
+    di, do = call.dims("input"), call.out
+    r = int(call.arg("upscale_factor"))
+    for a, b in zip(di[:-3], do[:-3]):
+        g.eq(a, b)
+    rh, rw = _factor_dims(g, r, "upscale factor of pixel_shuffle")
+    g.prod([di[-3]], [do[-3], rh, rw])
+    g.prod([do[-2]], [di[-2], rh])
+    g.prod([do[-1]], [di[-1], rw])
+
+
+@rule(torch.ops.aten.pixel_unshuffle, needs=("input", OUT))
+def _pixel_unshuffle(g: DimGraph, call: Call) -> None:
+    """(*, C, H·r, W·r) -> (*, C·r², H, W) (space to depth)."""
+    di, do = call.dims("input"), call.out
+    r = int(call.arg("downscale_factor"))
+    for a, b in zip(di[:-3], do[:-3]):
+        g.eq(a, b)
+    rh, rw = _factor_dims(g, r, "downscale factor of pixel_unshuffle")
+    g.prod([do[-3]], [di[-3], rh, rw])
+    g.prod([di[-2]], [do[-2], rh])
+    g.prod([di[-1]], [do[-1], rw])
+
+
+@rule(torch.ops.aten.im2col, needs=("input", OUT))
+def _im2col(g: DimGraph, call: Call) -> None:
+    """``F.unfold``: (N, C, H, W) -> (N, C·kh·kw, L): every patch's C channels times the fixed kernel; L patches
+    (positions)."""
+    di, do = call.dims("input"), call.out
+    kh, kw = call.arg("kernel_size")
+    if len(di) == 4:
+        g.eq(di[0], do[0])
+    k = [g.new_dim(int(kh)), g.new_dim(int(kw))]
+    for d in k:
+        g.finite(d, "kernel size of im2col (unfold)")
+    g.prod([do[-2]], [di[-3], *k])
+    g.finite(do[-1], "patches of im2col (unfold): positions")
+
+
+@rule(torch.ops.aten.col2im, needs=("input", OUT))
+def _col2im(g: DimGraph, call: Call) -> None:
+    """``F.fold``: (N, C·kh·kw, L) -> (N, C, H, W)."""
+    di, do = call.dims("input"), call.out
+    kh, kw = call.arg("kernel_size")
+    if len(di) == 3:
+        g.eq(di[0], do[0])
+    k = [g.new_dim(int(kh)), g.new_dim(int(kw))]
+    for d in k:
+        g.finite(d, "kernel size of col2im (fold)")
+    g.prod([di[-2]], [do[-3], *k])
