@@ -228,7 +228,7 @@ def _distinct_channels(t: torch.Tensor, total: int) -> torch.Tensor:
     if lo >= 0 and hi < total:
         idx = flat.long()
         if torch.equal(idx.to(flat.dtype), flat):  # whole numbers only (else torch.unique says what is there)
-            seen = torch.zeros(total, dtype=torch.bool)
+            seen = torch.zeros(total, dtype=torch.bool, device=t.device)  # (not the default device: meta)
             seen[idx] = True
             return seen.nonzero().reshape(-1)
     return torch.unique(t)

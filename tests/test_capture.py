@@ -155,6 +155,8 @@ def test_distinct_channels_is_unique():
         assert torch.equal(_distinct_channels(sel, 48).to(torch.float64), torch.unique(sel))
     for odd in (t - 1, t + 0.5, t * 2):  # outside [0, total) or not whole: torch.unique itself
         assert torch.equal(_distinct_channels(odd, 48), torch.unique(odd))
+    with torch.device("meta"):  # a model built under a meta default device: the indices stay on the CPU
+        assert _distinct_channels(t[..., 3:7], 48).tolist() == [3, 4, 5, 6]
 
 
 def test_garbage_collection_resumes_after_the_analysis():
