@@ -300,6 +300,22 @@ def _base_width_from(wa, base_shapes: dict[str, tuple[int, ...]]) -> int:
     return max(seen, key=seen.get)
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection during the analysis.  Capture and analysis allocate hundreds of thousands of
+    short-lived objects; each full collection they trigger walks every object of the process, the user's model
+    included (on DeepSeek-V3 shapes about 0.6 s per muplify(); issue 20).  Collection resumes afterwards."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _options(options: dict[str, Any], **internal: Any) -> Options:
     """The keyword options of muplify()/analyze() as one validated :class:`Options` (a Parametrization instance is
     registered and recorded by name)."""
@@ -346,10 +362,11 @@ def analyze(model: nn.Module, base_width: int | None = None, *, width: int | Non
             plan.notes.extend(rounded_dim_notes(wa, bw))
         return plan
 
-    plan = reuse.plan_for(  # inside reuse.reusing(): the analysis of this structure at another width, re-evaluated
-        model, lambda: shallow_plan(model, derive, options.depth is not None) if options.capture == "shallow"
-        else derive(model, lambda n: n), hp=hp, base_width=base_width, width=width, example_inputs=example_inputs,
-        example_kwargs=example_kwargs, base_shapes=base_shapes, options=options)
+    with _gc_paused():
+        plan = reuse.plan_for(  # inside reuse.reusing(): this structure's analysis at another width, re-evaluated
+            model, lambda: shallow_plan(model, derive, options.depth is not None) if options.capture == "shallow"
+            else derive(model, lambda n: n), hp=hp, base_width=base_width, width=width,
+            example_inputs=example_inputs, example_kwargs=example_kwargs, base_shapes=base_shapes, options=options)
     for pattern, fields in (overrides or {}).items():
         if not isinstance(fields, dict):
             raise PlanError(f"overrides maps a name pattern to fields, e.g. {{'lm_head.weight': {{'role': "

@@ -213,11 +213,25 @@ def _traced_channels(n: fx.Node, attn_mod: str) -> tuple[fx.Node, str, tuple[int
         return None
     if not isinstance(t, torch.Tensor) or t.numel() == 0:
         return None
-    chans = torch.unique(t)
+    chans = _distinct_channels(t, total)
     a, b = int(chans[0]), int(chans[-1]) + 1
     if len(chans) != b - a or (a, b) == (0, total):
         return None
     return n, module_of(n), (a, b, total)
+
+
+def _distinct_channels(t: torch.Tensor, total: int) -> torch.Tensor:
+    """``torch.unique(t)`` (sorted distinct values) for a tensor of channel indices in ``[0, total)``, by marking
+    them instead of sorting every entry (the tensors are a whole activation's worth of indices)."""
+    flat = t.reshape(-1)
+    lo, hi = torch.aminmax(flat)
+    if lo >= 0 and hi < total:
+        idx = flat.long()
+        if torch.equal(idx.to(flat.dtype), flat):  # whole numbers only (else torch.unique says what is there)
+            seen = torch.zeros(total, dtype=torch.bool, device=t.device)  # (not the default device: meta)
+            seen[idx] = True
+            return seen.nonzero().reshape(-1)
+    return torch.unique(t)
 
 
 def query_site(attn_node: fx.Node, param_dependent: set[fx.Node]) -> tuple[str, tuple | None, fx.Node] | str:

@@ -113,3 +113,67 @@ def test_capture_error_details_behind_the_debug_flag():
     env = dict(os.environ, MUPLIFY_DEBUG="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert int(out.stdout.strip().splitlines()[-1]) > 20, out.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ 9. cost (issue 20)
+def test_lean_export_restores_torch_settings_and_keeps_the_graph():
+    """The capture leaves out export's generated source and per-node stack traces, and puts torch's settings back
+    (after a failed capture too); the graph is the one a plain export gives."""
+    import contextlib
+
+    import torch.fx._lazy_graph_module as lazy
+
+    import muplify.capture as mc
+
+    before = (torch.fx.config.do_not_emit_stack_traces, lazy._use_lazy_graph_module_flag)
+    model, args, kwargs = build("hf_llama", 32)
+    lean = capture(model, args, kwargs)
+    assert (torch.fx.config.do_not_emit_stack_traces, lazy._use_lazy_graph_module_flag) == before
+    with pytest.raises(CaptureError):
+        capture(DataDependent(), (X8,))
+    assert (torch.fx.config.do_not_emit_stack_traces, lazy._use_lazy_graph_module_flag) == before
+    real = mc._lean_export
+    mc._lean_export = contextlib.nullcontext
+    try:
+        plain = capture(model, args, kwargs)
+    finally:
+        mc._lean_export = real
+
+    def nodes(cap):
+        return [(n.name, n.op, str(n.target), str(n.args), str(n.meta.get("nn_module_stack")), str(n.meta.get("val")))
+                for n in cap.graph.nodes]
+    assert nodes(lean) == nodes(plain)
+
+
+def test_distinct_channels_is_unique():
+    from muplify.sites import _distinct_channels
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(48, dtype=torch.float64).expand(2, 3, 48).contiguous()
+    for sel in (t[..., 8:40], t[..., torch.randperm(48, generator=g)[:20]], t.reshape(2, 3, 6, 8)[..., 2, :],
+                t.transpose(0, 2)[5:9]):
+        assert torch.equal(_distinct_channels(sel, 48).to(torch.float64), torch.unique(sel))
+    for odd in (t - 1, t + 0.5, t * 2):  # outside [0, total) or not whole: torch.unique itself
+        assert torch.equal(_distinct_channels(odd, 48), torch.unique(odd))
+    with torch.device("meta"):  # a model built under a meta default device: the indices stay on the CPU
+        assert _distinct_channels(t[..., 3:7], 48).tolist() == [3, 4, 5, 6]
+
+
+def test_garbage_collection_resumes_after_the_analysis():
+    import gc
+
+    from muplify import analyze
+
+    model, args, kwargs = build("mlp", 32)
+    assert gc.isenabled()
+    analyze(model, 16, example_inputs=args)
+    assert gc.isenabled()
+    with pytest.raises(CaptureError):
+        analyze(DataDependent(), 16, example_inputs=(X8,))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        analyze(model, 16, example_inputs=args)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

@@ -46,8 +46,12 @@ class _Stacks:
     def __init__(self, stacks: list[Stack]):
         self.stacks = stacks
         self.pre = [s.path + "." if s.path else "" for s in stacks]
+        self.kept = [s.kept for s in stacks]  # (a property computed from the segments: once here)
         # twin index of the representative of every full child
-        self.twin_of = [[s.kept.index(s.rep(i)) for i in range(s.size)] for s in stacks]
+        self.twin_of = []
+        for s, kept in zip(stacks, self.kept):
+            where = {i: j for j, i in enumerate(kept)}
+            self.twin_of.append([where[s.rep(i)] for i in range(s.size)])
         self._patterns: dict[tuple[int, int], tuple[str, re.Pattern]] = {}  # (k, j) -> (text, its pattern)
         self._outside = None
 
@@ -83,7 +87,7 @@ class _Stacks:
             subs = []
             for k, stack in enumerate(self.stacks):
                 full = {}
-                for j, i0 in enumerate(stack.kept):
+                for j, i0 in enumerate(self.kept[k]):
                     seg = next((s for s in stack.segments if s.start + s.period <= i0 < s.start + 2 * s.period), None)
                     full[j] = max(i for i in range(seg.start, seg.stop) if seg.rep(i) == i0) if seg else i0
                 pat = re.compile(r"(?<![\w.])" + re.escape(self.pre[k]) + r"(\d+)(?!\d)")
@@ -127,17 +131,17 @@ class _Stacks:
             k, m = locs[n][0], n
             while m < len(items) and locs[m] is not None and locs[m][0] == k:
                 m += 1
-            stack = self.stacks[k]
+            stack, kept = self.stacks[k], self.kept[k]
             seg_of = {i: s for s in stack.segments for i in range(s.start, s.stop)}
-            group = lambda a: id(seg_of.get(stack.kept[locs[a][1]]))  # noqa: E731
+            group = lambda a: id(seg_of.get(kept[locs[a][1]]))  # noqa: E731
             a = n
             while a < m:
                 b = a
                 while b < m and group(b) == group(a):
                     b += 1
-                seg = seg_of.get(stack.kept[locs[a][1]])
+                seg = seg_of.get(kept[locs[a][1]])
                 if seg is None:
-                    out += [self.rename(items[c], k, locs[c][1], stack.kept[locs[c][1]])
+                    out += [self.rename(items[c], k, locs[c][1], kept[locs[c][1]])
                             for c in range(a, b)]
                 else:
                     for i in range(seg.start, seg.stop):

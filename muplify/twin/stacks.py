@@ -65,14 +65,20 @@ class Stack:
         return i
 
 
-def _plain_attrs(m: nn.Module, ignore: tuple[str, ...] | set[str]) -> tuple:
+def _plain_attrs(m: nn.Module, ignore: tuple[str, ...] | set[str] | frozenset[str]) -> tuple:
     out = []
-    for k, v in sorted(vars(m).items()):
+    for k, v in vars(m).items():
         if k.startswith("_") or k in ignore:
             continue
-        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)):
+        # issubclass(type(v), ...): isinstance would ask a config object for its __class__ (a costly getattr)
+        if issubclass(type(v), _PLAIN) or (issubclass(type(v), tuple) and all(isinstance(x, _PLAIN) for x in v)):
             out.append((k, v))
+    out.sort(key=_first)  # by name (names are unique)
     return tuple(out)
+
+
+def _first(kv: tuple):
+    return kv[0]
 
 
 def _ignored_here(m: nn.Module) -> tuple[str, ...]:
@@ -85,7 +91,7 @@ def signature(m: nn.Module, skip: frozenset = frozenset()) -> tuple:
     return (type(m),
             tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m._parameters.items() if p is not None),
             tuple((n, tuple(b.shape), b.dtype) for n, b in m._buffers.items() if b is not None),
-            _plain_attrs(m, set(_ignored_here(m)) | skip),
+            _plain_attrs(m, skip.union(_ignored_here(m))),
             tuple((n, signature(c, skip)) for n, c in m._modules.items() if c is not None))
 
 
@@ -98,7 +104,7 @@ def _index_attrs(children: list[nn.Module]) -> tuple[list[str], list[str]]:
         vals = {}
         for name, m in c.named_modules():
             for k, v in vars(m).items():
-                if not k.startswith("_") and isinstance(v, int) and not isinstance(v, bool):
+                if not k.startswith("_") and issubclass(type(v), int) and not issubclass(type(v), bool):
                     vals[(name, k, k in _ignored_here(m))] = v
         per_child.append(vals)
     keys = set.intersection(*(set(v) for v in per_child)) if per_child else set()
