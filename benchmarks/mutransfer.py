@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""μTransfer end to end (issue 10 §2): tune on a width-64 proxy, transfer to widths 128-512, compare with SP tuned at
-every target, and count what each arm's tuning cost.
+"""μTransfer end to end (issue 10 §2, extended for issue 19): tune on a width-64 proxy, transfer to widths 128-512,
+compare with SP tuned at every target and with the same search space tuned at the target, and count what each arm's
+tuning cost.
 
 The task is the LR benchmark's (``benchmarks/lr_transfer.py``): the byte-level pre-LN
 ``muplify.models.GPT(vocab_size=256, d_model=W, n_layer=2, head_dim=32, tie_weights=False, init="gpt2")`` on the
 built-in corpus (the interpreter's standard library, split by file), trained with the library's loop
 ``muplify.tools.train.train`` (AdamW, betas 0.9/0.95, no weight decay, linear warmup over 10 % of the steps, cosine to
-10 %), validation loss in nats/byte on the LR benchmark's fixed held-out batches.  Three arms:
+10 %), validation loss in nats/byte on the LR benchmark's fixed held-out batches.  Six arms (``--arms`` picks the
+ones a run works on; the ``full`` preset has the first three of issue 10, ``proof`` all six):
 
 * **μTransfer**: ``muplify.tune`` at the proxy width (= base width) over ``lr`` and three ``hp`` axes (below); every
   target is then trained once per seed with ``muplify.tools.tune.transfer(make_model, result.best, AdamW, width=W)``.
@@ -17,6 +19,29 @@ built-in corpus (the interpreter's standard library, split by file), trained wit
   more point outward, up to 3 times, while the optimum sits on an edge of the grid); the sweep runs at seed 0 and its
   best lr is then trained at the other seeds (the seed-0 run is reused: its lr was chosen on it, a selection bias
   that can only favour SP).
+* **improved** (issue 19): the μTransfer arm's space tuned at the proxy with the noise-aware and refinement features,
+  ``muplify.tune(..., seeds_per_trial=2, refine=8, widths=[64, 128], telescope_trials=4)`` on 32 global trials: every
+  trial is the mean of two seeds (init and data stream: its objective takes ``seed=``), the refinement is a fresh
+  TPE in the box shrunk to 0.3 of each range around the incumbent (a quarter of the global trials), the telescoping
+  phase 4 trials at the first target width in a box shrunk to 0.5 around the transferred incumbent (base width 64
+  throughout).  Sized for issue 19's compute target (≤ 25 % of one sweep of the same space at the target): 80
+  objective runs at 64 + 8 at 128 = 8.9 runs at 256 = 18.5 % of a 48-trial sweep at 256 before pruning (at 128 it is
+  32 runs = 67 % of the 48-trial sweep there: a telescoping step at 128 with 2 seeds alone is 17 %, so the target is
+  evaluated at the largest tuned-at-target width and the 128 ratio reported beside it).
+* **per-module** (issue 19): the μTransfer arm at module-kind granularity, ``tune(..., per_module=True)``: the lr
+  multipliers of the kinds (embedding, qkv, attn_out, mlp_out, norm, readout; mlp_in is the anchor, its lr is
+  ``lr``) instead of the roles', with the role-level ranges (embedding and norm the input+vector+gain axis's
+  [1/4, 32], readout the output axis's [1/8, 8], the hidden kinds [1/8, 8]) and what the role-level space does not
+  search fixed at 1 (init multipliers, attn_mult, embed_mult): the same models, 8 searched axes instead of 4, same
+  48 trials.
+* **tuned at the target** (issue 19's fair baseline): the μTransfer arm's space, trial count, sampler and pruner, tuned
+  directly at each width of ``tat_widths`` (128 and 256) with base_width still 64, so an hp value means the same
+  thing in every sweep (at the base width the μP model is the plain model: this is SP with these hyperparameters
+  tuned at the target).  Its best is trained at every seed at its own width, and transferred *down* to the proxy
+  width (issue 19: it should be no better there than the proxy's pick).  ``muplify.tune`` always tunes at its base
+  width, so this arm runs the library's one-study building blocks (``prepare`` / ``run_sweep``, as
+  ``result.check_transfer`` does).  Its sampler seed is the μTransfer arm's, so its start-up trials are the same
+  points (common random numbers between the two).
 
 Search space of the μTransfer arm (4 axes for 48 TPE trials, about 10 random start-up trials + ~10 per axis):
 
@@ -39,21 +64,42 @@ plateau and wider is not yet better (the LR benchmark; the issue's measurement);
 seeds × widths 128-512 plus SP's 5-point sweeps at 600 steps is about 110 minutes on 2 cores; 400 steps is the
 longest that fits the 60-90 minute budget with 48 proxy trials (``--dry-run`` prints the estimate).
 
-Tuning compute is counted as TP-V counts its "7 %": the optimizer steps of every proxy trial (a pruned trial counts
-the steps it ran, a failed one the full length) × the proxy's cost per step, as a fraction of one target training run
-(its steps × the target's cost per step).  The cost per step is given both as FLOPs (6 · tokens · matmul
-parameters + attention, the usual estimate) and as measured wall time (median ms/step of the final runs at each
-width).  SP's tuning compute is its sweep at that target.
+Tuning compute is counted as TP-V counts its "7 %": the optimizer steps of every trial (a pruned trial counts
+the steps it ran, a failed one the full length; a complete trial of the improved arm both seeds, a pruned one the
+steps of its first seed, the one the pruner watches) × the cost per step at the width it ran at (the proxy's; the
+first target's for the improved arm's telescoping trials; the target's for the tuned-at-target sweeps), as a fraction
+of one target training run (its steps × the target's cost per step).  The cost per step is given both as FLOPs
+(6 · tokens · matmul parameters + attention, the usual estimate) and as measured wall time (median ms/step of the
+final runs at each width).  SP's tuning compute is its sweep at that target.
 
-    python benchmarks/mutransfer.py --quick                        # CI smoke run (~1 minute)
-    python benchmarks/mutransfer.py --dry-run                      # the plan and the time estimate
+Summary (issue 19): per tuned-at-target width, the **transfer gap** of every proxy arm (and SP): its loss there minus
+the same space tuned there, paired by seed (same data stream and init seed), mean ± sd over seeds; and issue 19's
+targets as PASS/FAIL/N/A with their numbers: ``gap_<arm>`` (≤ 0.01 nats/byte at every tuned-at-target width, for
+μTransfer, improved and per-module), ``improved_compute_small`` (improved sweep ≤ 25 % of one sweep of the same
+space at the largest tuned-at-target width, measured, or nominal 48 unpruned trials when that arm has not run),
+``tuned_down_no_better_<arm>`` (the tuned-at-target configuration at the proxy width no better than μTransfer's /
+improved's pick by more than the larger seed sd), ``<arm>_monotone_in_width`` (wider is better), beside issue 10's.
+
+    python benchmarks/mutransfer.py --quick                        # CI smoke run, every arm (~1 minute)
+    python benchmarks/mutransfer.py --dry-run                      # the plan and the time estimate per arm
     python benchmarks/mutransfer.py --jobs 2 --threads 1 --workers 2 --out benchmarks/results/mutransfer
+    # issue 19's proof (targets 128 and 256, 3 seeds, 400 steps; about 2.3 h estimated), a few arms at a time:
+    python benchmarks/mutransfer.py --preset proof --dry-run
+    python benchmarks/mutransfer.py --preset proof --arms mutransfer improved per_module lr_only sp \\
+        --out benchmarks/results/mutransfer_proof
+    python benchmarks/mutransfer.py --preset proof --arms tuned_at_target --out benchmarks/results/mutransfer_proof
 
-Outputs in ``--out``: ``results.json`` (every finished run, keyed by its configuration: a re-run skips it; the
-summary, compute and targets), ``tune.db`` (the two Optuna studies: a re-run resumes them), ``tune_mutransfer.json``
-and ``tune_lr_only.json`` (every proxy trial), ``mutransfer.png`` (loss vs width for the three arms with seed
-spread, SP's sweeps, the tuning compute), ``tune_params.png`` / ``tune_importance.png`` (the μTransfer sweep) and
-``tune_lr_only.png``.
+An arm not in ``--arms`` is not run, but its finished sweep (``results.json``'s ``sweeps``) and final runs are read
+from the store, so the summary and the plots always cover every arm finished so far.  400 steps for the proof too:
+the length at which the issue's gap was measured, and the tuned-at-target sweeps (48 trials at 128 and at 256) are
+already 70 of its ~140 estimated minutes.
+
+Outputs in ``--out``: ``results.json`` (every finished run, keyed by its configuration: a re-run skips it; every
+sweep's best and step counts; the summary, compute and targets), ``tune.db`` (the Optuna studies: a re-run resumes
+them), ``tune_<arm>.json`` (every trial; ``tune_tuned_at_target_w<W>.json`` per width), ``mutransfer.png`` (loss vs
+width for every arm with seed spread and the tuned-at-target configurations transferred down, SP's sweeps, the
+transfer gap, the tuning compute), ``tune_params.png`` / ``tune_importance.png`` (the μTransfer sweep),
+``tune_lr_only.png``, ``tune_improved.png``, ``tune_per_module.png``.
 """
 from __future__ import annotations
 
