@@ -145,42 +145,72 @@ def test_optimizer_overhead_quick(tmp_path):
 
 def test_mutransfer_quick(tmp_path):
     pytest.importorskip("optuna")
-    p = _run("mutransfer.py", tmp_path, timeout=150)
+    p = _run("mutransfer.py", tmp_path, timeout=300)
     res = json.loads((tmp_path / "results.json").read_text())
-    assert {"meta", "runs", "summary"} <= set(res)
+    assert {"meta", "runs", "summary", "sweeps"} <= set(res)
     runs = list(res["runs"].values())
-    assert {r["config"]["arm"] for r in runs} == {"mutransfer", "lr_only", "sp"}
+    arms = {"mutransfer", "improved", "per_module", "tuned_at_target", "lr_only", "sp"}
+    assert {r["config"]["arm"] for r in runs} == arms
     assert all(r["status"] in ("ok", "diverged") for r in runs), [r.get("error") for r in runs]
     preset = res["meta"]["preset"]
-    proxy, targets, seeds = preset["proxy"], preset["targets"], preset["seeds"]
+    proxy, targets, seeds, tat = preset["proxy"], preset["targets"], preset["seeds"], preset["tat_widths"]
+    assert tat == targets and set(preset["arms"]) == arms
     s = res["summary"]
-    # every arm at every width (SP: the targets only) over all seeds
-    assert set(s["loss"]) == {"mutransfer", "lr_only", "sp"}
-    for arm in ("mutransfer", "lr_only"):
+    # every arm at every width (SP: the targets only; tuned at the target: its own widths) over all seeds
+    assert set(s["loss"]) == arms
+    for arm in ("mutransfer", "improved", "per_module", "lr_only"):
         assert sorted(int(w) for w in s["loss"][arm]) == [proxy, *targets]
     assert sorted(int(w) for w in s["loss"]["sp"]) == targets
+    assert sorted(int(w) for w in s["loss"]["tuned_at_target"]) == tat
     assert all(len(v["values"]) == seeds for arm in s["loss"].values() for v in arm.values())
-    # the μTransfer runs carry the tuned hp; the lr-only runs none
+    # the configuration tuned at each target, transferred down to the proxy
+    assert sorted(int(w) for w in s["tuned_down"]) == tat
+    assert all(len(v["values"]) == seeds for v in s["tuned_down"].values())
+    down = [r for r in runs if r["config"]["arm"] == "tuned_at_target" and r["config"]["width"] == proxy]
+    assert sorted({r["config"]["tuned_at"] for r in down}) == tat and all(r["config"]["base_width"] == proxy
+                                                                          for r in down)
+    # the μTransfer runs carry the tuned hp; the lr-only runs none; per-module ones per-kind lr multipliers
     assert all(r["config"]["hp"] for r in runs if r["config"]["arm"] == "mutransfer")
-    assert all(r["config"]["hp"] == {} for r in runs if r["config"]["arm"] == "lr_only")
+    # (tune records which parameter had which role in best["hp"]["tuned_roles"]: issue 18; not a tuned value)
+    assert all(set(r["config"]["hp"]) <= {"tuned_roles"} for r in runs if r["config"]["arm"] == "lr_only")
+    assert all({"qkv", "mlp_out", "readout"} <= set(r["config"]["hp"]["lr_mult"])
+               for r in runs if r["config"]["arm"] == "per_module")
     assert s["tuned"]["mutransfer"]["counts"]["complete"] >= 1 and s["tuned"]["mutransfer"]["steps"] > 0
+    # the improved tune: global, refine and telescope phases, two seeds a trial, steps at the proxy and the first target
+    imp = s["tuned"]["improved"]
+    assert [ph["name"] for ph in imp["phases"]] == ["global", "refine", "telescope"]
+    assert imp["seeds_per_trial"] == 2 and sorted(int(w) for w in imp["steps_by_width"]) == [proxy, targets[0]]
+    assert all(s["tuned"][f"tuned_at_target@{w}"]["tuned_at"] == w for w in tat)
+    # the transfer gap of every proxy arm (and SP) at every tuned-at-target width
+    assert set(s["gap"]) == {"mutransfer", "improved", "per_module", "lr_only", "sp"}
+    assert all(sorted(int(w) for w in g) == tat for g in s["gap"].values())
     # compute fractions: SP's sweep costs at least its grid's size in target runs; the proxy sweeps are cheaper
     for w in targets:
         row = s["compute"]["per_target"][str(w)]
         assert row["sp"]["flops_frac"] >= preset["sp_points"] - 1e-9
         assert 0 < row["mutransfer"]["flops_frac"] < row["sp"]["flops_frac"]
-        assert 0 < row["lr_only"]["flops_frac"]
+        assert 0 < row["lr_only"]["flops_frac"] and 0 < row["per_module"]["flops_frac"]
+        assert row["improved"]["flops_frac"] > 0
+        assert row["tuned_at_target"]["flops_frac"] >= 1 and "improved_over_target_sweep" in row
     assert set(s["targets"]) == {"mutransfer_le_sp_at_target", "mutransfer_monotone_in_width",
-                                 "mutransfer_compute_small"}
+                                 "improved_monotone_in_width", "per_module_monotone_in_width",
+                                 "mutransfer_compute_small", "gap_mutransfer", "gap_improved", "gap_per_module",
+                                 "improved_compute_small", "tuned_down_no_better_mutransfer",
+                                 "tuned_down_no_better_improved"}
     assert all(t["status"] in ("PASS", "FAIL") for t in s["targets"].values())
-    for png in ("mutransfer.png", "tune_params.png", "tune_lr_only.png"):
+    for png in ("mutransfer.png", "tune_params.png", "tune_lr_only.png", "tune_improved.png", "tune_per_module.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "tune.db").exists() and "| μTransfer |" in p.stdout
+    assert (tmp_path / "tune.db").exists() and "| μTransfer |" in p.stdout and "Transfer gap" in p.stdout
     # a re-run resumes: the sweeps are complete and no final run is repeated
     before = {k: r["seconds"] for k, r in res["runs"].items()}
-    _run("mutransfer.py", tmp_path, "--no-plot", timeout=90)
-    after = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert {k: r["seconds"] for k, r in after.items()} == before
+    _run("mutransfer.py", tmp_path, "--no-plot", timeout=200)
+    after = json.loads((tmp_path / "results.json").read_text())
+    assert {k: r["seconds"] for k, r in after["runs"].items()} == before
+    # an arm left out now is read from the store: its runs are not repeated and the summary keeps it
+    _run("mutransfer.py", tmp_path, "--no-plot", "--arms", "lr_only", timeout=120)
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert {k: r["seconds"] for k, r in again["runs"].items()} == before
+    assert set(again["summary"]["loss"]) == arms and again["summary"]["gap"] == after["summary"]["gap"]
 
 
 def test_beyond_zoo_quick(tmp_path):
