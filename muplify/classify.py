@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 
 import sympy
 import torch
@@ -28,9 +27,10 @@ from .errors import PlanError
 from .initialization import note_init_reading, read_init
 from .options import HyperParams, Options
 from .plan import Decision, Layout, ParamPlan, Plan, decided_by_text, role_from_fans
-from .rules import CONTRACTING_KINDS, SelectionKind, Use, found_upstream
+from .rules import CONTRACTING_KINDS, Use, found_upstream
 from .rules import table as ops
 from .module_kinds import assign_module_kinds
+from .readouts import routing_selection, single_unit_reaches_output, soft_routing
 from .sites import SiteContext, find_sites, module_of
 
 __all__ = ["build_plan", "detect_init_rules"]
@@ -54,122 +54,6 @@ def _output_roots(wa) -> set[int]:
             if isinstance(a, fx.Node):
                 roots.update(wa.roots(a))
     return roots | wa.loss_roots()
-
-
-def _numel(node) -> int | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    shape = getattr(val, "shape", None)
-    return None if shape is None else math.prod(int(s) for s in shape)
-
-
-def _single_unit_reaches_output(node: fx.Node, depth: int = 24) -> bool:
-    """Whether a layer output with a single unit (``nn.Linear(w, 1)``, ``Conv1d(w, 1, 1)``) reaches the model's
-    output without being broadcast against a larger activation first (a scalar gate multiplying a hidden state is
-    not a readout; a value head squeezed, biased, squashed or fed to a loss is)."""
-    size = _numel(node)
-    frontier, seen = [node], set()
-    for _ in range(depth):
-        nxt = []
-        for n in frontier:
-            for u in n.users:
-                if u.op == "output":
-                    return True
-                if u in seen:
-                    continue
-                seen.add(u)
-                m = _numel(u)
-                if u.op == "call_function" and (size is None or m is None or m <= size or
-                                                 (u.target is operator.getitem)):
-                    nxt.append(u)
-        frontier = nxt
-    return False
-
-
-def _routing_selection(wa, dims: list[int], axes) -> str | None:
-    """Why the fan-out axis of an output-like use is an expert choice: selected along by top-k / argmax / sort
-    (the op table's selection rules), which is what makes a router.  Integer indexing (``x[..., 0]``) is not."""
-    for a in axes:
-        sel = wa.selection(dims[a]) if a < len(dims) else None
-        if sel is not None and sel.kind is SelectionKind.RANKED:
-            return sel.why
-    return None
-
-
-def _downstream(node: fx.Node, depth: int):
-    """Ops that read ``node``'s result, at most ``depth`` ops on (nearest first)."""
-    seen, frontier = {node}, [node]
-    for _ in range(depth):
-        nxt = []
-        for n in frontier:
-            for u in n.users:
-                if u not in seen and u.op == "call_function":
-                    seen.add(u)
-                    nxt.append(u)
-                    yield u
-        frontier = nxt
-
-
-def _upstream(node, match, depth: int) -> bool:
-    """Whether an op ``match``-ing produces ``node`` or one of its inputs, at most ``depth`` ops back (a list of
-    tensors, ``torch.stack``'s, is followed)."""
-    seen, frontier = set(), [node]
-    for _ in range(depth + 1):
-        nxt = []
-        for n in frontier:
-            if not isinstance(n, fx.Node) or n in seen or n.op != "call_function":
-                continue
-            seen.add(n)
-            if match(n):
-                return True
-            nxt.extend(n.all_input_nodes)
-        frontier = nxt
-    return False
-
-
-def _soft_routing(wa, node: fx.Node, dims: list[int], axes) -> str | None:
-    """Why an output-like use's fan-out axis is a soft expert choice: a softmax over it whose probabilities multiply
-    the outputs of layers (the experts) and are summed over that axis -- by a sum reduction, a contraction with the
-    stacked expert outputs, or expert by expert with adds.  A readout's softmax (class probabilities reaching the
-    model's output, or weighing targets that come from the inputs) weighs no layer outputs: not a router."""
-    g = wa.dim_graph
-    roots = {g.find(dims[a]) for a in axes if a < len(dims)}
-    if len(roots) != 1:
-        return None
-    (root,) = roots
-
-    def carries(n) -> bool:
-        d = g.dims(n)
-        return d is not None and any(g.find(x) == root for x in d)
-
-    def softmax_axis_is_root(n) -> bool:
-        d, axis = g.dims(n.args[0]) if n.args else None, n.args[1] if len(n.args) > 1 else -1
-        return isinstance(axis, int) and bool(d) and -len(d) <= axis < len(d) and g.find(d[axis]) == root
-
-    sm = next((n for n in _downstream(node, 6) if ops.is_softmax(n.target) and softmax_axis_is_root(n)), None)
-    if sm is None:
-        return None
-    from_gate = lambda n: _upstream(n, lambda m: m is sm, 8)  # noqa: E731
-    from_layers = lambda n: _upstream(n, lambda m: ops.layer_slots(m.target) is not None, 8)  # noqa: E731
-    for n in _downstream(sm, 8):
-        ins = [a for a in n.all_input_nodes if g.dims(a) is not None]
-        gate = [a for a in ins if from_gate(a)]
-        experts = [a for a in ins if a not in gate and from_layers(a)]
-        if not gate or not experts:
-            continue
-        if carries(gate[0]) and any(carries(a) for a in experts) and not carries(n):
-            return f"contracted with the expert outputs by {_opname(n)}"
-        if not ops.is_scaling(n.target):
-            continue
-        for m in _downstream(n, 4):
-            if ops.is_sum_reduction(m.target) and carries(m.args[0]) and not carries(m):
-                return "multiplied with the expert outputs and summed over the expert axis"
-            if ops.is_add(m.target) and all(from_gate(a) and from_layers(a) for a in m.all_input_nodes):
-                return "multiplied with each expert's output and the products added up"
-    return None
-
-
-def _opname(n: fx.Node) -> str:
-    return str(n.target).split(".")[1] if str(n.target).startswith("aten.") else str(n.target)
 
 
 def _added_table(pd, wa, exprs) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -422,8 +306,8 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
             if role == "output":
                 dims = wa.roots(pd.placeholder)
                 readout = any(dims[a] in out_roots for a in use.fan_out_axes if a < len(dims))
-                router = _routing_selection(wa, dims, use.fan_out_axes)
-                soft = None if router is not None else _soft_routing(wa, use.node, dims, use.fan_out_axes)
+                router = routing_selection(wa, dims, use.fan_out_axes)
+                soft = None if router is not None else soft_routing(wa, use.node, dims, use.fan_out_axes)
                 if router is not None or soft is not None:
                     readout = False
                     note = (note + "; " if note else "") + (
@@ -432,7 +316,7 @@ def build_plan(wa, model: nn.Module, base_width: int, *, options: Options, hp: H
                         "the readout")
                 elif not readout and all(pd.shape[a] <= 1 for a in use.fan_out_axes):
                     # a single output unit has no dim to follow to the output: follow the tensor
-                    readout = _single_unit_reaches_output(use.node)
+                    readout = single_unit_reaches_output(use.node)
         elif pd.uses and all(u.kind == "elementwise" for u in pd.uses):
             fan_in, fan_out = sympy.Integer(1), sympy.Mul(*exprs)
             role, decided = ("vector" if fan_out.has(sym) else "fixed"), decided_by_text(Decision.GRAPH)
