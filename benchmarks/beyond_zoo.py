@@ -2,12 +2,14 @@
 """muplify on models that no test contains, called as a new user calls it: the check behind "works on your model".
 
 The test zoo (muplify_dev/zoo.py, 58 models) is what the suite runs; this is the wider net a session casts before calling
-the analysis done: 33 more transformers and timm families from tiny configs and 14 hand-written models of common
-public patterns (U-Net, DiT with adaLN and sinusoidal timesteps, RWKV-4 time mixing, a message-passing GNN, a conv
-VAE; issue 18: a token LM on torch's Xavier-initialised MultiheadAttention with a scalar temperature first, a
-stage-width CNN, the `mup` package's example Transformer; their results: results/beyond_zoo_issue18/; items 1, 3, 5: a
-GQA LM with K/V heads growing and fixed, a fused multi-query qkv, a scalar value head, a 1-D U-Net, a positional-table
-LM, with XLNet: results/beyond_zoo_issue18_roles/).  Per model, built at twice its base width:
+the analysis done: 33 more transformers and timm families from tiny configs (HF Swin given ``width=embed_dim``, as
+the README says for stage-width models) and 25 hand-written models of common public patterns (muplify_dev/
+hand_written.py and below: U-Net, DiT, RWKV-4, a GNN, a conv VAE, GQA with growing and fixed K/V heads, a fused
+multi-query qkv, a scalar value head, a 1-D U-Net, a positional-table LM, torch's Xavier-initialised
+MultiheadAttention, a stage-width CNN, the `mup` package's example Transformer, Perceiver latents, set-transformer
+seeds, FiLM, a soft MoE, LoRA, DLRM, Meta's reference Llama, an FFT long convolution, FNet, sub-pixel
+super-resolution, ``F.unfold`` patches).  Results: results/beyond_zoo/ (all), results/beyond_zoo_hand_written/.
+Per model, built at twice its base width:
 
 * ``muplify(model, base_width=...)`` (bare for transformers/timm, with example inputs otherwise): roles against the
   two-width shape-diff oracle (muplify_dev/oracle.py; "n/a" where the oracle does not know a raw parameter's layout),
@@ -17,11 +19,11 @@ LM, with XLNet: results/beyond_zoo_issue18_roles/).  Per model, built at twice i
   (a refusal is reported with its reason);
 * depth: ``base_depth=1``: blocks and residual branches found, or the reason there are none.
 
-    python benchmarks/beyond_zoo.py                 # all 47 models (~1-2 minutes on 2 cores)
+    python benchmarks/beyond_zoo.py                 # all 58 models (~3 minutes on 2 cores)
     python benchmarks/beyond_zoo.py --quick         # 3 models (CI smoke run)
     python benchmarks/beyond_zoo.py --only phimoe xlnet
 
-Writes ``OUT/beyond_zoo.json`` and prints a markdown table.
+Writes ``OUT/beyond_zoo.json`` and ``OUT/table.md`` (the markdown table it prints).
 """
 from __future__ import annotations
 
@@ -128,6 +130,10 @@ HF_AND_TIMM = {
                             encoder_attention_heads=H(w), decoder_attention_heads=H(w), encoder_ffn_dim=2 * w,
                             decoder_ffn_dim=2 * w, max_position_embeddings=MAX_POS, dropout=0.,
                             pad_token_id=0, decoder_start_token_id=0),
+    # a stage-width model (embed_dim w, stages w / 2w / 4w): given width=embed_dim as the README says (_call)
+    "hf_swin": lambda w: hf("SwinForImageClassification", "SwinConfig", {"pixel_values": _images()}, image_size=32,
+                            patch_size=4, embed_dim=w, depths=[1, 1, 1], num_heads=[H(w), H(2 * w), H(4 * w)],
+                            window_size=2, num_labels=10, hidden_dropout_prob=0., attention_probs_dropout_prob=0.),
     "hf_vit": lambda w: hf("ViTForImageClassification", "ViTConfig", {"pixel_values": _images()}, image_size=32,
                            patch_size=8, hidden_size=w, num_hidden_layers=2, num_attention_heads=H(w),
                            intermediate_size=4 * w, num_labels=10, hidden_dropout_prob=0.,
@@ -440,7 +446,14 @@ def _quiet(fn, *a, **kw):
         return fn(*a, **kw)
 
 
+def _stage_width(model) -> dict:
+    """Stage-width models are given ``width=`` their constructor's width (README, "Stage-width models")."""
+    config = getattr(model, "config", None)
+    return {"width": config.embed_dim} if type(config).__name__ == "SwinConfig" else {}
+
+
 def _call(model, args, kwargs, base, bare, **kw):
+    kw = {**_stage_width(model), **kw}
     if bare:
         return muplify(model, base_width=base, **kw)
     return muplify(model, base_width=base, example_inputs=args, example_kwargs=kwargs or None, **kw)
