@@ -12,19 +12,11 @@ from dataclasses import dataclass, field
 
 from .capture import Capture
 from .errors import WidthError
-from .flow import Flow, flow_of, input_dependent, roots
+from .flow import Flow, flat_dims, flow_of, input_dependent, roots
 from .named_guesses import concatenated_embeddings, kv_heads_repeated, returned_latents, own_size_embeddings
 from .rules import CONTRACTING_KINDS, DimGraph
 
 HARD, CONVENTION, READOUT, SOURCE, GUESS = "hard", "convention", "readout", "source", "guess"
-
-
-def _flat(x):
-    if x is None:
-        return []
-    if isinstance(x, int):
-        return [x]
-    return [d for item in x for d in _flat(item)]
 
 
 # ---------------------------------------------------------------------------------------------------- the solver
@@ -94,7 +86,7 @@ def _input_axes(ev: _Evidence) -> None:
     expert stacks, spatial axes)."""
     S, g = ev.S, ev.g
     for n in ev.cap.user_inputs:
-        for d in _flat(g.node_dims.get(n)):
+        for d in flat_dims(g.node_dims.get(n)):
             S.mark(d, f"axis of model input '{n.name}'", HARD)
             ev.input_roots.add(g.find(d))
     for d, why in g.finite_reasons.items():

@@ -9,20 +9,21 @@ import torch.fx as fx
 from .capture import Capture
 from .rules import CONTRACTING_KINDS, DimGraph
 
-__all__ = ["Flow", "flow_of", "input_dependent", "roots"]
+__all__ = ["Flow", "flat_dims", "flow_of", "input_dependent", "roots"]
 
 
-def _flat(x):
+def flat_dims(x) -> list[int]:
+    """The dim ids of a node's dims (nested lists for tuple values), flattened."""
     if x is None:
         return []
     if isinstance(x, int):
         return [x]
-    return [d for item in x for d in _flat(item)]
+    return [d for item in x for d in flat_dims(item)]
 
 
 def roots(g: DimGraph, dims) -> set[int]:
     """The union-find roots of a node's dims (nested lists of dim ids), size-1 dims left out."""
-    return {g.find(d) for d in _flat(dims) if g.size[d] > 1}
+    return {g.find(d) for d in flat_dims(dims) if g.size[d] > 1}
 
 
 def _use_roots(g: DimGraph, param_axes: dict[str, list[int]], ph: str, axes) -> set[int]:

@@ -283,55 +283,33 @@ def _factor_dims(g: DimGraph, r: int, why: str) -> tuple[int, int]:
     return rh, rw
 
 
-@rule(torch.ops.aten.pixel_shuffle, needs=("input", OUT))
+@rule(torch.ops.aten.pixel_shuffle, torch.ops.aten.pixel_unshuffle, needs=("input", OUT))
 def _pixel_shuffle(g: DimGraph, call: Call) -> None:
-    """(*, C·r², H, W) -> (*, C, H·r, W·r) (sub-pixel upsampling): C·r² is C times the fixed factor r²."""
+    """``pixel_shuffle``: (*, C·r², H, W) -> (*, C, H·r, W·r) (sub-pixel upsampling); ``pixel_unshuffle`` the
+    inverse (space to depth): the channels on the C·r² side are C times the fixed factor r²."""
     di, do = call.dims("input"), call.out
-    r = int(call.arg("upscale_factor"))
+    up = call.node.target.overloadpacket is torch.ops.aten.pixel_shuffle
+    r = int(call.arg("upscale_factor" if up else "downscale_factor"))
     for a, b in zip(di[:-3], do[:-3]):
         g.eq(a, b)
-    rh, rw = _factor_dims(g, r, "upscale factor of pixel_shuffle")
-    g.prod([di[-3]], [do[-3], rh, rw])
-    g.prod([do[-2]], [di[-2], rh])
-    g.prod([do[-1]], [di[-1], rw])
+    rh, rw = _factor_dims(g, r, f"{'up' if up else 'down'}scale factor of {call.node.target.overloadpacket.__name__}")
+    merged, split = (di, do) if up else (do, di)  # merged: (C·r², H, W); split: (C, H·r, W·r)
+    g.prod([merged[-3]], [split[-3], rh, rw])
+    g.prod([split[-2]], [merged[-2], rh])
+    g.prod([split[-1]], [merged[-1], rw])
 
 
-@rule(torch.ops.aten.pixel_unshuffle, needs=("input", OUT))
-def _pixel_unshuffle(g: DimGraph, call: Call) -> None:
-    """(*, C, H·r, W·r) -> (*, C·r², H, W) (space to depth)."""
-    di, do = call.dims("input"), call.out
-    r = int(call.arg("downscale_factor"))
-    for a, b in zip(di[:-3], do[:-3]):
-        g.eq(a, b)
-    rh, rw = _factor_dims(g, r, "downscale factor of pixel_unshuffle")
-    g.prod([do[-3]], [di[-3], rh, rw])
-    g.prod([di[-2]], [do[-2], rh])
-    g.prod([di[-1]], [do[-1], rw])
-
-
-@rule(torch.ops.aten.im2col, needs=("input", OUT))
+@rule(torch.ops.aten.im2col, torch.ops.aten.col2im, needs=("input", OUT))
 def _im2col(g: DimGraph, call: Call) -> None:
-    """``F.unfold``: (N, C, H, W) -> (N, C·kh·kw, L): every patch's C channels times the fixed kernel; L patches
-    (positions)."""
+    """``F.unfold`` (im2col): (N, C, H, W) -> (N, C·kh·kw, L), every patch's C channels times the fixed kernel, L
+    patches (positions); ``F.fold`` (col2im) the inverse."""
     di, do = call.dims("input"), call.out
-    kh, kw = call.arg("kernel_size")
-    if len(di) == 4:
-        g.eq(di[0], do[0])
-    k = [g.new_dim(int(kh)), g.new_dim(int(kw))]
+    unfold = call.node.target.overloadpacket is torch.ops.aten.im2col
+    image, cols = (di, do) if unfold else (do, di)
+    if len(image) == 4:
+        g.eq(image[0], cols[0])
+    k = [g.new_dim(int(n)) for n in call.arg("kernel_size")]
     for d in k:
-        g.finite(d, "kernel size of im2col (unfold)")
-    g.prod([do[-2]], [di[-3], *k])
-    g.finite(do[-1], "patches of im2col (unfold): positions")
-
-
-@rule(torch.ops.aten.col2im, needs=("input", OUT))
-def _col2im(g: DimGraph, call: Call) -> None:
-    """``F.fold``: (N, C·kh·kw, L) -> (N, C, H, W)."""
-    di, do = call.dims("input"), call.out
-    kh, kw = call.arg("kernel_size")
-    if len(di) == 3:
-        g.eq(di[0], do[0])
-    k = [g.new_dim(int(kh)), g.new_dim(int(kw))]
-    for d in k:
-        g.finite(d, "kernel size of col2im (fold)")
-    g.prod([di[-2]], [do[-3], *k])
+        g.finite(d, f"kernel size of {call.node.target.overloadpacket.__name__}")
+    g.prod([cols[-2]], [image[-3], *k])
+    g.finite(cols[-1], "patches of im2col / col2im (unfold / fold): positions")
