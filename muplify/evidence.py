@@ -8,80 +8,18 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .capture import Capture
 from .errors import WidthError
-from .flow import Flow, flat_dims, flow_of, input_dependent, roots
+from .evidence_state import CONVENTION, GUESS, HARD, READOUT, SOURCE, Evidence, Solver
+from .flow import flat_dims, flow_of, input_dependent, roots
 from .named_guesses import concatenated_embeddings, kv_heads_repeated, returned_latents, own_size_embeddings
 from .rules import CONTRACTING_KINDS, DimGraph
 
-HARD, CONVENTION, READOUT, SOURCE, GUESS = "hard", "convention", "readout", "source", "guess"
-
-
-# ---------------------------------------------------------------------------------------------------- the solver
-class _Solver:
-    """Finite dims with their reasons and kinds; ``forced`` dims (the width, ``width=``) are never made finite."""
-
-    def __init__(self, g: DimGraph, forced: set[int]):
-        self.g, self.forced = g, forced
-        self.finite: dict[int, str] = {}
-        self.kind: dict[int, str] = {}
-
-    def mark(self, d: int, why: str, kind: str) -> bool:
-        r = self.g.find(d)
-        if r in self.finite or r in self.forced or self.g.size[d] <= 1:
-            return False
-        self.finite[r], self.kind[r] = why, kind
-        return True
-
-    def propagate(self) -> None:
-        """Through products, sums and fixed multiples until nothing changes."""
-        g = self.g
-        changed = True
-        while changed:
-            changed = False
-            for kind, out, parts in g.relations:
-                ro, rparts = g.find(out), [g.find(p) for p in parts]
-                if kind == "scale":
-                    a, b = ro, rparts[0]
-                    if a in self.finite and b not in self.finite:
-                        changed |= self.mark(b, self.finite[a], self.kind[a])
-                    elif b in self.finite and a not in self.finite:
-                        changed |= self.mark(a, self.finite[b], self.kind[b])
-                elif ro in self.finite:
-                    for p in parts:
-                        changed |= self.mark(p, self.finite[ro] + " (factor of a finite dim)", self.kind[ro])
-                elif rparts and all(p in self.finite for p in rparts):
-                    kinds = {self.kind[p] for p in rparts}
-                    changed |= self.mark(out, "product/sum of finite dims",
-                                         next((k for k in (GUESS, SOURCE, READOUT, CONVENTION) if k in kinds), HARD))
-
 
 # ---------------------------------------------------------------------------------------------------- the tiers
-@dataclass
-class _Evidence:
-    """What the steps of :data:`STEPS` read (the graph, the capture, the options) and write (the solver's marks,
-    the guesses and notes, the weights' flow, the width)."""
-
-    g: DimGraph
-    cap: Capture
-    param_axes: dict[str, list[int]]
-    head_scaling: str
-    width: int | None  # width= (the size that must scale), None to choose
-    S: _Solver
-    guesses: dict[int, str] = field(default_factory=dict)  # root -> what was guessed (named in the plan)
-    notes: list[str] = field(default_factory=list)
-    flow: Flow | None = None
-    out_roots: dict[int, list[str]] = field(default_factory=dict)  # root -> names of the model outputs it reaches
-    input_roots: set[int] = field(default_factory=set)  # roots of the model inputs' axes
-    terminal: set[int] = field(default_factory=set)  # produced, read by no layer, reaching an output or a selection
-    counts: Counter = field(default_factory=Counter)  # root -> parameter axes of it (the width's candidates)
-    root: int | None = None  # the width's dim
-    source: str = "most-used"  # where the width came from
-
-
-def _input_axes(ev: _Evidence) -> None:
+def _input_axes(ev: Evidence) -> None:
     """hard: axes of the model's inputs, and what the op rules fixed (kernels, indexed/counted axes, loss classes,
     expert stacks, spatial axes)."""
     S, g = ev.S, ev.g
@@ -94,7 +32,7 @@ def _input_axes(ev: _Evidence) -> None:
     S.propagate()
 
 
-def _head_convention(ev: _Evidence) -> None:
+def _head_convention(ev: Evidence) -> None:
     """convention: head_dim (``head_scaling="heads"``) or the head count (``"head_dim"``) at every attention op."""
     S, g = ev.S, ev.g
     if ev.head_scaling == "heads":
@@ -111,7 +49,7 @@ def _head_convention(ev: _Evidence) -> None:
     S.propagate()
 
 
-def _position_tables(ev: _Evidence) -> None:
+def _position_tables(ev: Evidence) -> None:
     """hard: a parameter's axis sliced to the length of a model input's axis is a table of positions read up to the
     sequence length (``pos[:, :T]``): its rows are fixed like an embedding's, whatever their size."""
     S, g = ev.S, ev.g
@@ -123,7 +61,7 @@ def _position_tables(ev: _Evidence) -> None:
     S.propagate()
 
 
-def _group_widths(ev: _Evidence) -> None:
+def _group_widths(ev: Evidence) -> None:
     """convention (guess on one channel count): grouped convs with channel counts that differ and one per-group
     width share a fixed group width (RegNet's); a shared group count means the group width scales (ResNeXt's
     cardinality).  One channel count only: a group count the config declares is fixed, else the group width is
@@ -150,7 +88,7 @@ def _group_widths(ev: _Evidence) -> None:
             g.replace_use(u, dataclasses.replace(u, kind="elementwise", fan_in_axes=(), detail="grouped_conv"))
 
 
-def _weights_flow(ev: _Evidence) -> None:
+def _weights_flow(ev: Evidence) -> None:
     """Which dims the weights read and write, which reach the model's outputs, and the terminal ones (produced,
     read by no layer, reaching an output or a selection): what the width choice and the readout tier look at."""
     g, S = ev.g, ev.S
@@ -162,7 +100,7 @@ def _weights_flow(ev: _Evidence) -> None:
                    if r not in S.finite and r not in ev.flow.consumed and g.size[r] > 1}
 
 
-def _choose_width(ev: _Evidence) -> None:
+def _choose_width(ev: Evidence) -> None:
     """The width: the model's own width first (a config's hidden size, a timm attribute), then ``width=``, then the
     dim most parameter axes use (terminal dims left out: a readout's classes are not the width)."""
     g, cap, hints = ev.g, ev.cap, ev.cap.hints
@@ -181,7 +119,7 @@ def _choose_width(ev: _Evidence) -> None:
         ev.S.forced.add(ev.root)
 
 
-def _readouts(ev: _Evidence) -> None:
+def _readouts(ev: Evidence) -> None:
     """readout: terminal dims.  An output the model names as a feature (hidden states, pooled features) of the
     width's size scales; named logits/loss, or any other size, are readouts; an unnamed output of the width's size
     is taken as a readout, marked as a guess; a selection's axis read by no layer is a router's choice."""
@@ -206,7 +144,7 @@ def _readouts(ev: _Evidence) -> None:
     S.propagate()
 
 
-def _state_dims(ev: _Evidence) -> None:
+def _state_dims(ev: Evidence) -> None:
     """convention: dims of an activation x activation product outside attention (an SSM state) are fixed, like
     head_dim."""
     g, S = ev.g, ev.S
@@ -219,7 +157,7 @@ def _state_dims(ev: _Evidence) -> None:
     S.propagate()
 
 
-def _learned_constants(ev: _Evidence) -> None:
+def _learned_constants(ev: Evidence) -> None:
     """source: feature axes of parameters fed as data, or of tables read at fixed positions (a relative-position
     table), that no input-dependent layer produces, like the model's inputs."""
     g, S, flow = ev.g, ev.S, ev.flow
@@ -234,7 +172,7 @@ def _learned_constants(ev: _Evidence) -> None:
                       "input-dependent layer produces", SOURCE)
 
 
-def _created_axes(ev: _Evidence) -> None:
+def _created_axes(ev: Evidence) -> None:
     """guess: axes of tensors the forward creates from a constant size (the arange of DiT's sinusoidal timestep
     features) that no layer produces are inputs in all but name -- unless what they build has a scaling dim's size
     (Funnel builds its sinusoidal position features at d_model): a size-based call, so a marked guess, named on
@@ -270,7 +208,7 @@ def _created_axes(ev: _Evidence) -> None:
                                          "fixed, like an input")
 
 
-def _input_bottlenecks(ev: _Evidence) -> None:
+def _input_bottlenecks(ev: Evidence) -> None:
     """guess: an input-side dim computed from finite inputs only, whose size the config states apart from the width
     (ALBERT's ``embedding_size``), is fixed."""
     g, S, flow, hints = ev.g, ev.S, ev.flow, ev.cap.hints
@@ -291,7 +229,7 @@ def _input_bottlenecks(ev: _Evidence) -> None:
                     changed = True
 
 
-def _timm_head(ev: _Evidence) -> None:
+def _timm_head(ev: Evidence) -> None:
     """guess: a dim of timm's ``head_hidden_size`` (apart from ``num_features``) read only by readouts is a head of
     its own size, fixed."""
     g, S, flow, hints = ev.g, ev.S, ev.flow, ev.cap.hints
@@ -308,7 +246,7 @@ def _timm_head(ev: _Evidence) -> None:
     S.propagate()
 
 
-def _one_scaling_axis_per_fan(ev: _Evidence) -> None:
+def _one_scaling_axis_per_fan(ev: Evidence) -> None:
     """convention: a fan spread over several scaling axes would grow as width² (XLNet/Funnel store projections as
     (d_model, n_head, d_head) and contract heads × head_dim together, with no attention op to fix head_dim).  μP
     widths grow linearly, so one axis of such a fan scales: the head count (the outer axis) with
@@ -351,7 +289,7 @@ class Step:
     ``"flow"`` / ``"width"`` for the two steps that decide no dim; ``run`` reads and writes the evidence."""
 
     tier: str
-    run: Callable[[_Evidence], None]
+    run: Callable[[Evidence], None]
 
 
 # The order is the precedence: a dim keeps the first reason that marks it, so hard evidence runs first and the named
@@ -394,7 +332,7 @@ class Solution:
 def solve(g: DimGraph, cap: Capture, param_axes: dict[str, list[int]], head_scaling: str, width: int | None = None,
           forced: set[int] = frozenset()) -> Solution:
     """Run :data:`STEPS` in order; ``forced`` dims (``width=``'s) are never made finite."""
-    ev = _Evidence(g, cap, param_axes, head_scaling, width, _Solver(g, set(forced)))
+    ev = Evidence(g, cap, param_axes, head_scaling, width, Solver(g, set(forced)))
     for step in STEPS:
         step.run(ev)
         if step.tier == "width" and ev.root is None:

@@ -4,17 +4,13 @@ embedding narrower than the width, an embedding concatenated into a scaling dim)
 the plan names the guess on every parameter it touches, pointing to ``base=`` (two widths decide it exactly)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from .evidence_state import Evidence
 from .rules import CONTRACTING_KINDS
 
 __all__ = ["concatenated_embeddings", "kv_heads_repeated", "own_size_embeddings", "returned_latents"]
 
-if TYPE_CHECKING:
-    from .evidence import _Evidence
 
-
-def concatenated_embeddings(ev: _Evidence) -> None:
+def concatenated_embeddings(ev: Evidence) -> None:
     """guess (named, no mark): an embedding's feature axis of a size the config states apart from the width,
     concatenated with other dims into a scaling one (MobileBERT's readout: [embedding (e) ; extra (w - e)]): if e
     is fixed the other part is w - e, which no proportional expression states, so the scaling reading is a guess."""
@@ -34,7 +30,7 @@ def concatenated_embeddings(ev: _Evidence) -> None:
                                          "fixed the other part is width minus it, not proportional: pass base=")
 
 
-def kv_heads_repeated(ev: _Evidence) -> None:
+def kv_heads_repeated(ev: Evidence) -> None:
     """guess (named, no mark): K/V heads repeated to the query heads (GQA: ``repeat_interleave``, or expand +
     reshape) are read as a fixed fraction of the query heads, so they scale; a model family may instead keep its
     K/V head count at every width (Llama 3: 8), and one width cannot tell: a named guess on the K/V axis and the
@@ -61,7 +57,7 @@ def kv_heads_repeated(ev: _Evidence) -> None:
             ev.guesses.setdefault(g.find(out), why)
 
 
-def returned_latents(ev: _Evidence) -> None:
+def returned_latents(ev: Evidence) -> None:
     """guess (named, no mark): a scaling dim smaller than the width that a layer writes, a layer reads and the
     model returns (a VAE's latent mu / logvar, an autoencoder's code) is read as a fraction of the width; a latent
     size is often fixed as the model widens, and one width cannot tell: named on it and on the dims it is split
@@ -86,7 +82,7 @@ def returned_latents(ev: _Evidence) -> None:
         _name_with_relatives(ev, r, why)
 
 
-def _name_with_relatives(ev: _Evidence, r: int, why: str) -> None:
+def _name_with_relatives(ev: Evidence, r: int, why: str) -> None:
     """Name guess ``why`` on dim ``r`` and on the scaling dims it is split from, joined into or multiplied with (one
     relation): their reading rests on the same ambiguity (the input of the layer that reads a concatenation)."""
     g, S = ev.g, ev.S
@@ -99,7 +95,7 @@ def _name_with_relatives(ev: _Evidence, r: int, why: str) -> None:
                     ev.guesses.setdefault(x, why)
 
 
-def own_size_embeddings(ev: _Evidence) -> None:
+def own_size_embeddings(ev: Evidence) -> None:
     """guess (named, no mark): an embedding whose feature dim is not the width's size and that a layer reads (a
     class or task embedding conditioning the model through a projection, a factorized embedding) is read as a
     fraction or multiple of the width; such a size is often fixed as the model widens (ALBERT keeps 128), and one
