@@ -70,5 +70,6 @@ class Evidence:
     input_roots: set[int] = field(default_factory=set)  # roots of the model inputs' axes
     terminal: set[int] = field(default_factory=set)  # produced, read by no layer, reaching an output or a selection
     counts: Counter = field(default_factory=Counter)  # root -> parameter axes of it (the width's candidates)
+    relation_groups: list[set[int]] | None = None  # the roots of each relation (named_guesses, once)
     root: int | None = None  # the width's dim
     source: str = "most-used"  # where the width came from

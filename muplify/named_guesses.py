@@ -65,8 +65,7 @@ def returned_latents(ev: Evidence) -> None:
     g, S, flow = ev.g, ev.S, ev.flow
     wsize = g.size[ev.root]
     written = set(flow.produced)  # by a layer, or split from / joined into what a layer writes (mu, logvar = chunk)
-    for kind, out, parts in g.relations:
-        group = {g.find(out), *(g.find(p) for p in parts)}
+    for group in _relation_groups(ev):
         if group & flow.produced:
             written |= group
     found: dict[int, str] = {}
@@ -82,13 +81,21 @@ def returned_latents(ev: Evidence) -> None:
         _name_with_relatives(ev, r, why)
 
 
+def _relation_groups(ev: Evidence) -> list[set[int]]:
+    """The roots each product/sum/multiple relation ties together, computed once per solve (the relations and the
+    union-find are final by the time the named guesses run)."""
+    if ev.relation_groups is None:
+        g = ev.g
+        ev.relation_groups = [{g.find(out), *(g.find(p) for p in parts)} for _kind, out, parts in g.relations]
+    return ev.relation_groups
+
+
 def _name_with_relatives(ev: Evidence, r: int, why: str) -> None:
     """Name guess ``why`` on dim ``r`` and on the scaling dims it is split from, joined into or multiplied with (one
     relation): their reading rests on the same ambiguity (the input of the layer that reads a concatenation)."""
     g, S = ev.g, ev.S
     ev.guesses.setdefault(r, why)
-    for kind, out, parts in g.relations:
-        group = {g.find(out), *(g.find(p) for p in parts)}
+    for group in _relation_groups(ev):
         if r in group:
             for x in group:
                 if x not in S.finite and x not in S.forced and g.size[x] > 1:
